@@ -1,0 +1,172 @@
+"""The Broker: each room's durable log (a Redis Stream) and its live channel.
+
+This module owns every Redis key of a room and every read and write of its
+stream. A :class:`Publication` is one message with its stream position; its
+JSON and its SSE frame are built once and shared by everyone who sends it.
+"""
+
+import json
+import re
+from importlib import resources
+from typing import NamedTuple
+
+from .errors import BadRequest
+from .sse import Event
+
+_CURSOR_RE = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
+_U64 = 2**64 - 1
+
+
+class StreamId(NamedTuple):
+    """A Redis stream id; compares as an integer pair, never as a string."""
+
+    ms: int
+    seq: int
+
+    @classmethod
+    def parse(cls, text):
+        """Parse ``<ms>-<seq>`` (or ``0``, meaning before everything); raise BadRequest."""
+        if text in ("0", "0-0"):
+            return ZERO
+        match = _CURSOR_RE.match(text or "")
+        if not match:
+            raise BadRequest(f"Malformed cursor {text[:40]!r}: expected <ms>-<seq>.",
+                             code="bad_cursor")
+        ms, seq = int(match[1]), int(match[2])
+        if ms > _U64 or seq > _U64:
+            raise BadRequest("Cursor out of range.", code="bad_cursor")
+        return cls(ms, seq)
+
+    @classmethod
+    def from_bytes(cls, raw):
+        ms, _, seq = raw.partition(b"-")
+        return cls(int(ms), int(seq))
+
+    def __str__(self):
+        return f"{self.ms}-{self.seq}"
+
+
+ZERO = StreamId(0, 0)
+
+
+class Publication:
+    """One message at its stream position, encoded once for every reader."""
+
+    __slots__ = ("id", "json", "_frame")
+
+    def __init__(self, id, json_bytes):
+        self.id = id
+        self.json = json_bytes
+        self._frame = None
+
+    @classmethod
+    def from_payload(cls, payload):
+        """Build from the published JSON, which always starts with ``{"id":"<id>"``."""
+        end = payload.index(b'"', 7)
+        return cls(StreamId.from_bytes(payload[7:end]), payload)
+
+    @classmethod
+    def from_entry(cls, room_entry):
+        """Build from an XRANGE entry ``(id, {b"body": ...})`` the way the script does."""
+        raw_id, fields = room_entry
+        body = fields[b"body"]
+        ms = raw_id.partition(b"-")[0]
+        payload = b'{"id":"' + raw_id + b'","ts":' + ms + b"," + body[1:]
+        return cls(StreamId.from_bytes(raw_id), payload)
+
+    @property
+    def frame(self):
+        """The SSE frame; built on first use, then shared by every reader."""
+        if self._frame is None:
+            self._frame = Event(self.json, event="message", id=str(self.id)).encode()
+        return self._frame
+
+    def as_dict(self):
+        return json.loads(self.json)
+
+
+class Position(NamedTuple):
+    """Where a reader starts: after ``cursor``; ``reset`` if it predates the kept log."""
+
+    cursor: StreamId
+    reset: bool
+    oldest: StreamId | None
+
+
+def room_keys(room):
+    """All of a room's keys share the ``{room}`` hash tag, so a cluster keeps them on one shard."""
+    tag = f"chat:{{{room}}}"
+    return f"{tag}:log", f"{tag}:live", f"{tag}:trimmed"
+
+
+def channel_room(channel):
+    """The room name inside a ``chat:{room}:live`` channel."""
+    return channel[channel.index(b"{") + 1:channel.rindex(b"}")].decode()
+
+
+class Broker:
+    """Saves to history and publishes atomically per room; reads history back."""
+
+    def __init__(self, redis, maxlen, idempotency_ttl):
+        self.redis = redis
+        self.maxlen = maxlen
+        self.idempotency_ttl = idempotency_ttl
+        source = resources.files(__package__).joinpath("lua/append_publish.lua").read_text()
+        self._append_publish = redis.register_script(source)
+
+    def publish(self, room, user, text, idempotency_key=None):
+        """Append and publish a message; return ``(Publication, created)``.
+
+        With an idempotency key seen before in this room for this user, nothing
+        is written and the first message comes back with ``created`` False.
+        """
+        log, live, trimmed = room_keys(room)
+        keys = [log, live, trimmed]
+        if idempotency_key:
+            keys.append(f"chat:{{{room}}}:idem:{user.lower()}:{idempotency_key}")
+        body = json.dumps({"room": room, "user": user, "text": text},
+                          ensure_ascii=False, separators=(",", ":")).encode()
+        created, payload = self._append_publish(keys, [body, self.maxlen, self.idempotency_ttl])
+        return Publication.from_payload(payload), bool(created)
+
+    def read_after(self, room, cursor, count):
+        """Up to ``count`` publications strictly after ``cursor``, oldest first."""
+        entries = self.redis.xrange(room_keys(room)[0], f"({cursor}", "+", count=count)
+        return [Publication.from_entry(entry) for entry in entries]
+
+    def read_before(self, room, cursor, count):
+        """Up to ``count`` publications strictly before ``cursor`` (or the newest), oldest first."""
+        end = "+" if cursor is None else f"({cursor}"
+        entries = self.redis.xrevrange(room_keys(room)[0], end, "-", count=count)
+        return [Publication.from_entry(entry) for entry in reversed(entries)]
+
+    def tail(self, room):
+        """The id of the newest message, or ZERO for an empty room."""
+        entries = self.redis.xrevrange(room_keys(room)[0], "+", "-", count=1)
+        return StreamId.from_bytes(entries[0][0]) if entries else ZERO
+
+    def tails(self, rooms):
+        """The newest id of each room, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for room in rooms:
+            pipe.xrevrange(room_keys(room)[0], "+", "-", count=1)
+        return [StreamId.from_bytes(e[0][0]) if e else ZERO for e in pipe.execute()]
+
+    def position(self, room, cursor):
+        """Check a resume cursor against what the stream still keeps (invariant 8).
+
+        A cursor is stale when messages after it may have been trimmed away, or
+        when it is newer than anything this stream ever held (the store was
+        wiped). Either way the reader must be told, never silently skipped.
+        """
+        log, _, trimmed = room_keys(room)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.xrange(log, "-", "+", count=1)
+        pipe.xrevrange(log, "+", "-", count=1)
+        pipe.exists(trimmed)
+        first, last, was_trimmed = pipe.execute()
+        oldest = StreamId.from_bytes(first[0][0]) if first else None
+        newest = StreamId.from_bytes(last[0][0]) if last else ZERO
+        if cursor > newest or (was_trimmed and (oldest is None or cursor < oldest)):
+            return Position(newest, True, oldest)
+        return Position(cursor, False, oldest)

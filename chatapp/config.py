@@ -1,0 +1,96 @@
+"""The one place where configuration is read.
+
+Every setting comes from an environment variable with a default, is converted
+and range-checked at start-up, and ends up as a key of ``app.config``. A bad
+value stops the app with a message that names the variable, instead of failing
+later in a request.
+"""
+
+import os
+import secrets
+from dataclasses import dataclass
+
+
+class ConfigError(ValueError):
+    """A setting has a value the app can't run with."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    kind: type
+    default: object
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def parse(self, raw):
+        if self.kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ConfigError(f"{self.name}={raw!r}: expected true or false")
+            return text in {"1", "true", "yes", "on"}
+        try:
+            value = self.kind(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{self.name}={raw!r}: expected {self.kind.__name__}") from None
+        if self.minimum is not None and value < self.minimum:
+            raise ConfigError(f"{self.name}={raw!r}: must be at least {self.minimum}")
+        if self.maximum is not None and value > self.maximum:
+            raise ConfigError(f"{self.name}={raw!r}: must be at most {self.maximum}")
+        return value
+
+
+SETTINGS = (
+    Setting("REDIS_URL", str, "", "Redis to use, e.g. redis://host:6379/0 or unix:///path.sock. "
+            "Unset: `./serve` starts an embedded Redis under var/."),
+    Setting("SECRET_KEY", str, "", "Signs session cookies. Unset: a random key per process "
+            "(`./serve` keeps one in var/secret_key so all workers share it)."),
+    Setting("CHAT_MAX_MESSAGE_CHARS", int, 4000, "Longest message text; longer is a 413.", 1, 1_000_000),
+    Setting("CHAT_MAX_BODY_BYTES", int, 64 * 1024, "Largest request body; larger is a 413.", 1024),
+    Setting("CHAT_STREAM_MAXLEN", int, 10_000, "Messages kept per room (XADD MAXLEN ~).", 10),
+    Setting("CHAT_IDEMPOTENCY_TTL_SECS", int, 24 * 3600, "How long a retry with the same "
+            "Idempotency-Key / client_id returns the first message.", 1),
+    Setting("CHAT_HEARTBEAT_SECS", float, 15.0, "SSE `: ping` interval; proxies drop idle links "
+            "and a dead client is only noticed on a write.", 0.05, 300),
+    Setting("CHAT_RETRY_MS", int, 2000, "SSE `retry:` sent to clients (reconnect delay).", 0, 600_000),
+    Setting("CHAT_POLL_TIMEOUT_SECS", float, 25.0, "Default long-poll wait.", 0, 600),
+    Setting("CHAT_POLL_MAX_TIMEOUT_SECS", float, 60.0, "Cap on the long-poll `timeout`.", 0, 600),
+    Setting("CHAT_HISTORY_MAX_LIMIT", int, 200, "Cap on history `limit`.", 1, 10_000),
+    Setting("CHAT_BACKLOG_MAX", int, 200, "Cap on SSE `backlog`.", 0, 10_000),
+    Setting("CHAT_READER_QUEUE", int, 1000, "Frames queued per reader before it is switched "
+            "to catching up from the stream (bounds a slow reader's memory).", 1),
+    Setting("CHAT_CATCHUP_PAGE", int, 500, "Messages read per XRANGE when a reader catches up.", 1, 10_000),
+    Setting("CHAT_SUBSCRIBE_TIMEOUT_SECS", float, 5.0, "How long a new reader waits for the "
+            "worker's Pub/Sub subscription before it is told to retry.", 0.1, 60),
+    Setting("CHAT_HUB_PING_SECS", float, 5.0, "Pub/Sub liveness ping; a link silent for three "
+            "pings is dropped and reconnected.", 0.05, 60),
+    Setting("CHAT_ROOM_LINGER_SECS", float, 5.0, "Keep a room subscribed this long after its last "
+            "local reader leaves, so reconnects don't churn subscriptions.", 0, 3600),
+    Setting("CHAT_REDIS_POOL", int, 64, "Redis connections per worker for commands.", 1, 10_000),
+    Setting("CHAT_REDIS_TIMEOUT_SECS", float, 5.0, "Socket timeout for Redis commands.", 0.1, 120),
+    Setting("CHAT_SESSION_LIFETIME_SECS", int, 14 * 24 * 3600, "Session cookie lifetime.", 60),
+    Setting("CHAT_AUTH_CACHE_SECS", float, 30.0, "How long a verified HTTP Basic credential is "
+            "trusted in-process, so curl/API clients don't pay a password hash per request.", 0, 3600),
+)
+
+
+def load_settings(environ=None, overrides=None):
+    """Return ``{name: value}`` for every setting, from ``environ`` then ``overrides``."""
+    environ = os.environ if environ is None else environ
+    overrides = overrides or {}
+    values = {}
+    for setting in SETTINGS:
+        raw = overrides.get(setting.name, environ.get(setting.name, setting.default))
+        values[setting.name] = setting.parse(raw)
+    if not values["REDIS_URL"]:
+        raise ConfigError("REDIS_URL is not set: start the app with ./serve (which runs an "
+                          "embedded Redis) or point REDIS_URL at a Redis server")
+    if not values["SECRET_KEY"]:
+        values["SECRET_KEY"] = secrets.token_hex(32)
+    if values["CHAT_POLL_TIMEOUT_SECS"] > values["CHAT_POLL_MAX_TIMEOUT_SECS"]:
+        raise ConfigError("CHAT_POLL_TIMEOUT_SECS must not exceed CHAT_POLL_MAX_TIMEOUT_SECS")
+    extra = {k: v for k, v in overrides.items() if k not in values}
+    return {**values, **extra}

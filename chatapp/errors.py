@@ -1,0 +1,102 @@
+"""The error hierarchy and its single mapping to JSON responses.
+
+Views raise a :class:`ChatError` subclass; nothing else builds an error body.
+Every error a client sees is ``{"error": <code>, "message": <human text>}``.
+"""
+
+import logging
+
+import redis
+from flask import jsonify, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ChatError(Exception):
+    status = 500
+    code = "internal"
+    message = "Internal server error."
+
+    def __init__(self, message=None, *, code=None, headers=None):
+        super().__init__(message or self.message)
+        self.message = message or self.message
+        self.code = code or self.code
+        self.headers = headers or {}
+
+
+class BadRequest(ChatError):
+    status, code, message = 400, "bad_request", "The request is malformed."
+
+
+class Unauthorized(ChatError):
+    status, code, message = 401, "unauthorized", "Sign in first (session cookie or HTTP Basic)."
+
+
+class Forbidden(ChatError):
+    status, code, message = 403, "forbidden", "You may not do that."
+
+
+class NotFound(ChatError):
+    status, code, message = 404, "not_found", "No such resource."
+
+
+class Conflict(ChatError):
+    status, code, message = 409, "conflict", "That already exists."
+
+
+class PayloadTooLarge(ChatError):
+    status, code, message = 413, "too_large", "The request is too large."
+
+
+class RateLimited(ChatError):
+    status, code, message = 429, "rate_limited", "Too many requests; slow down."
+
+
+class StoreUnavailable(ChatError):
+    status, code, message = 503, "store_unavailable", "The message store is unavailable; retry shortly."
+
+
+# Errors that mean "Redis can't serve us right now" (down, restarting, loading its AOF,
+# a read-only replica after failover): the client should retry, so they are 503s.
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type",
+               429: "rate_limited"}
+
+
+def error_response(error):
+    response = jsonify(error=error.code, message=error.message)
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+def init_app(app):
+    """Map every exception a view can raise to a JSON error response."""
+
+    @app.errorhandler(ChatError)
+    def handle_chat_error(error):
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def handle_http_error(error):
+        original = getattr(error, "original_exception", None)
+        if error.code == 500 and original is not None:
+            return handle_unexpected(original)  # raised outside a view, e.g. saving the session
+        generic = ChatError(error.description, code=_HTTP_CODES.get(error.code, "http_error"))
+        generic.status = error.code
+        response = error_response(generic)
+        if error.code == 405 and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def handle_unexpected(error):
+        if isinstance(error, REDIS_ERRORS):
+            log.warning("redis unavailable in %s: %s: %s",
+                        request.endpoint, type(error).__name__, error)
+            return error_response(StoreUnavailable())
+        log.exception("unhandled error in %s", request.endpoint)
+        return error_response(ChatError())

@@ -1,0 +1,37 @@
+-- Save to history and publish, atomically per room (DESIGN invariants 1, 2, 9).
+--
+-- Running XADD and PUBLISH in one script makes a room's publish order equal to
+-- its stream-id order, and a 201 is only sent after the entry is in the stream.
+--
+-- KEYS[1] room stream (chat:{room}:log)
+-- KEYS[2] room channel (chat:{room}:live)
+-- KEYS[3] marker set once the stream has been trimmed (chat:{room}:trimmed)
+-- KEYS[4] optional idempotency key (chat:{room}:idem:<user>:<key>)
+-- ARGV[1] message body: a JSON object without "id" and "ts", e.g. {"room":..,"user":..,"text":..}
+-- ARGV[2] stream cap (approximate MAXLEN)
+-- ARGV[3] idempotency window in seconds
+--
+-- Returns {1, message JSON} for a new message, {0, message JSON} for a replay.
+
+if KEYS[4] then
+  local first = redis.call('GET', KEYS[4])
+  if first then
+    return {0, first}
+  end
+end
+
+local id = redis.call('XADD', KEYS[1], '*', 'body', ARGV[1])
+-- The timestamp is the id's millisecond part, so "ts" never disagrees with the order.
+local message = '{"id":"' .. id .. '","ts":' .. string.match(id, '^%d+') .. ',' .. string.sub(ARGV[1], 2)
+redis.call('PUBLISH', KEYS[2], message)
+
+-- Trimming separately from XADD tells us whether anything was dropped, so a
+-- reader whose cursor predates the kept log gets an explicit reset (invariant 8).
+if redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[2]) > 0 then
+  redis.call('SET', KEYS[3], '1')
+end
+
+if KEYS[4] then
+  redis.call('SET', KEYS[4], message, 'EX', ARGV[3])
+end
+return {1, message}

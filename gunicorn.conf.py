@@ -1,0 +1,80 @@
+"""gunicorn settings: gevent workers that each hold thousands of SSE streams.
+
+Environment: HOST (127.0.0.1), PORT (8000), WEB_CONCURRENCY (2 workers),
+CHAT_WORKER_CONNECTIONS (11000), CHAT_DATA_DIR (var). Without REDIS_URL the
+master starts the embedded Redis before the workers and stops it after them.
+"""
+
+import os
+import resource
+import secrets
+import signal
+from pathlib import Path
+
+from chatapp.config import ConfigError, load_settings
+from chatapp.embedded_redis import EmbeddedRedis
+
+bind = os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "gevent"
+# Every open stream holds a connection slot: 10,000 streams per worker plus
+# headroom, or POSTs would queue behind streams.
+worker_connections = int(os.environ.get("CHAT_WORKER_CONNECTIONS", "11000"))
+# Streams end themselves on SIGTERM (see post_worker_init); this only bounds stragglers.
+graceful_timeout = 10
+keepalive = 5
+# Several instances on one machine (tests, a local cluster) must not share one socket.
+control_socket_disable = True
+
+DATA_DIR = Path(os.environ.get("CHAT_DATA_DIR", "var")).resolve()
+_embedded = {}
+
+
+def on_starting(server):
+    """Raise the open-file limit, start the embedded Redis if needed, check the config."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if not os.environ.get("REDIS_URL"):
+        redis_server = EmbeddedRedis(DATA_DIR / "redis")
+        os.environ["REDIS_URL"] = redis_server.start()
+        _embedded["redis"] = redis_server
+    if not os.environ.get("SECRET_KEY"):
+        os.environ["SECRET_KEY"] = _persistent_secret(DATA_DIR / "secret_key")
+    try:
+        load_settings()
+    except ConfigError as exc:
+        on_exit(server)
+        raise SystemExit(f"configuration error: {exc}") from None
+
+
+def _persistent_secret(path):
+    """One key shared by all workers and kept across restarts, so sessions survive both."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def when_ready(server):
+    for listener in server.LISTENERS:
+        host, port = listener.sock.getsockname()[:2]
+        print(f"Chat is running at http://{host}:{port}/  (Ctrl-C to stop)", flush=True)
+
+
+def post_worker_init(worker):
+    """On SIGTERM, end this worker's streams at once so clients resume elsewhere."""
+    hub = worker.wsgi.extensions["chat.hub"]
+    stop_accepting = worker.handle_exit
+
+    def handle_exit(sig, frame):
+        stop_accepting(sig, frame)
+        hub.close("draining")
+
+    signal.signal(signal.SIGTERM, handle_exit)
+
+
+def on_exit(server):
+    redis_server = _embedded.pop("redis", None)
+    if redis_server is not None:
+        redis_server.stop()

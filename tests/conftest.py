@@ -1,0 +1,120 @@
+"""Fixtures: a real redis-server per session, a fresh app per test, real gunicorn when workers matter."""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import itertools  # noqa: E402
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+import redis  # noqa: E402
+
+from chatapp import create_app  # noqa: E402
+from chatapp.embedded_redis import EmbeddedRedis  # noqa: E402
+from tests.helpers import Api, Gunicorn  # noqa: E402
+
+PASSWORD = "correct horse"
+_names = itertools.count()
+
+
+def unique(prefix):
+    """A name no other test uses, for state shared across tests (rooms, users)."""
+    return f"{prefix}{next(_names)}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_server):
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def config():
+    """Per-test overrides of app settings (tests may edit it before using ``app``)."""
+    return {"CHAT_HEARTBEAT_SECS": 0.5, "CHAT_HUB_PING_SECS": 0.5, "CHAT_ROOM_LINGER_SECS": 0.2}
+
+
+@pytest.fixture
+def app(redis_server, redis_client, config):
+    app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **config})
+    yield app
+    app.extensions["chat.hub"].close("test over")
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+class AuthActions:
+    def __init__(self, client):
+        self._client = client
+
+    def register(self, username="alice", password=PASSWORD):
+        return self._client.post("/api/auth/register", json={"username": username, "password": password})
+
+    def login(self, username="alice", password=PASSWORD):
+        return self._client.post("/api/auth/login", json={"username": username, "password": password})
+
+    def logout(self):
+        return self._client.post("/api/auth/logout")
+
+
+@pytest.fixture
+def auth(client):
+    return AuthActions(client)
+
+
+@pytest.fixture
+def alice(auth):
+    """A client signed in as alice (session cookie)."""
+    assert auth.register("alice").status_code == 201
+    return auth._client
+
+
+# -- real servers --------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def cluster_redis(tmp_path_factory):
+    """The Redis behind the shared gunicorn (never flushed: tests use unique names)."""
+    server = EmbeddedRedis(tmp_path_factory.mktemp("cluster-redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def server(cluster_redis):
+    """gunicorn with 2 gevent workers, shared by the tests of a session."""
+    gunicorn = Gunicorn(cluster_redis.url, workers=2, env={"CHAT_HEARTBEAT_SECS": "1"})
+    gunicorn.start()
+    yield gunicorn
+    gunicorn.stop()
+
+
+@pytest.fixture
+def user(server):
+    """A fresh account on the shared server; returns an Api signed in with Basic auth."""
+    name = unique("u")
+    assert Api(server.url).post("/api/auth/register",
+                                {"username": name, "password": PASSWORD}).status == 201
+    return Api(server.url, name, PASSWORD)
+
+
+@pytest.fixture
+def room(user):
+    """A fresh room on the shared server."""
+    name = unique("r")
+    assert user.post("/api/rooms", {"name": name}).status == 201
+    return name

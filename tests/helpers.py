@@ -1,0 +1,223 @@
+"""Test clients that speak real HTTP: a small JSON client, an SSE reader, a gunicorn runner."""
+
+import base64
+import http.client
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import gevent
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_id(text):
+    ms, seq = text.split("-")
+    return int(ms), int(seq)
+
+
+class SSEParser:
+    """Incremental SSE parser: feed bytes, get complete events as dicts."""
+
+    def __init__(self):
+        self._buffer = b""
+
+    def feed(self, chunk):
+        self._buffer += chunk.replace(b"\r\n", b"\n")
+        events = []
+        while b"\n\n" in self._buffer:
+            block, self._buffer = self._buffer.split(b"\n\n", 1)
+            event = {"comments": []}
+            for line in block.decode().split("\n"):
+                field, _, value = line.partition(":")
+                value = value[1:] if value.startswith(" ") else value
+                if field == "":
+                    event["comments"].append(value)
+                elif field == "data":
+                    event["data"] = event["data"] + "\n" + value if "data" in event else value
+                else:
+                    event[field] = value
+            events.append(event)
+        return events
+
+
+class Response:
+    def __init__(self, status, headers, body):
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+    @property
+    def json(self):
+        return json.loads(self.body)
+
+    @property
+    def pid(self):
+        return int(self.headers["X-Worker-Pid"])
+
+
+class Api:
+    """A JSON client for a live server; one connection per request (like many browsers)."""
+
+    def __init__(self, base_url, user=None, password=None):
+        parts = urlsplit(base_url)
+        self.host, self.port = parts.hostname, parts.port
+        self.auth = None
+        if user:
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            self.auth = f"Basic {token}"
+
+    def _headers(self, extra):
+        headers = {"Host": f"{self.host}:{self.port}"}
+        if self.auth:
+            headers["Authorization"] = self.auth
+        headers.update(extra or {})
+        return headers
+
+    def request(self, method, path, json_body=None, headers=None, body=None, timeout=30):
+        headers = self._headers(headers)
+        if json_body is not None:
+            body = json.dumps(json_body)
+            headers["Content-Type"] = "application/json"
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        try:
+            conn.request(method, path, body=body, headers=headers)
+            resp = conn.getresponse()
+            return Response(resp.status, dict(resp.getheaders()), resp.read())
+        finally:
+            conn.close()
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, json_body=None, **kw):
+        return self.request("POST", path, json_body=json_body, **kw)
+
+    def stream(self, path, headers=None, timeout=30):
+        return SSEStream(self, path, headers, timeout)
+
+
+class SSEStream:
+    """An open SSE response; ``events()`` yields parsed events as they arrive."""
+
+    def __init__(self, api, path, headers, timeout):
+        self.conn = http.client.HTTPConnection(api.host, api.port, timeout=timeout)
+        self.conn.request("GET", path, headers=api._headers(headers))
+        self.response = self.conn.getresponse()
+        self.status = self.response.status
+        self.headers = dict(self.response.getheaders())
+        self.pid = int(self.headers.get("X-Worker-Pid", 0))
+        self._parser = SSEParser()
+
+    def events(self):
+        while True:
+            chunk = self.response.read1(65536)
+            if not chunk:
+                return
+            yield from self._parser.feed(chunk)
+
+    def messages_until(self, done, timeout=30):
+        """Collect message events until ``done(messages)`` is true; returns the list."""
+        got = []
+        with gevent.Timeout(timeout, False):
+            for event in self.events():
+                if event.get("event") == "message":
+                    got.append(json.loads(event["data"]))
+                    if done(got):
+                        break
+        return got
+
+    def close(self):
+        self.conn.close()
+
+
+class Gunicorn:
+    """A real gunicorn (gevent workers) serving the app on a free port."""
+
+    def __init__(self, redis_url, workers=2, env=None):
+        self.redis_url = redis_url
+        self.workers = workers
+        self.extra_env = env or {}
+        self.proc = None
+        self.url = None
+
+    def start(self, timeout=30):
+        env = {**os.environ, "REDIS_URL": self.redis_url, "WEB_CONCURRENCY": str(self.workers),
+               "SECRET_KEY": "test-secret", "BIND": "127.0.0.1:0", **self.extra_env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + timeout
+        self.log = []
+        booted = 0
+        while time.monotonic() < deadline and booted < self.workers:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("gunicorn exited:\n" + "".join(self.log))
+            self.log.append(line)
+            match = re.search(r"Listening at: (http://\S+)", line)
+            if match:
+                self.url = match[1]
+            booted += "Booting worker" in line
+        gevent.spawn(self._drain)
+        return self.url
+
+    def _drain(self):
+        for line in self.proc.stdout:
+            self.log.append(line)
+
+    def worker_pids(self):
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        return sorted(int(pid) for pid in out.stdout.split())
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class LocalStream:
+    """An SSE response from Flask's test client, read chunk by chunk."""
+
+    def __init__(self, client, url, headers=None):
+        self.response = client.get(url, headers=headers or {}, buffered=False)
+        self.status = self.response.status_code
+        self._chunks = iter(self.response.response)
+        self._parser = SSEParser()
+        self._pending = []
+
+    def next_event(self, timeout=5):
+        """The next event (dict), or None if none came within ``timeout``."""
+        with gevent.Timeout(timeout, False):
+            while not self._pending:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    return None
+                self._pending.extend(self._parser.feed(chunk))
+            return self._pending.pop(0)
+        return None
+
+    def messages(self, count, timeout=10):
+        """The next ``count`` message events' data, skipping pings and comments."""
+        got = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            event = self.next_event(deadline - time.monotonic())
+            if event is None:
+                break
+            if event.get("event") == "message":
+                got.append(json.loads(event["data"]))
+        return got
+
+    def close(self):
+        self.response.close()

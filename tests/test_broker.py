@@ -1,0 +1,94 @@
+import json
+
+import pytest
+
+from chatapp.broker import ZERO, StreamId, room_keys
+from chatapp.errors import BadRequest
+
+
+def broker_of(app):
+    return app.extensions["chat.broker"]
+
+
+def test_stream_ids_compare_as_integer_pairs_not_strings():
+    assert StreamId.parse("10-0") > StreamId.parse("9-5")
+    assert "10-0" < "9-5"  # what string comparison would have said
+    assert StreamId.parse("5-10") > StreamId.parse("5-9")
+    assert StreamId.parse("0") == ZERO
+
+
+@pytest.mark.parametrize("bad", ["", "abc", "1-", "-1", "1-2-3", "1.5-0", " 1-0", "1-0 ",
+                                  "99999999999999999999999-0", "18446744073709551616-0", "$", "+"])
+def test_malformed_cursors_are_rejected(bad):
+    with pytest.raises(BadRequest):
+        StreamId.parse(bad)
+
+
+def test_publish_is_in_the_stream_and_on_the_channel_in_one_script(app, redis_client):
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(room_keys("general")[1])
+    pubsub.get_message(timeout=1)
+    publication, created = broker_of(app).publish("general", "alice", "hi")
+    assert created
+    live = pubsub.get_message(timeout=2)
+    assert live["data"] == publication.json
+    (entry_id, _), = redis_client.xrange(room_keys("general")[0])
+    assert StreamId.from_bytes(entry_id) == publication.id
+    message = json.loads(publication.json)
+    assert message == {"id": str(publication.id), "ts": publication.id.ms, "room": "general",
+                       "user": "alice", "text": "hi"}
+
+
+def test_history_entry_encodes_exactly_like_the_live_message(app):
+    broker = broker_of(app)
+    publication, _ = broker.publish("general", "alice", 'quote " and </script> and ünïcode')
+    assert broker.read_after("general", ZERO, 10)[0].json == publication.json
+
+
+def test_publish_order_equals_stream_order(app, redis_client):
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(room_keys("general")[1])
+    pubsub.get_message(timeout=1)
+    for i in range(50):
+        broker_of(app).publish("general", "alice", str(i))
+    live = [StreamId.from_bytes(json.loads(pubsub.get_message(timeout=2)["data"])["id"].encode())
+            for _ in range(50)]
+    stored = [StreamId.from_bytes(i) for i, _ in redis_client.xrange(room_keys("general")[0])]
+    assert live == stored == sorted(stored)
+
+
+def test_idempotency_key_returns_first_message_and_adds_nothing(app, redis_client):
+    broker = broker_of(app)
+    first, created = broker.publish("general", "alice", "once", "key-1")
+    again, created_again = broker.publish("general", "alice", "once", "key-1")
+    assert created and not created_again
+    assert again.json == first.json
+    assert redis_client.xlen(room_keys("general")[0]) == 1
+
+
+def test_idempotency_keys_are_per_user(app, redis_client):
+    broker = broker_of(app)
+    broker.publish("general", "alice", "a", "same")
+    _, created = broker.publish("general", "bob", "b", "same")
+    assert created
+    assert redis_client.xlen(room_keys("general")[0]) == 2
+
+
+def test_position_reports_reset_only_after_trimming(app, config):
+    broker = broker_of(app)
+    broker.maxlen = 10
+    first, _ = broker.publish("general", "alice", "0")
+    assert not broker.position("general", ZERO).reset  # nothing trimmed yet
+    for i in range(300):
+        broker.publish("general", "alice", str(i))
+    position = broker.position("general", first.id)
+    assert position.reset and position.oldest > first.id
+    assert not broker.position("general", position.oldest).reset
+
+
+def test_position_resets_a_cursor_from_the_future(app):
+    broker = broker_of(app)
+    publication, _ = broker.publish("general", "alice", "x")
+    future = StreamId(publication.id.ms + 10_000, 0)
+    position = broker.position("general", future)
+    assert position.reset and position.cursor == publication.id
