@@ -22,7 +22,8 @@ worker_class = "gevent"
 worker_connections = int(os.environ.get("CHAT_WORKER_CONNECTIONS", "11000"))
 # Streams end themselves on SIGTERM (see post_worker_init); this only bounds stragglers.
 graceful_timeout = 10
-keepalive = 5
+# Idle keep-alive connections delay a graceful stop by this much; stay at the default.
+keepalive = 2
 # Several instances on one machine (tests, a local cluster) must not share one socket.
 control_socket_disable = True
 
@@ -32,7 +33,7 @@ _embedded = {}
 
 def on_starting(server):
     """Raise the open-file limit, start the embedded Redis if needed, check the config."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if not os.environ.get("REDIS_URL"):
         redis_server = EmbeddedRedis(DATA_DIR / "redis")

@@ -52,7 +52,7 @@ ZERO = StreamId(0, 0)
 class Publication:
     """One message at its stream position, encoded once for every reader."""
 
-    __slots__ = ("id", "json", "_frame")
+    __slots__ = ("_frame", "id", "json")
 
     def __init__(self, id, json_bytes):
         self.id = id

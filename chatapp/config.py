@@ -60,7 +60,7 @@ SETTINGS = (
     Setting("CHAT_POLL_MAX_TIMEOUT_SECS", float, 60.0, "Cap on the long-poll `timeout`.", 0, 600),
     Setting("CHAT_HISTORY_MAX_LIMIT", int, 200, "Cap on history `limit`.", 1, 10_000),
     Setting("CHAT_BACKLOG_MAX", int, 200, "Cap on SSE `backlog`.", 0, 10_000),
-    Setting("CHAT_READER_QUEUE", int, 1000, "Frames queued per reader before it is switched "
+    Setting("CHAT_READER_QUEUE", int, 256, "Frames queued per reader before it is switched "
             "to catching up from the stream (bounds a slow reader's memory).", 1),
     Setting("CHAT_CATCHUP_PAGE", int, 500, "Messages read per XRANGE when a reader catches up.", 1, 10_000),
     Setting("CHAT_SUBSCRIBE_TIMEOUT_SECS", float, 5.0, "How long a new reader waits for the "

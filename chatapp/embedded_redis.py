@@ -21,7 +21,6 @@ import subprocess
 import time
 from pathlib import Path
 
-
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_SECS = 15  # loading a large AOF takes a while
@@ -70,7 +69,8 @@ class EmbeddedRedis:
                 "--logfile", str(self.data_dir / "redis.log")]
         # A session of its own: Ctrl-C in the terminal goes to gunicorn, which
         # stops its workers first and only then this server.
-        self.process = subprocess.Popen(args, start_new_session=True)
+        self.process = subprocess.Popen(args, start_new_session=True, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self.pid = self.process.pid
         self._wait_ready()
         log.info("embedded Redis pid=%d serving %s", self.pid, self.url)

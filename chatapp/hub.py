@@ -48,7 +48,7 @@ class ReaderClosed(Exception):
 class Reader:
     """One SSE stream or long-poll: a bounded queue of publications and a cursor."""
 
-    __slots__ = ("hub", "room", "last_id", "_queue", "_wake", "_behind", "closed_reason")
+    __slots__ = ("_behind", "_queue", "_wake", "closed_reason", "hub", "last_id", "room")
 
     def __init__(self, hub, room):
         self.hub = hub
@@ -133,7 +133,7 @@ class Reader:
 
 
 class _Room:
-    __slots__ = ("name", "channel", "readers", "last_id", "start_id", "ready", "idle_since")
+    __slots__ = ("channel", "idle_since", "last_id", "name", "readers", "ready", "start_id")
 
     def __init__(self, name, channel):
         self.name = name

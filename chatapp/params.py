@@ -1,5 +1,7 @@
 """Reading request input: bodies (JSON or a form, the same fields either way) and query values."""
 
+import math
+
 from flask import request
 
 from .broker import StreamId
@@ -43,7 +45,7 @@ def query_number(name, default, low, high, kind=int):
         value = kind(raw)
     except ValueError:
         value = None
-    if value is None or value != value or not low <= value <= high:
+    if value is None or math.isnan(value) or not low <= value <= high:
         raise BadRequest(f"Parameter '{name}' must be a number from {low} to {high}.",
                          code="bad_parameter")
     return value

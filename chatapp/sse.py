@@ -15,7 +15,7 @@ PING = b": ping\n\n"
 class Event:
     """One SSE frame; ``encode()`` gives the bytes to write."""
 
-    __slots__ = ("data", "event", "id", "retry", "comment")
+    __slots__ = ("comment", "data", "event", "id", "retry")
 
     def __init__(self, data=None, *, event=None, id=None, retry=None, comment=None):
         self.data = data

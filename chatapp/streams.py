@@ -64,25 +64,35 @@ def _event_stream(reader, cursor, backlog, heartbeat, retry_ms):
     # client can tell a buffering proxy from a quiet room.
     yield sse.Event(retry=retry_ms, comment="stream open").encode()
     try:
-        position, initial = reader.open(cursor, backlog)
-        if position and position.reset:
-            yield _reset_event(position)
-        if initial:
-            yield b"".join(p.frame for p in initial)
-        while True:
-            batch = reader.next_batch(heartbeat)
-            if batch is None:
-                yield sse.PING
-            elif batch:
-                yield b"".join(p.frame for p in batch)
+        yield from _deliver(reader, cursor, backlog, heartbeat)  # ends only by an exception
     except ReaderClosed as closed:
-        yield sse.Event({"reason": closed.reason}, event="retry").encode()
-    except (StoreUnavailable, *REDIS_ERRORS) as exc:
-        log.warning("stream room=%s pid=%d ended: store unavailable (%s)", reader.room, os.getpid(), exc)
-        yield sse.Event({"reason": "store_unavailable"}, event="retry").encode()
+        reason = closed.reason
+    except StoreUnavailable as exc:
+        reason = exc.code
+        if exc.code != "draining":
+            log.warning("stream room=%s pid=%d ended: %s", reader.room, os.getpid(), exc)
+    except REDIS_ERRORS as exc:
+        reason = "store_unavailable"
+        log.warning("stream room=%s pid=%d ended: redis unavailable (%s: %s)",
+                    reader.room, os.getpid(), type(exc).__name__, exc)
     finally:
         reader.hub.detach(reader)
         log.debug("stream room=%s closed after %.1fs", reader.room, time.monotonic() - opened)
+    yield sse.Event({"reason": reason}, event="retry").encode()
+
+
+def _deliver(reader, cursor, backlog, heartbeat):
+    position, initial = reader.open(cursor, backlog)
+    if position and position.reset:
+        yield _reset_event(position)
+    if initial:
+        yield b"".join(p.frame for p in initial)
+    while True:
+        batch = reader.next_batch(heartbeat)
+        if batch is None:
+            yield sse.PING
+        elif batch:
+            yield b"".join(p.frame for p in batch)
 
 
 def _reset_event(position):

@@ -2,6 +2,7 @@
 
 import base64
 import http.client
+import itertools
 import json
 import os
 import re
@@ -13,6 +14,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import gevent
+import gevent.queue
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,6 +71,7 @@ class Api:
         parts = urlsplit(base_url)
         self.host, self.port = parts.hostname, parts.port
         self.auth = None
+        self.auth_user = user
         if user:
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             self.auth = f"Basic {token}"
@@ -80,7 +83,7 @@ class Api:
         headers.update(extra or {})
         return headers
 
-    def request(self, method, path, json_body=None, headers=None, body=None, timeout=30):
+    def request(self, method, path, json_body=None, *, headers=None, body=None, timeout=30):
         headers = self._headers(headers)
         if json_body is not None:
             body = json.dumps(json_body)
@@ -173,7 +176,7 @@ class Gunicorn:
             self.log.append(line)
 
     def worker_pids(self):
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)
+        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False)
         return sorted(int(pid) for pid in out.stdout.split())
 
     def stop(self):
@@ -192,15 +195,22 @@ class LocalStream:
     def __init__(self, client, url, headers=None):
         self.response = client.get(url, headers=headers or {}, buffered=False)
         self.status = self.response.status_code
-        self._chunks = iter(self.response.response)
+        self._chunks = gevent.queue.Queue()
         self._parser = SSEParser()
         self._pending = []
+        # Drain the body continuously, as a server writing to a socket would.
+        self._pump = gevent.spawn(self._read_body)
+
+    def _read_body(self):
+        for chunk in self.response.response:
+            self._chunks.put(chunk)
+        self._chunks.put(None)
 
     def next_event(self, timeout=5):
         """The next event (dict), or None if none came within ``timeout``."""
         with gevent.Timeout(timeout, False):
             while not self._pending:
-                chunk = next(self._chunks, None)
+                chunk = self._chunks.get()
                 if chunk is None:
                     return None
                 self._pending.extend(self._parser.feed(chunk))
@@ -220,4 +230,73 @@ class LocalStream:
         return got
 
     def close(self):
+        self._pump.kill()
         self.response.close()
+
+
+class ResumingReader:
+    """Reads a room like a browser's EventSource: reconnects with Last-Event-ID, forever.
+
+    Runs in its own greenlet; ``ids`` is everything it received, in arrival
+    order, duplicates included, so tests can check exactly-once and order.
+    """
+
+    def __init__(self, api, room, last_id=None, retry_secs=0.2):
+        self.api = api
+        self.room = room
+        self.last_id = last_id
+        self.retry_secs = retry_secs
+        self.ids = []
+        self.pids = set()
+        self.connects = 0
+        self.resets = 0
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        while True:
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            try:
+                stream = self.api.stream(f"/api/rooms/{self.room}/events", headers, timeout=60)
+                self.connects += 1
+                if stream.status != 200:
+                    raise RuntimeError(f"stream answered {stream.status}")
+                self.pids.add(stream.pid)
+                for event in stream.events():
+                    self._on_event(event)
+            except (OSError, http.client.HTTPException):
+                pass
+            gevent.sleep(self.retry_secs)
+
+    def _on_event(self, event):
+        if "id" in event:
+            self.last_id = event["id"]
+        if event.get("event") == "message":
+            self.ids.append(event["id"])
+        elif event.get("event") == "reset":
+            self.resets += 1
+
+    def wait_for(self, last_id, timeout=30):
+        """Wait until ``last_id`` arrived; True if it did."""
+        deadline = time.monotonic() + timeout
+        target = parse_id(last_id)
+        while time.monotonic() < deadline:
+            if self.ids and parse_id(self.ids[-1]) >= target:
+                return True
+            gevent.sleep(0.05)
+        return False
+
+    def stop(self):
+        self._greenlet.kill()
+
+
+def assert_exactly_once_in_order(received, expected, who="reader"):
+    """Every expected id once, in order, nothing else; a readable diff otherwise."""
+    if received == expected:
+        return
+    seen = set(received)
+    missing = [i for i in expected if i not in seen]
+    duplicates = sorted({i for i in received if received.count(i) > 1})
+    backwards = [b for a, b in itertools.pairwise(received) if parse_id(b) <= parse_id(a)]
+    raise AssertionError(f"{who}: {len(received)} received, {len(expected)} expected; "
+                         f"missing {missing[:10]}, duplicates {duplicates[:10]}, "
+                         f"out of order {backwards[:10]}")

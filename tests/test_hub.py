@@ -1,0 +1,202 @@
+"""The worker hub's invariants, against a real Redis: subscribe-then-backfill,
+self-healing, bounded slow readers, encode once."""
+
+import json
+import time
+
+import gevent
+import redis
+
+from tests.helpers import LocalStream, SSEParser
+
+
+def publish(app, text, room="general"):
+    return app.extensions["chat.broker"].publish(room, "alice", text)[0]
+
+
+def ids(messages):
+    return [m["id"] for m in messages]
+
+
+def hub_of(app):
+    return app.extensions["chat.hub"]
+
+
+def test_readers_joining_during_a_burst_get_everything_after_their_cursor_once(alice, app):
+    """Subscribe, then backfill: readers that connect while messages flow miss nothing."""
+    broker = app.extensions["chat.broker"]
+    seed = publish(app, "seed")
+
+    def post():
+        sent = []
+        for i in range(300):
+            sent.append(publish(app, f"m{i}"))
+            gevent.sleep(0.002)
+        return sent
+
+    poster = gevent.spawn(post)
+    streams = []
+    while not poster.dead:
+        cursor = broker.tail("general")
+        streams.append((cursor, LocalStream(alice, "/api/rooms/general/events",
+                                            {"Last-Event-ID": str(cursor)})))
+        gevent.sleep(0.01)
+    everything = [seed.id] + [p.id for p in poster.get()]
+    assert len(streams) > 20
+    for cursor, stream in streams:
+        expected = [str(i) for i in everything if i > cursor]
+        assert ids(stream.messages(len(expected), timeout=10)) == expected, f"reader from {cursor}"
+    gevent.sleep(0.3)
+    for _, stream in streams:
+        assert stream.messages(1, timeout=0.01) == []  # nothing twice
+        stream.close()
+
+
+def test_hub_heals_after_repeated_pubsub_kills_without_gap_or_duplicate(alice, app, redis_client):
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    stream.next_event()
+    gevent.sleep(0.2)
+
+    def killer():
+        for _ in range(20):
+            redis_client.client_kill_filter(_type="pubsub")
+            gevent.sleep(0.05)
+
+    killing = gevent.spawn(killer)
+    sent = []
+    while not killing.dead:
+        sent.append(str(publish(app, f"m{len(sent)}").id))
+        gevent.sleep(0.005)
+    sent += [str(publish(app, "after").id)]
+    got = stream.messages(len(sent), timeout=15)
+    assert ids(got) == sent
+    assert stream.messages(1, timeout=0.5) == []
+    assert hub_of(app).stats["reconnects"] >= 5
+    stream.close()
+
+
+def test_hub_drops_a_silent_link_and_reconnects(alice, app, redis_client):
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    stream.next_event()
+    gevent.sleep(0.2)
+    before = hub_of(app).stats["reconnects"]
+    redis_client.execute_command("CLIENT", "PAUSE", "2500", "ALL")
+    gevent.sleep(3)
+    assert hub_of(app).stats["reconnects"] > before  # pings unanswered for 3 pings of 0.5 s
+    sent = publish(app, "after the pause")
+    assert ids(stream.messages(1)) == [str(sent.id)]
+    stream.close()
+
+
+def paused_stream(client, url, headers=None):
+    """An SSE response whose body is only read when the test asks (a reader that stalls)."""
+    response = client.get(url, headers=headers or {}, buffered=False)
+    return response, iter(response.response)
+
+
+def test_slow_reader_queue_is_bounded_and_it_catches_up_in_order(alice, app, config):
+    app.config["CHAT_READER_QUEUE"] = 50
+    hub_of(app).queue_limit = 50
+    response, body = paused_stream(alice, "/api/rooms/general/events")
+    next(body)  # the preamble; the next step registers the reader
+    registered = gevent.spawn(next, body)
+    gevent.sleep(0.2)
+    (reader,) = [r for room in hub_of(app)._rooms.values() for r in room.readers]
+    sent, longest = [], 0
+    for i in range(5000):
+        sent.append(str(publish(app, f"message {i}").id))
+        longest = max(longest, len(reader._queue))
+    assert longest <= 50
+    parser, got = SSEParser(), []
+    chunks = [registered.get()]
+    with gevent.Timeout(30):
+        while len(got) < 5000:
+            for event in parser.feed(chunks.pop() if chunks else next(body)):
+                if event.get("event") == "message":
+                    got.append(json.loads(event["data"])["id"])
+    assert got == sent
+    assert hub_of(app).stats["catchup_pages"] >= 10
+    response.close()
+
+
+def test_one_encoding_shared_by_all_readers_and_queued_frames_written_in_one_chunk(alice, app):
+    streams = [paused_stream(alice, "/api/rooms/general/events") for _ in range(3)]
+    for _, body in streams:
+        next(body)
+    waiting = [gevent.spawn(next, body) for _, body in streams]
+    gevent.sleep(0.2)
+    first = publish(app, "first")
+    assert all(g.get(timeout=5) == first.frame for g in waiting)
+    # Every generator now waits at a yield, as if its socket were slow: frames queue up.
+    readers = [r for room in hub_of(app)._rooms.values() for r in room.readers]
+    for i in range(10):
+        publish(app, f"m{i}")
+    gevent.sleep(0.2)
+    queued = [reader._queue for reader in readers]
+    assert len(readers) == 3 and all(len(q) == 10 for q in queued)
+    assert all(a is b is c for a, b, c in zip(*queued))  # one Publication for all readers
+    frames = [p.frame for p in queued[0]]
+    assert all(p.frame is f for p, f in zip(queued[2], frames))  # one encoding
+    assert next(streams[0][1]) == b"".join(frames)  # ten frames, one write
+    for response, _ in streams:
+        response.close()
+
+
+def test_closed_stream_unregisters_its_reader_at_once(alice, app):
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    stream.next_event()
+    gevent.sleep(0.1)
+    assert hub_of(app).reader_count() == 1
+    stream.close()
+    gevent.sleep(0.05)
+    assert hub_of(app).reader_count() == 0
+
+
+def test_idle_room_is_unsubscribed_after_linger(alice, app, redis_client):
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    stream.next_event()
+    gevent.sleep(0.2)
+    assert redis_client.pubsub_numsub("chat:{general}:live")[0][1] == 1
+    stream.close()
+    deadline = time.monotonic() + 5
+    while redis_client.pubsub_numsub("chat:{general}:live")[0][1] and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+    assert redis_client.pubsub_numsub("chat:{general}:live")[0][1] == 0
+
+
+def test_hub_reconnects_when_redis_comes_back(alice, app, redis_server):
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    stream.next_event()
+    gevent.sleep(0.2)
+    redis_server.stop()
+    gevent.sleep(0.5)
+    redis_server.start()
+    client = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 10
+    while client.pubsub_numsub("chat:{general}:live")[0][1] == 0 and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+    sent = publish(app, "after restart")
+    assert ids(stream.messages(1)) == [str(sent.id)]
+    stream.close()
+
+
+def test_first_reader_of_a_fresh_hub_misses_nothing_while_the_hub_connects(alice, app):
+    """The reader must wait for the subscription: before it, live messages go nowhere."""
+    assert hub_of(app)._pid is None  # nothing has started the hub yet
+    seed = publish(app, "seed")
+    running = [True]
+
+    def post():
+        sent = []
+        while running[0]:
+            sent.append(publish(app, f"m{len(sent)}"))
+        return sent
+
+    poster = gevent.spawn(post)
+    gevent.sleep(0.05)
+    stream = LocalStream(alice, "/api/rooms/general/events", {"Last-Event-ID": str(seed.id)})
+    gevent.sleep(0.3)
+    running[0] = False
+    expected = [str(p.id) for p in poster.get()]
+    assert ids(stream.messages(len(expected), timeout=10)) == expected
+    stream.close()
