@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import gevent
 import gevent.queue
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,8 +177,7 @@ class Gunicorn:
             self.log.append(line)
 
     def worker_pids(self):
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True, check=False)
-        return sorted(int(pid) for pid in out.stdout.split())
+        return sorted(child.pid for child in psutil.Process(self.proc.pid).children())
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
