@@ -11,6 +11,8 @@ import secrets
 import signal
 from pathlib import Path
 
+import gevent
+
 from chatapp.config import ConfigError, load_settings
 from chatapp.embedded_redis import EmbeddedRedis
 
@@ -70,7 +72,8 @@ def post_worker_init(worker):
 
     def handle_exit(sig, frame):
         stop_accepting(sig, frame)
-        hub.close("draining")
+        # Not in the signal handler itself: closing takes a gevent lock.
+        gevent.spawn(hub.close, "draining")
 
     signal.signal(signal.SIGTERM, handle_exit)
 

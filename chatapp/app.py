@@ -5,7 +5,21 @@ import os
 
 from flask import Flask
 
-from . import auth, errors, health, messages, page, rooms, sessions, store, streams, users
+from . import (
+    admin,
+    auth,
+    errors,
+    health,
+    messages,
+    page,
+    ratelimit,
+    rooms,
+    security,
+    sessions,
+    store,
+    streams,
+    users,
+)
 from .config import load_settings
 
 
@@ -22,9 +36,11 @@ def create_app(test_config=None):
     errors.init_app(app)
     store.init_app(app)
     sessions.init_app(app)
+    security.init_app(app)
+    ratelimit.init_app(app)
     users.init_app(app)
     rooms.init_app(app)
-    for module in (auth, rooms, messages, streams, health, page):
+    for module in (auth, rooms, messages, streams, admin, health, page):
         app.register_blueprint(module.bp)
 
     @app.after_request

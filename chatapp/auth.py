@@ -3,11 +3,13 @@
 import functools
 
 from flask import Blueprint, current_app, g, jsonify, request, session
+from flask_wtf.csrf import generate_csrf
 
+from . import sessions
 from .errors import StoreUnavailable, Unauthorized
 from .params import request_fields, string_field
-from .sessions import session_unavailable
-from .users import current_users
+from .ratelimit import enforce
+from .users import USERNAME_RE, current_users
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 
@@ -17,18 +19,23 @@ def current_user():
     if "user" not in g:
         if request.authorization:
             g.user = _basic_user()
-        elif session_unavailable():
+        elif sessions.session_unavailable():
             raise StoreUnavailable()
         else:
             g.user = session.get("user")
     return g.user
 
 
+def current_sid():
+    """The session id the request is authenticated by; None for HTTP Basic."""
+    return None if request.authorization else getattr(session, "sid", None)
+
+
 def _basic_user():
     auth = request.authorization
     if auth.type != "basic" or not auth.username or auth.password is None:
         return None
-    return current_users().authenticate_cached(auth.username, auth.password)
+    return current_users().authenticate_basic(auth.username, auth.password)
 
 
 def login_required(view):
@@ -43,43 +50,97 @@ def login_required(view):
     return wrapped
 
 
+def _redis():
+    return current_app.extensions["chat.redis"]
+
+
 def _start_session(user):
+    """Sign ``user`` in on this browser with a brand-new session id."""
     session.clear()
     session["user"] = user
     session.permanent = True
-    # A new session id at login, so an id planted before it (fixation) is useless.
+    # A new id at login, so an id planted before it (fixation) is useless.
     current_app.session_interface.regenerate(session)
+    sessions.remember(_redis(), user, session.sid, current_app.config["CHAT_SESSION_LIFETIME_SECS"])
+    g.user = user
+    g.pop("csrf_token", None)  # the token cached for the old session would not validate
+    return jsonify(user=user, csrf_token=generate_csrf())
+
+
+def end_user_sessions(user, reason):
+    """End every session of ``user`` and close their streams on every worker and host."""
+    ended = sessions.end_all(_redis(), user)
+    current_app.extensions["chat.broker"].publish_control(reason, user=user)
+    return ended
 
 
 @bp.post("/register")
 def register():
     """Create an account and sign it in."""
+    enforce("CHAT_RATE_REGISTER_IP")
     fields = request_fields()
     user = current_users().create(string_field(fields, "username"), string_field(fields, "password"))
-    _start_session(user)
-    return jsonify(user=user), 201
+    return _start_session(user), 201
 
 
 @bp.post("/login")
 def login():
-    """Sign in with username and password; the same answer for unknown user and wrong password."""
+    """Sign in; an unknown user and a wrong password get the same answer, in the same time."""
+    enforce("CHAT_RATE_LOGIN_IP")
     fields = request_fields()
+    name = fields.get("username")
+    if isinstance(name, str) and USERNAME_RE.match(name):  # only valid names become keys
+        enforce("CHAT_RATE_LOGIN_USER", f"login:{name}")
     user = current_users().authenticate(fields.get("username"), fields.get("password"))
     if user is None:
         raise Unauthorized("Wrong username or password.", code="bad_credentials")
-    _start_session(user)
-    return jsonify(user=user)
+    return _start_session(user)
 
 
 @bp.post("/logout")
 def logout():
-    """End this session."""
+    """End this session (and the streams it holds)."""
+    user, sid = session.get("user"), current_sid()
+    if user and sid:
+        sessions.forget(_redis(), user, sid)
+        current_app.extensions["chat.broker"].publish_control("logged_out", sid=sid)
     session.clear()
     return jsonify(ok=True)
+
+
+@bp.post("/logout-everywhere")
+@login_required
+def logout_everywhere():
+    """End every session of the signed-in user, on every device."""
+    ended = end_user_sessions(current_user(), "logged_out")
+    session.clear()
+    return jsonify(ok=True, sessions_ended=ended)
+
+
+@bp.post("/password")
+@login_required
+def change_password():
+    """Change the password; every other session ends, this one gets a new id."""
+    user = current_user()
+    enforce("CHAT_RATE_LOGIN_USER", f"login:{user}")
+    fields = request_fields()
+    current_users().change_password(user, fields.get("current_password"),
+                                    string_field(fields, "new_password"))
+    end_user_sessions(user, "password_changed")
+    if request.authorization:
+        return jsonify(user=user)
+    return _start_session(user)
 
 
 @bp.get("/me")
 @login_required
 def me():
-    """Who the request is authenticated as."""
-    return jsonify(user=current_user())
+    """Who the request is authenticated as, and whether they may administer."""
+    user = current_user()
+    return jsonify(user=user, admin=current_users().is_admin(user))
+
+
+@bp.get("/csrf")
+def csrf():
+    """A CSRF token for this browser session; send it as ``X-CSRFToken`` on writes."""
+    return jsonify(csrf_token=generate_csrf())

@@ -85,12 +85,14 @@ class Publication:
         return json.loads(self.json)
 
 
-class Position(NamedTuple):
-    """Where a reader starts: after ``cursor``; ``reset`` if it predates the kept log."""
+class Reset(NamedTuple):
+    """A stale cursor's answer: go on after ``latest``; ``oldest`` is the oldest message kept."""
 
-    cursor: StreamId
-    reset: bool
+    latest: StreamId
     oldest: StreamId | None
+
+
+CONTROL_CHANNEL = "chat:control"  # kicks and logouts, to every worker on every host
 
 
 def room_keys(room):
@@ -129,6 +131,11 @@ class Broker:
         created, payload = self._append_publish(keys, [body, self.maxlen, self.idempotency_ttl])
         return Publication.from_payload(payload), bool(created)
 
+    def publish_control(self, reason, *, user=None, sid=None):
+        """Ask every worker to close the readers of ``user`` (any session) or of session ``sid``."""
+        message = {"reason": reason, "user": user.lower() if user else None, "sid": sid}
+        self.redis.publish(CONTROL_CHANNEL, json.dumps(message))
+
     def read_after(self, room, cursor, count):
         """Up to ``count`` publications strictly after ``cursor``, oldest first."""
         entries = self.redis.xrange(room_keys(room)[0], f"({cursor}", "+", count=count)
@@ -152,21 +159,28 @@ class Broker:
             pipe.xrevrange(room_keys(room)[0], "+", "-", count=1)
         return [StreamId.from_bytes(e[0][0]) if e else ZERO for e in pipe.execute()]
 
-    def position(self, room, cursor):
-        """Check a resume cursor against what the stream still keeps (invariant 8).
+    def catch_up(self, room, cursor, count):
+        """Up to ``count`` publications after ``cursor``, and a :class:`Reset` if it is stale.
 
         A cursor is stale when messages after it may have been trimmed away, or
         when it is newer than anything this stream ever held (the store was
-        wiped). Either way the reader must be told, never silently skipped.
+        wiped). Then the page is empty and the reader must be told (invariant 8),
+        never silently moved on. One transaction, so a trim can't land between
+        the reads.
         """
         log, _, trimmed = room_keys(room)
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xrange(log, f"({cursor}", "+", count=count)
         pipe.xrange(log, "-", "+", count=1)
         pipe.xrevrange(log, "+", "-", count=1)
         pipe.exists(trimmed)
-        first, last, was_trimmed = pipe.execute()
+        entries, first, last, was_trimmed = pipe.execute()
         oldest = StreamId.from_bytes(first[0][0]) if first else None
         newest = StreamId.from_bytes(last[0][0]) if last else ZERO
         if cursor > newest or (was_trimmed and (oldest is None or cursor < oldest)):
-            return Position(newest, True, oldest)
-        return Position(cursor, False, oldest)
+            return [], Reset(newest, oldest)
+        return [Publication.from_entry(entry) for entry in entries], None
+
+    def bound_to(self, redis):
+        """The same broker on another connection pool (the hub reads on its own)."""
+        return Broker(redis, self.maxlen, self.idempotency_ttl)

@@ -15,6 +15,19 @@ class ConfigError(ValueError):
     """A setting has a value the app can't run with."""
 
 
+def rate(text):
+    """A rate-limit string such as ``20 per 10 seconds``; checked here, used by Flask-Limiter."""
+    from limits import parse_many
+
+    parse_many(text)
+    return text
+
+
+def name_list(text):
+    """A comma-separated list of usernames, lowercased."""
+    return tuple(sorted({part.strip().lower() for part in text.split(",") if part.strip()}))
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -34,8 +47,8 @@ class Setting:
             return text in {"1", "true", "yes", "on"}
         try:
             value = self.kind(raw)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{self.name}={raw!r}: expected {self.kind.__name__}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{self.name}={raw!r}: expected {self.kind.__name__} ({exc})") from None
         if self.minimum is not None and value < self.minimum:
             raise ConfigError(f"{self.name}={raw!r}: must be at least {self.minimum}")
         if self.maximum is not None and value > self.maximum:
@@ -45,9 +58,9 @@ class Setting:
 
 SETTINGS = (
     Setting("REDIS_URL", str, "", "Redis to use, e.g. redis://host:6379/0 or unix:///path.sock. "
-            "Unset: `./serve` starts an embedded Redis under var/."),
+            "Unset: `./scripts/serve` starts an embedded Redis under var/."),
     Setting("SECRET_KEY", str, "", "Signs session cookies. Unset: a random key per process "
-            "(`./serve` keeps one in var/secret_key so all workers share it)."),
+            "(`./scripts/serve` keeps one in var/secret_key so all workers share it)."),
     Setting("CHAT_MAX_MESSAGE_CHARS", int, 4000, "Longest message text; longer is a 413.", 1, 1_000_000),
     Setting("CHAT_MAX_BODY_BYTES", int, 64 * 1024, "Largest request body; larger is a 413.", 1024),
     Setting("CHAT_STREAM_MAXLEN", int, 10_000, "Messages kept per room (XADD MAXLEN ~).", 10),
@@ -60,8 +73,10 @@ SETTINGS = (
     Setting("CHAT_POLL_MAX_TIMEOUT_SECS", float, 60.0, "Cap on the long-poll `timeout`.", 0, 600),
     Setting("CHAT_HISTORY_MAX_LIMIT", int, 200, "Cap on history `limit`.", 1, 10_000),
     Setting("CHAT_BACKLOG_MAX", int, 200, "Cap on SSE `backlog`.", 0, 10_000),
-    Setting("CHAT_READER_QUEUE", int, 256, "Frames queued per reader before it is switched "
-            "to catching up from the stream (bounds a slow reader's memory).", 1),
+    Setting("CHAT_READER_QUEUE", int, 128, "Frames queued per reader before it is switched "
+            "to catching up (bounds a slow reader's memory).", 1),
+    Setting("CHAT_HUB_RING", int, 512, "Recent messages each worker keeps per active room, so "
+            "readers that fell behind catch up without reading Redis.", 0),
     Setting("CHAT_CATCHUP_PAGE", int, 500, "Messages read per XRANGE when a reader catches up.", 1, 10_000),
     Setting("CHAT_SUBSCRIBE_TIMEOUT_SECS", float, 5.0, "How long a new reader waits for the "
             "worker's Pub/Sub subscription before it is told to retry.", 0.1, 60),
@@ -72,8 +87,17 @@ SETTINGS = (
     Setting("CHAT_REDIS_POOL", int, 64, "Redis connections per worker for commands.", 1, 10_000),
     Setting("CHAT_REDIS_TIMEOUT_SECS", float, 5.0, "Socket timeout for Redis commands.", 0.1, 120),
     Setting("CHAT_SESSION_LIFETIME_SECS", int, 14 * 24 * 3600, "Session cookie lifetime.", 60),
-    Setting("CHAT_AUTH_CACHE_SECS", float, 30.0, "How long a verified HTTP Basic credential is "
-            "trusted in-process, so curl/API clients don't pay a password hash per request.", 0, 3600),
+    Setting("CHAT_AUTH_CACHE_SECS", float, 300.0, "How long a verified HTTP Basic credential skips "
+            "the password hash (the account and ban are still checked every request).", 0, 86400),
+    Setting("CHAT_ADMINS", name_list, "", "Comma-separated usernames allowed to kick and ban."),
+    Setting("CHAT_HTTPS", bool, False, "Served over HTTPS: session cookies get the Secure flag."),
+    Setting("CHAT_RATE_MESSAGES", rate, "20 per 10 seconds", "Messages each user may send."),
+    Setting("CHAT_RATE_LOGIN_IP", rate, "10 per minute", "Login attempts per client IP."),
+    Setting("CHAT_RATE_LOGIN_USER", rate, "10 per minute", "Login attempts per username "
+            "(also password changes)."),
+    Setting("CHAT_RATE_REGISTER_IP", rate, "10 per hour", "Registrations per client IP."),
+    Setting("CHAT_RATE_STREAMS", rate, "60 per minute", "New SSE streams and long-polls each user "
+            "may open (a long-poll client makes about 3 a minute)."),
 )
 
 
@@ -86,7 +110,7 @@ def load_settings(environ=None, overrides=None):
         raw = overrides.get(setting.name, environ.get(setting.name, setting.default))
         values[setting.name] = setting.parse(raw)
     if not values["REDIS_URL"]:
-        raise ConfigError("REDIS_URL is not set: start the app with ./serve (which runs an "
+        raise ConfigError("REDIS_URL is not set: start the app with ./scripts/serve (which runs an "
                           "embedded Redis) or point REDIS_URL at a Redis server")
     if not values["SECRET_KEY"]:
         values["SECRET_KEY"] = secrets.token_hex(32)
@@ -94,3 +118,30 @@ def load_settings(environ=None, overrides=None):
         raise ConfigError("CHAT_POLL_TIMEOUT_SECS must not exceed CHAT_POLL_MAX_TIMEOUT_SECS")
     extra = {k: v for k, v in overrides.items() if k not in values}
     return {**values, **extra}
+
+
+def markdown_table():
+    """The settings as the Markdown table in README.md (``python -m chatapp.config``)."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for s in SETTINGS:
+        default = s.default if s.default != "" else "(unset)"
+        rows.append(f"| `{s.name}` | {default} | {s.help} |")
+    return "\n".join(rows)
+
+
+def update_readme(path):
+    """Rewrite the table between the README's settings markers."""
+    text = open(path).read()
+    start = text.index("\n", text.index("<!-- settings:")) + 1
+    end = text.index("<!-- /settings -->")
+    with open(path, "w") as readme:
+        readme.write(text[:start] + markdown_table() + "\n" + text[end:])
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["--update-readme"]:
+        update_readme("README.md")
+    else:
+        print(markdown_table())

@@ -12,11 +12,19 @@ How the invariants are kept:
   reader drops ids it has already delivered (3).
 * Self-healing (5): every subscription confirmation, first or after a
   reconnect, makes the listener read the stream after the last id it
-  dispatched for that room, before it reads another live message.
+  dispatched for that room, before it reads another live message. So the
+  publications a room's hub has dispatched are the room's stream, gap-free,
+  from its first subscription on; the last ``CHAT_HUB_RING`` of them are kept
+  so a reader that fell behind catches up without a Redis call.
 * Bounded slow readers (6): a reader whose queue is full drops it and catches
-  up from the stream at its own cursor, then rejoins the live path.
+  up at its own cursor (see :mod:`chatapp.reader`), then rejoins the live path.
+
+Request greenlets only write to the Pub/Sub link (SUBSCRIBE, UNSUBSCRIBE,
+PING, under a lock); the listener greenlet is its only reader.
 """
 
+import collections
+import json
 import logging
 import os
 import random
@@ -27,137 +35,57 @@ import redis
 from gevent.event import Event as Flag
 from gevent.lock import Semaphore
 
-from .broker import Publication, room_keys
+from .broker import CONTROL_CHANNEL, Publication
 from .errors import REDIS_ERRORS, StoreUnavailable
+from .reader import Reader
+from .sessions import SESSION_KEY_PREFIX
 
 log = logging.getLogger(__name__)
 
 RECONNECT_MIN_SECS = 0.05  # first retry soon: most drops are a CLIENT KILL or a blip
 RECONNECT_MAX_SECS = 2.0  # a restarting Redis is back within seconds; don't wait longer
 SILENT_PINGS = 3  # a Pub/Sub link this many pings without a reply is dead
-
-
-class ReaderClosed(Exception):
-    """The hub closed this reader (shutdown, kick); the client should reconnect or stop."""
-
-    def __init__(self, reason):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class Reader:
-    """One SSE stream or long-poll: a bounded queue of publications and a cursor."""
-
-    __slots__ = ("_behind", "_queue", "_wake", "closed_reason", "hub", "last_id", "room")
-
-    def __init__(self, hub, room):
-        self.hub = hub
-        self.room = room
-        self.last_id = None
-        self._queue = []
-        self._wake = Flag()
-        self._behind = False
-        self.closed_reason = None
-
-    def open(self, cursor=None, backlog=0):
-        """Register with the hub and fix the start; return ``(Position | None, backlog list)``.
-
-        With a cursor, the first batch catches up from it; without one the
-        reader starts at the hub's current position ("now"), after ``backlog``
-        of the latest messages.
-        """
-        now = self.hub.attach(self)
-        broker = self.hub.broker
-        if cursor is not None:
-            position = broker.position(self.room, cursor)
-            self.last_id = position.cursor
-            self._behind = not position.reset
-            return position, []
-        self.last_id = now
-        if not backlog:
-            return None, []
-        return None, self._advance(broker.read_before(self.room, None, backlog), force=True)
-
-    def offer(self, publication):
-        """Queue a publication (called by the listener; never blocks)."""
-        if len(self._queue) >= self.hub.queue_limit:
-            self._queue = []
-            self._behind = True
-        else:
-            self._queue.append(publication)
-        self._wake.set()
-
-    def next_batch(self, timeout):
-        """Publications after the cursor, oldest first; ``None`` if ``timeout`` passed idle.
-
-        An empty list means "nothing new after all" (a duplicate was dropped).
-        """
-        if self.closed_reason:
-            raise ReaderClosed(self.closed_reason)
-        if not (self._queue or self._behind):
-            self._wake.clear()
-            if not self._wake.wait(timeout):
-                return None
-            if self.closed_reason:
-                raise ReaderClosed(self.closed_reason)
-        if not self._behind:
-            return self._advance(self._take())
-        self._behind = False
-        page_size = self.hub.catchup_page
-        page = self.hub.broker.read_after(self.room, self.last_id, page_size)
-        self.hub.stats["catchup_pages"] += 1
-        if len(page) == page_size or self._behind:
-            self._behind = True  # more in the stream, or the queue overflowed again meanwhile
-            return self._advance(page)
-        return self._advance(page + self._take())
-
-    def close(self, reason):
-        self.closed_reason = reason
-        self._wake.set()
-
-    def _take(self):
-        queue, self._queue = self._queue, []
-        self._wake.clear()
-        return queue
-
-    def _advance(self, publications, force=False):
-        """Keep only ids after the cursor (invariant 3) and move the cursor."""
-        last = self.last_id
-        fresh = []
-        for publication in publications:
-            if force or publication.id > last:
-                fresh.append(publication)
-                last = max(last, publication.id)
-        self.last_id = last
-        return fresh
+WATCH_TICK_SECS = 0.5  # an expired session's streams must stop within 2 s
+HUB_READ_CONNECTIONS = 4  # the listener's own reads (tails, backfills) never queue behind requests
+_CONTROL = CONTROL_CHANNEL.encode()
 
 
 class _Room:
-    __slots__ = ("channel", "idle_since", "last_id", "name", "readers", "ready", "start_id")
+    __slots__ = ("channel", "idle_since", "last_id", "name", "readers", "ready", "ring", "ring_floor",
+                 "start_id")
 
-    def __init__(self, name, channel):
+    def __init__(self, name, channel, ring_size):
         self.name = name
         self.channel = channel
         self.readers = set()
         self.last_id = None  # last id dispatched; None until the first confirmation
         self.start_id = None  # the room's tail when the subscription was first confirmed
+        self.ring = collections.deque(maxlen=ring_size)  # recent publications, contiguous
+        self.ring_floor = None  # the ring holds every publication after this id
         self.ready = Flag()
         self.idle_since = None
+
+    def restart_at(self, tail):
+        self.last_id = self.ring_floor = tail
+        self.ring.clear()
 
 
 class Hub:
     """Tracks this process's readers and feeds them from one Pub/Sub connection."""
 
     def __init__(self, redis_url, broker, config):
-        self.broker = broker
         self.queue_limit = config["CHAT_READER_QUEUE"]
         self.catchup_page = config["CHAT_CATCHUP_PAGE"]
+        self.ring_size = config["CHAT_HUB_RING"]
         self.subscribe_timeout = config["CHAT_SUBSCRIBE_TIMEOUT_SECS"]
         self.ping_secs = config["CHAT_HUB_PING_SECS"]
         self.linger_secs = config["CHAT_ROOM_LINGER_SECS"]
         # RESP2 on the Pub/Sub link: replies are plain [kind, channel, data] lists.
-        self._client = redis.Redis.from_url(
-            redis_url, protocol=2, socket_timeout=None, socket_connect_timeout=2)
+        self._pubsub_client = redis.Redis.from_url(redis_url, protocol=2, socket_timeout=None,
+                                                   socket_connect_timeout=2)
+        self.broker = broker.bound_to(redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
+            redis_url, max_connections=HUB_READ_CONNECTIONS, timeout=config["CHAT_REDIS_TIMEOUT_SECS"],
+            socket_timeout=config["CHAT_REDIS_TIMEOUT_SECS"], socket_connect_timeout=2)))
         self._rooms = {}
         self._conn = None
         self._write_lock = Semaphore()
@@ -165,23 +93,28 @@ class Hub:
         self._greenlets = []
         self._last_heard = 0.0
         self.closed = False
-        self.stats = {"reconnects": 0, "catchup_pages": 0, "dispatched": 0}
+        self.stats = {"reconnects": 0, "catchup_reads": 0, "ring_catchups": 0, "dispatched": 0}
 
     # -- readers --------------------------------------------------------------
 
-    def reader(self, room):
-        return Reader(self, room)
+    def reader(self, room, user, sid=None, session_secs=None):
+        return Reader(self, room, user, sid, session_secs)
+
+    def readers(self):
+        return [reader for room in self._rooms.values() for reader in room.readers]
+
+    def reader_count(self):
+        return sum(len(room.readers) for room in self._rooms.values())
 
     def attach(self, reader):
         """Register ``reader`` and wait for its room's subscription; return "now"."""
         if self.closed:
             raise StoreUnavailable("This worker is shutting down; reconnect.", code="draining")
         self._ensure_started()
-        channel = room_keys(reader.room)[1].encode()
-        room = self._rooms.get(channel)
+        room = self._rooms.get(reader.channel)
         if room is None:
-            room = self._rooms[channel] = _Room(reader.room, channel)
-            self._send("SUBSCRIBE", channel)
+            room = self._rooms[reader.channel] = _Room(reader.room, reader.channel, self.ring_size)
+            self._send("SUBSCRIBE", reader.channel)
         room.readers.add(reader)
         room.idle_since = None
         if room.ready.is_set():
@@ -192,23 +125,48 @@ class Hub:
         return room.start_id
 
     def detach(self, reader):
-        room = self._rooms.get(room_keys(reader.room)[1].encode())
+        room = self._rooms.get(reader.channel)
         if room is not None:
             room.readers.discard(reader)
             if not room.readers:
                 room.idle_since = time.monotonic()
 
-    def reader_count(self):
-        return sum(len(room.readers) for room in self._rooms.values())
+    def recent_after(self, reader):
+        """Publications after the reader's cursor from the ring, or None if it doesn't cover it."""
+        room = self._rooms.get(reader.channel)
+        if room is None or room.ring_floor is None \
+                or not room.ring_floor <= reader.last_id <= room.last_id:
+            return None
+        self.stats["ring_catchups"] += 1
+        newer = []
+        for publication in reversed(room.ring):
+            if publication.id <= reader.last_id:
+                break
+            newer.append(publication)
+        newer.reverse()
+        return newer
+
+    def close_matching(self, reason, user=None, sid=None):
+        """Close the readers of ``user`` (every session) or of one session ``sid``."""
+        closed = 0
+        for reader in self.readers():
+            if (user and reader.user == user) or (sid and reader.sid == sid):
+                reader.close(reason)
+                closed += 1
+        return closed
 
     def close(self, reason="draining"):
         """Close every reader (their clients resume elsewhere) and stop listening."""
         self.closed = True
-        for room in self._rooms.values():
-            for reader in list(room.readers):
-                reader.close(reason)
+        for reader in self.readers():
+            reader.close(reason)
         gevent.killall(self._greenlets, block=False)
         self._disconnect(self._conn)
+
+    @property
+    def listening(self):
+        """False once started if the listener greenlet died (it shouldn't: it restarts itself)."""
+        return self._pid != os.getpid() or all(not g.dead for g in self._greenlets)
 
     # -- the Pub/Sub link ------------------------------------------------------
 
@@ -221,7 +179,9 @@ class Hub:
     def _send(self, *args):
         """Write a command on the Pub/Sub link; the listener greenlet reads the reply."""
         with self._write_lock:
-            if self._conn is None:
+            # A link the watchdog dropped stays dropped: redis-py would silently
+            # reconnect it on write, without our subscriptions.
+            if self._conn is None or not self._conn.is_connected:
                 return  # the listener subscribes every known room when it connects
             try:
                 self._conn.send_command(*args, check_health=False)
@@ -241,6 +201,8 @@ class Hub:
                     return
                 log.warning("hub pid=%d: Pub/Sub link lost (%s: %s); reconnecting in %.2fs",
                             os.getpid(), type(exc).__name__, exc, delay)
+            except Exception:
+                log.exception("hub pid=%d: listener failed; reconnecting in %.2fs", os.getpid(), delay)
             finally:
                 self._disconnect(conn)
             gevent.sleep(delay * random.uniform(0.5, 1.0))
@@ -248,13 +210,18 @@ class Hub:
             self.stats["reconnects"] += 1
 
     def _connect(self):
-        conn = self._client.connection_pool.make_connection()
-        conn.connect()
-        with self._write_lock:
-            self._conn = conn
-            channels = list(self._rooms)
-            if channels:
-                conn.send_command("SUBSCRIBE", *channels, check_health=False)
+        # A bare connection, not one from the pool: the pool counts what it
+        # makes and would refuse after max_connections reconnects.
+        pool = self._pubsub_client.connection_pool
+        conn = pool.connection_class(**pool.connection_kwargs)
+        try:
+            conn.connect()
+            with self._write_lock:
+                conn.send_command("SUBSCRIBE", _CONTROL, *self._rooms, check_health=False)
+                self._conn = conn
+        except BaseException:
+            conn.disconnect()
+            raise
         self._last_heard = time.monotonic()
         return conn
 
@@ -273,7 +240,9 @@ class Hub:
             if not isinstance(reply, list):
                 continue  # PONG before the first subscription
             kind = reply[0]
-            if kind == b"message":
+            if kind == b"message" and reply[1] == _CONTROL:
+                self._on_control(reply[2])
+            elif kind == b"message":
                 self._dispatch(reply[1], reply[2])
             elif kind == b"subscribe":
                 self._on_subscribed(reply[1])
@@ -281,47 +250,105 @@ class Hub:
     def _on_subscribed(self, channel):
         room = self._rooms.get(channel)
         if room is None:
-            return  # unsubscribed before the confirmation arrived
+            return  # the control channel, or unsubscribed before the confirmation arrived
         if room.last_id is None:
-            room.last_id = room.start_id = self.broker.tail(room.name)
+            room.start_id = self.broker.tail(room.name)
+            room.restart_at(room.start_id)
             room.ready.set()
             return
         # A (re)subscription: whatever was published while we were not
         # subscribed is in the stream after the last id we dispatched.
         while True:
-            page = self.broker.read_after(room.name, room.last_id, self.catchup_page)
+            page, reset = self.broker.catch_up(room.name, room.last_id, self.catchup_page)
+            if reset:
+                self._lost_track(room, reset.latest)
+                return
             for publication in page:
                 self._deliver(room, publication)
             if len(page) < self.catchup_page:
                 return
+            gevent.sleep(0)  # let readers write between pages
+
+    def _lost_track(self, room, tail):
+        """The link was down longer than the room's retention: every reader checks its own cursor."""
+        log.warning("hub: room %s was trimmed past our position while the link was down", room.name)
+        room.restart_at(tail)
+        for reader in room.readers:
+            reader.fall_behind()
+
+    def _on_control(self, payload):
+        try:
+            message = json.loads(payload)
+            self.close_matching(message["reason"], message.get("user"), message.get("sid"))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            log.error("hub: ignoring malformed control message %r", payload[:200])
 
     def _dispatch(self, channel, payload):
         room = self._rooms.get(channel)
         if room is None or room.last_id is None:
             return  # a late message of an old subscription; the stream has it
-        self._deliver(room, Publication.from_payload(payload))
+        try:
+            publication = Publication.from_payload(payload)
+        except ValueError:
+            log.error("hub: ignoring malformed message on %r: %r", channel, payload[:200])
+            return
+        self._deliver(room, publication)
 
     def _deliver(self, room, publication):
         if publication.id <= room.last_id:
             return
+        if len(room.ring) == room.ring.maxlen:
+            room.ring_floor = room.ring[0].id
+        room.ring.append(publication)
         room.last_id = publication.id
         self.stats["dispatched"] += 1
         for reader in room.readers:
             reader.offer(publication)
 
+    # -- housekeeping ------------------------------------------------------------
+
     def _watch(self):
-        """Ping the link so a dead one is noticed, and drop rooms nobody reads."""
+        """Ping the link so a dead one is noticed, end streams of expired sessions,
+        and drop rooms nobody reads."""
+        next_ping = 0.0
         while not self.closed:
-            gevent.sleep(self.ping_secs)
-            conn = self._conn
-            if conn is not None:
-                if time.monotonic() - self._last_heard > SILENT_PINGS * self.ping_secs:
-                    log.warning("hub pid=%d: Pub/Sub link silent for %.1fs; dropping it",
-                                os.getpid(), time.monotonic() - self._last_heard)
-                    conn.disconnect()
-                else:
-                    self._send("PING")
-            self._prune(time.monotonic())
+            gevent.sleep(min(WATCH_TICK_SECS, self.ping_secs))
+            now = time.monotonic()
+            try:
+                if now >= next_ping:
+                    next_ping = now + self.ping_secs
+                    self._ping(now)
+                self._expire_sessions(now)
+                self._prune(now)
+            except REDIS_ERRORS as exc:
+                log.info("hub: housekeeping skipped (%s)", exc)
+            except Exception:
+                log.exception("hub: housekeeping failed")
+
+    def _ping(self, now):
+        conn = self._conn
+        if conn is None:
+            return
+        if now - self._last_heard > SILENT_PINGS * self.ping_secs:
+            log.warning("hub pid=%d: Pub/Sub link silent for %.1fs; dropping it",
+                        os.getpid(), now - self._last_heard)
+            self._disconnect(conn)
+        else:
+            self._send("PING")
+
+    def _expire_sessions(self, now):
+        """Readers whose session may have expired: ask Redis (one pipeline) and close the dead."""
+        due = [r for r in self.readers() if r.expires_at is not None and r.expires_at <= now]
+        if not due:
+            return
+        pipe = self.broker.redis.pipeline(transaction=False)
+        for reader in due:
+            pipe.pttl(SESSION_KEY_PREFIX + reader.sid)
+        for reader, ttl_ms in zip(due, pipe.execute()):
+            if ttl_ms < 0:
+                reader.close("session_expired")
+            else:
+                reader.expires_at = now + ttl_ms / 1000
 
     def _prune(self, now):
         for channel, room in list(self._rooms.items()):

@@ -7,6 +7,7 @@ from flask import Blueprint, Response, current_app, request
 from .auth import current_user, login_required
 from .errors import BadRequest, PayloadTooLarge
 from .params import query_cursor, query_number, request_fields, string_field
+from .ratelimit import enforce
 from .rooms import current_rooms
 
 bp = Blueprint("messages", __name__, url_prefix="/api/rooms")
@@ -48,6 +49,7 @@ def json_response(body, status=200):
 def send(room):
     """Append a message to the room; 201 with the stored message once it is durable."""
     current_rooms().require(room)
+    enforce("CHAT_RATE_MESSAGES", current_user())
     fields = request_fields()
     text = clean_text(string_field(fields, "text"), current_app.config["CHAT_MAX_MESSAGE_CHARS"])
     broker = current_app.extensions["chat.broker"]

@@ -7,12 +7,13 @@ import time
 from flask import Blueprint, Response, current_app, request
 
 from . import sse
-from .auth import login_required
+from .auth import current_sid, current_user, login_required
 from .broker import StreamId
-from .errors import REDIS_ERRORS, StoreUnavailable, error_response
-from .hub import ReaderClosed
+from .errors import REDIS_ERRORS, RateLimited, StoreUnavailable, Unauthorized, error_response
 from .messages import json_response
 from .params import query_cursor, query_number
+from .ratelimit import enforce
+from .reader import ReaderClosed, ReaderReset
 from .rooms import current_rooms
 
 log = logging.getLogger(__name__)
@@ -30,30 +31,41 @@ def _retry_stream(reason, retry_ms):
     return Response(body, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 
 
-def _store_unavailable(error):
-    """Streams tell EventSource to come back; other routes get the JSON 503."""
-    if not isinstance(error, StoreUnavailable):
+def _come_back_later(error):
+    """Streams tell EventSource to come back later; long-poll gets the JSON 429/503."""
+    if isinstance(error, REDIS_ERRORS):
         log.warning("redis unavailable in %s: %s", request.endpoint, error)
         error = StoreUnavailable()
-    if request.endpoint == "streams.events":
-        return _retry_stream(error.code, current_app.config["CHAT_RETRY_MS"])
-    return error_response(error)
+    if request.endpoint != "streams.events":
+        return error_response(error)
+    retry_ms = current_app.config["CHAT_RETRY_MS"]
+    if "Retry-After" in error.headers:
+        retry_ms = max(retry_ms, int(error.headers["Retry-After"]) * 1000)
+    return _retry_stream(error.code, retry_ms)
 
 
-for _error in (StoreUnavailable, *REDIS_ERRORS):
-    bp.register_error_handler(_error, _store_unavailable)
+for _error in (StoreUnavailable, RateLimited, *REDIS_ERRORS):
+    bp.register_error_handler(_error, _come_back_later)
+
+
+def _open_reader(room):
+    """Checks shared by SSE and long-poll, then a reader bound to who is asking."""
+    current_rooms().require(room)
+    user = current_user()
+    enforce("CHAT_RATE_STREAMS", user)
+    return current_hub().reader(room, user, current_sid(),
+                                current_app.config["CHAT_SESSION_LIFETIME_SECS"])
 
 
 @bp.get("/<room>/events")
 @login_required
 def events(room):
     """Server-Sent Events for one room, resumable with Last-Event-ID."""
-    current_rooms().require(room)
     header = request.headers.get("Last-Event-ID", "").strip()
     cursor = StreamId.parse(header) if header else query_cursor("last_event_id", "lastEventId")
     config = current_app.config
     backlog = query_number("backlog", 0, 0, config["CHAT_BACKLOG_MAX"])
-    stream = _event_stream(current_hub().reader(room), cursor, backlog,
+    stream = _event_stream(_open_reader(room), cursor, backlog,
                            config["CHAT_HEARTBEAT_SECS"], config["CHAT_RETRY_MS"])
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 
@@ -82,46 +94,47 @@ def _event_stream(reader, cursor, backlog, heartbeat, retry_ms):
 
 
 def _deliver(reader, cursor, backlog, heartbeat):
-    position, initial = reader.open(cursor, backlog)
-    if position and position.reset:
-        yield _reset_event(position)
+    initial = reader.open(cursor, backlog)
     if initial:
         yield b"".join(p.frame for p in initial)
     while True:
-        batch = reader.next_batch(heartbeat)
+        try:
+            batch = reader.next_batch(heartbeat)
+        except ReaderReset as stale:
+            yield _reset_event(stale.reset)
+            continue
         if batch is None:
             yield sse.PING
         elif batch:
             yield b"".join(p.frame for p in batch)
 
 
-def _reset_event(position):
-    oldest = str(position.oldest) if position.oldest else None
-    data = {"oldest": oldest, "latest": str(position.cursor)}
-    return sse.Event(data, event="reset", id=str(position.cursor)).encode()
+def _reset_event(reset):
+    data = {"oldest": str(reset.oldest) if reset.oldest else None, "latest": str(reset.latest)}
+    return sse.Event(data, event="reset", id=str(reset.latest)).encode()
 
 
 @bp.get("/<room>/poll")
 @login_required
 def poll(room):
     """Long-poll: messages after ``cursor`` at once, else wait up to ``timeout`` seconds."""
-    current_rooms().require(room)
     config = current_app.config
     cursor = query_cursor("cursor")
     timeout = query_number("timeout", config["CHAT_POLL_TIMEOUT_SECS"], 0,
                            config["CHAT_POLL_MAX_TIMEOUT_SECS"], kind=float)
-    reader = current_hub().reader(room)
+    reader = _open_reader(room)
     extra = b""
     try:
-        position, _ = reader.open(cursor)
-        if position and position.reset:
-            extra = b',"reset":true,"oldest":' + (b'"%s"' % str(position.oldest).encode()
-                                                  if position.oldest else b"null")
-            batch = []
-        else:
-            batch = _wait_for_batch(reader, timeout)
-    except ReaderClosed:
-        batch = []  # the worker is draining: answer now, the client polls again elsewhere
+        reader.open(cursor)
+        batch = _wait_for_batch(reader, timeout)
+    except ReaderReset as stale:
+        oldest = stale.reset.oldest
+        extra = b',"reset":true,"oldest":' + (b'"%s"' % str(oldest).encode() if oldest else b"null")
+        batch = []
+    except ReaderClosed as closed:
+        if closed.reason != "draining":
+            raise Unauthorized("Your session ended.", code=closed.reason) from None
+        batch = []  # answer now; the client polls again, on another worker
     finally:
         reader.hub.detach(reader)
     body = b'{"messages":[' + b",".join(p.json for p in batch) + b'],"cursor":"'

@@ -39,10 +39,17 @@ def redis_client(redis_server):
     client.close()
 
 
+# Tests that are not about rate limits must not trip them; the ones that are set their own.
+GENEROUS_LIMITS = {"CHAT_RATE_MESSAGES": "100000 per minute", "CHAT_RATE_STREAMS": "100000 per minute",
+                   "CHAT_RATE_LOGIN_IP": "100000 per minute", "CHAT_RATE_LOGIN_USER": "100000 per minute",
+                   "CHAT_RATE_REGISTER_IP": "100000 per minute"}
+
+
 @pytest.fixture
 def config():
     """Per-test overrides of app settings (tests may edit it before using ``app``)."""
-    return {"CHAT_HEARTBEAT_SECS": 0.5, "CHAT_HUB_PING_SECS": 0.5, "CHAT_ROOM_LINGER_SECS": 0.2}
+    return {"CHAT_HEARTBEAT_SECS": 0.5, "CHAT_HUB_PING_SECS": 0.5, "CHAT_ROOM_LINGER_SECS": 0.2,
+            **GENEROUS_LIMITS}
 
 
 @pytest.fixture
@@ -58,14 +65,24 @@ def client(app):
 
 
 class AuthActions:
+    """Sign in like the page does: keep the CSRF token the server hands out and send it back."""
+
     def __init__(self, client):
         self._client = client
 
+    def _remember_token(self, response):
+        token = (response.json or {}).get("csrf_token")
+        if token:
+            self._client.environ_base["HTTP_X_CSRFTOKEN"] = token
+        return response
+
     def register(self, username="alice", password=PASSWORD):
-        return self._client.post("/api/auth/register", json={"username": username, "password": password})
+        return self._remember_token(self._client.post(
+            "/api/auth/register", json={"username": username, "password": password}))
 
     def login(self, username="alice", password=PASSWORD):
-        return self._client.post("/api/auth/login", json={"username": username, "password": password})
+        return self._remember_token(self._client.post(
+            "/api/auth/login", json={"username": username, "password": password}))
 
     def logout(self):
         return self._client.post("/api/auth/logout")
@@ -97,7 +114,8 @@ def cluster_redis(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(cluster_redis):
     """gunicorn with 2 gevent workers, shared by the tests of a session."""
-    gunicorn = Gunicorn(cluster_redis.url, workers=2, env={"CHAT_HEARTBEAT_SECS": "1"})
+    gunicorn = Gunicorn(cluster_redis.url, workers=2,
+                        env={"CHAT_HEARTBEAT_SECS": "1", "CHAT_READER_QUEUE": "100", **GENEROUS_LIMITS})
     gunicorn.start()
     yield gunicorn
     gunicorn.stop()

@@ -10,11 +10,13 @@ def basic(user, password):
 def test_register_signs_in_and_me_says_who(auth, client):
     assert auth.register("alice").status_code == 201
     response = client.get("/api/auth/me")
-    assert response.status_code == 200 and response.json == {"user": "alice"}
+    assert response.status_code == 200 and response.json["user"] == "alice"
 
 
-def test_register_accepts_a_form_post(client):
-    response = client.post("/api/auth/register", data={"username": "bob", "password": PASSWORD})
+def test_register_accepts_a_form_post_with_the_csrf_token(client):
+    token = client.get("/api/auth/csrf").json["csrf_token"]
+    response = client.post("/api/auth/register", data={"username": "bob", "password": PASSWORD},
+                           headers={"X-CSRFToken": token})
     assert response.status_code == 201
 
 
@@ -41,7 +43,7 @@ def test_login_logout_cycle(auth, client):
     auth.logout()
     assert client.get("/api/auth/me").status_code == 401
     assert auth.login("alice").status_code == 200
-    assert client.get("/api/auth/me").json == {"user": "alice"}
+    assert client.get("/api/auth/me").json["user"] == "alice"
 
 
 def test_unknown_user_and_wrong_password_get_the_same_answer(auth):
@@ -69,13 +71,13 @@ def test_session_id_rotates_at_login(auth, client, redis_client):
     after = client.get_cookie("chat_session").value
     assert after != before
     assert not redis_client.exists(f"chat:session:{before}")
-    assert client.get("/api/auth/me").json == {"user": "bob"}
+    assert client.get("/api/auth/me").json["user"] == "bob"
 
 
 def test_http_basic_works_on_api_routes(auth, app):
     auth.register("alice")
     fresh = app.test_client()
-    assert fresh.get("/api/auth/me", headers=basic("alice", PASSWORD)).json == {"user": "alice"}
+    assert fresh.get("/api/auth/me", headers=basic("alice", PASSWORD)).json["user"] == "alice"
     assert fresh.get("/api/rooms", headers=basic("alice", "nope")).status_code == 401
 
 

@@ -74,21 +74,23 @@ def test_idempotency_keys_are_per_user(app, redis_client):
     assert redis_client.xlen(room_keys("general")[0]) == 2
 
 
-def test_position_reports_reset_only_after_trimming(app, config):
+def test_catch_up_reports_reset_only_after_trimming(app):
     broker = broker_of(app)
     broker.maxlen = 10
     first, _ = broker.publish("general", "alice", "0")
-    assert not broker.position("general", ZERO).reset  # nothing trimmed yet
+    page, reset = broker.catch_up("general", ZERO, 100)
+    assert reset is None and [p.id for p in page] == [first.id]  # nothing trimmed yet
     for i in range(300):
         broker.publish("general", "alice", str(i))
-    position = broker.position("general", first.id)
-    assert position.reset and position.oldest > first.id
-    assert not broker.position("general", position.oldest).reset
+    page, reset = broker.catch_up("general", first.id, 100)
+    assert page == [] and reset.oldest > first.id
+    assert reset.latest == broker.tail("general")
+    page, reset = broker.catch_up("general", reset.oldest, 5)
+    assert reset is None and len(page) == 5
 
 
-def test_position_resets_a_cursor_from_the_future(app):
+def test_catch_up_resets_a_cursor_from_the_future(app):
     broker = broker_of(app)
     publication, _ = broker.publish("general", "alice", "x")
-    future = StreamId(publication.id.ms + 10_000, 0)
-    position = broker.position("general", future)
-    assert position.reset and position.cursor == publication.id
+    page, reset = broker.catch_up("general", StreamId(publication.id.ms + 10_000, 0), 10)
+    assert page == [] and reset.latest == publication.id

@@ -9,8 +9,8 @@ import pytest
 import redis
 
 from chatapp.embedded_redis import EmbeddedRedis
-from tests.conftest import PASSWORD, unique
-from tests.helpers import Api, Gunicorn, ResumingReader, assert_exactly_once_in_order
+from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
+from tests.helpers import Api, Gunicorn, ResumingReader, assert_exactly_once_in_order, parse_id
 
 
 def post(api, room, text, **extra):
@@ -43,9 +43,13 @@ def readers_on_both_workers(user, room, server, want=2, most=40, **kw):
 
 
 def posts_on_both_workers(user, room, count):
-    responses = [post(user, room, f"m{i}") for i in range(count)]
+    """Post ``count`` messages, a few at a time so both workers take some; ids in stream order."""
+    responses = []
+    for i in range(0, count, 4):
+        batch = [gevent.spawn(post, user, room, f"m{j}") for j in range(i, min(i + 4, count))]
+        responses += [g.get() for g in batch]
     assert len({r.pid for r in responses}) == 2, "posts all went to one worker"
-    return [r.json["id"] for r in responses]
+    return sorted((r.json["id"] for r in responses), key=parse_id)
 
 
 def test_post_on_one_worker_reaches_readers_on_the_other(server, user, room):
@@ -142,7 +146,7 @@ def own_server(tmp_path):
     """A gunicorn and Redis of this test's own, for tests that restart Redis."""
     store = EmbeddedRedis(tmp_path / "redis")
     store.start()
-    gunicorn = Gunicorn(store.url, workers=2, env={"CHAT_HEARTBEAT_SECS": "1"})
+    gunicorn = Gunicorn(store.url, workers=2, env={"CHAT_HEARTBEAT_SECS": "1", **GENEROUS_LIMITS})
     gunicorn.start()
     yield gunicorn, store
     gunicorn.stop()

@@ -7,6 +7,7 @@ import time
 import gevent
 import redis
 
+from tests.conftest import AuthActions
 from tests.helpers import LocalStream, SSEParser
 
 
@@ -115,7 +116,8 @@ def test_slow_reader_queue_is_bounded_and_it_catches_up_in_order(alice, app, con
                 if event.get("event") == "message":
                     got.append(json.loads(event["data"])["id"])
     assert got == sent
-    assert hub_of(app).stats["catchup_pages"] >= 10
+    stats = hub_of(app).stats
+    assert stats["catchup_reads"] + stats["ring_catchups"] >= 10
     response.close()
 
 
@@ -200,3 +202,74 @@ def test_first_reader_of_a_fresh_hub_misses_nothing_while_the_hub_connects(alice
     expected = [str(p.id) for p in poster.get()]
     assert ids(stream.messages(len(expected), timeout=10)) == expected
     stream.close()
+
+
+def test_hub_still_reconnects_after_more_kills_than_the_pool_limit(alice, app, redis_client):
+    """Regression: each reconnect took a pool slot and never gave it back (limit 100)."""
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    stream.next_event()
+    for _ in range(105):
+        while redis_client.pubsub_numsub("chat:{general}:live")[0][1] == 0:
+            gevent.sleep(0.01)
+        redis_client.client_kill_filter(_type="pubsub")
+    sent = publish(app, "after 105 kills")
+    assert ids(stream.messages(1, timeout=10)) == [str(sent.id)]
+    stream.close()
+
+
+def test_malformed_publish_on_a_room_channel_does_not_kill_the_listener(alice, app, redis_client):
+    """Regression: one bad payload (an operator's test PUBLISH) ended the listener for good."""
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    stream.next_event()
+    gevent.sleep(0.2)
+    redis_client.publish("chat:{general}:live", "hello")
+    redis_client.publish("chat:control", "not json")
+    sent = publish(app, "still delivered")
+    assert ids(stream.messages(1)) == [str(sent.id)]
+    assert hub_of(app).listening
+    stream.close()
+
+
+def test_link_dropped_by_the_watchdog_is_not_revived_without_subscriptions(alice, app, redis_client):
+    """Regression: the watchdog closed the socket but kept the connection, and the next
+    SUBSCRIBE write silently reopened it, subscribed to nothing else."""
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    stream.next_event()
+    gevent.sleep(0.2)
+    hub = hub_of(app)
+    hub._last_heard = 0
+    hub._ping(time.monotonic())
+    assert hub._conn is None
+    AuthActions(other := app.test_client()).register("bob")
+    other.post("/api/rooms", json={"name": "other"})
+    second = LocalStream(other, "/api/rooms/other/events")
+    second.next_event()
+    gevent.sleep(0.5)
+    a, b = publish(app, "to general"), publish(app, "to other", room="other")
+    assert ids(stream.messages(1)) == [str(a.id)]
+    assert ids(second.messages(1)) == [str(b.id)]
+    stream.close()
+    second.close()
+
+
+def test_readers_that_fall_behind_catch_up_from_the_ring_sharing_objects(alice, app):
+    """Readers whose queues overflow catch up from the hub's ring: no XRANGE each (a
+    thundering herd at 10k streams), and the catch-up shares one encoding."""
+    hub_of(app).queue_limit = 5
+    streams = [paused_stream(alice, "/api/rooms/general/events") for _ in range(20)]
+    for _, body in streams:
+        next(body)
+    waiting = [gevent.spawn(next, body) for _, body in streams]
+    gevent.sleep(0.3)
+    before = hub_of(app).stats["catchup_reads"]
+    first = publish(app, "first")
+    assert all(g.get(timeout=5) == first.frame for g in waiting)
+    sent = [publish(app, f"m{i}") for i in range(100)]  # every queue overflows
+    gevent.sleep(0.2)  # the hub has dispatched all of them
+    chunks = [next(body) for _, body in streams]
+    expected = b"".join(p.frame for p in sent)
+    assert all(chunk == expected for chunk in chunks)
+    assert hub_of(app).stats["catchup_reads"] == before
+    assert hub_of(app).stats["ring_catchups"] >= 20
+    for response, _ in streams:
+        response.close()

@@ -27,11 +27,17 @@ ENDPOINTS = [("get", "/api/rooms"), ("post", "/api/rooms"), ("get", "/api/rooms/
              ("get", "/readyz")]
 
 
-def test_every_endpoint_is_a_json_503_while_redis_is_down(down):
-    app, store = down
+def signed_in(app):
     client = app.test_client()
     registered = client.post("/api/auth/register", json={"username": "alice", "password": PASSWORD})
     assert registered.status_code == 201
+    client.environ_base["HTTP_X_CSRFTOKEN"] = registered.json["csrf_token"]
+    return client
+
+
+def test_every_endpoint_is_a_json_503_while_redis_is_down(down):
+    app, store = down
+    client = signed_in(app)
     basic_client = app.test_client()
     store.stop()
     for who, headers in [(client, {}), (basic_client, basic("bob", PASSWORD))]:
@@ -45,8 +51,7 @@ def test_every_endpoint_is_a_json_503_while_redis_is_down(down):
 
 def test_stream_tells_the_client_to_retry_while_redis_is_down(down):
     app, store = down
-    client = app.test_client()
-    client.post("/api/auth/register", json={"username": "alice", "password": PASSWORD})
+    client = signed_in(app)
     store.stop()
     for url in ["/api/rooms/general/events", "/api/rooms/other/events"]:
         response = client.get(url)
@@ -58,8 +63,7 @@ def test_stream_tells_the_client_to_retry_while_redis_is_down(down):
 
 def test_service_returns_by_itself_when_redis_does(down):
     app, store = down
-    client = app.test_client()
-    client.post("/api/auth/register", json={"username": "alice", "password": PASSWORD})
+    client = signed_in(app)
     store.stop()
     response = client.get("/api/rooms/general/events", headers=basic("alice", PASSWORD))
     assert response.status_code == 200

@@ -5,6 +5,7 @@ import time
 
 import gevent
 
+from tests.conftest import AuthActions
 from tests.helpers import LocalStream
 
 
@@ -112,7 +113,7 @@ def test_poll_answers_at_once_when_behind(alice):
 def test_poll_waits_and_answers_when_a_message_arrives(alice, app):
     cursor = send(alice, "before")["id"]
     poster = app.test_client()
-    poster.post("/api/auth/login", json={"username": "alice", "password": "correct horse"})
+    AuthActions(poster).login("alice")
     later = gevent.spawn_later(0.3, send, poster, "arrives")
     body = alice.get(f"/api/rooms/general/poll?cursor={cursor}&timeout=10").json
     assert body["messages"] == [later.get()]

@@ -1,0 +1,134 @@
+"""A Reader: one SSE stream or long-poll, with a bounded queue and its own cursor.
+
+The hub offers it publications; the reader delivers only ids after the last one
+it delivered (invariant 3). When its queue overflows, or when it starts from a
+cursor, it catches up: from the hub's ring of recent publications when that
+covers its cursor (shared objects, no Redis call), else from the stream.
+"""
+
+import time
+
+from gevent.event import Event as Flag
+
+from .broker import room_keys
+
+
+class ReaderClosed(Exception):
+    """The hub closed this reader (shutdown, kick, logout); the client should reconnect or stop."""
+
+    def __init__(self, reason):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ReaderReset(Exception):
+    """The reader's cursor is older than the kept log (or from a wiped store)."""
+
+    def __init__(self, reset):
+        super().__init__(reset)
+        self.reset = reset
+
+
+class Reader:
+    __slots__ = ("_behind", "_queue", "_wake", "channel", "closed_reason", "expires_at", "hub", "last_id",
+                 "room", "sid", "user")
+
+    def __init__(self, hub, room, user, sid=None, session_secs=None):
+        self.hub = hub
+        self.room = room
+        self.channel = room_keys(room)[1].encode()
+        self.user = user.lower()
+        self.sid = sid  # the session it reads under; None for HTTP Basic
+        # Opening the stream just refreshed the session's TTL in Redis: it can't
+        # expire before this, and the hub checks it again then.
+        self.expires_at = time.monotonic() + session_secs if sid else None
+        self.last_id = None
+        self._queue = []
+        self._wake = Flag()
+        self._behind = False
+        self.closed_reason = None
+
+    def open(self, cursor=None, backlog=0):
+        """Register with the hub and fix the start; return the backlog to send first.
+
+        With a cursor, the first batch catches up from it (and may raise
+        :class:`ReaderReset`); without one the reader starts at the hub's
+        current position ("now"), after ``backlog`` of the latest messages.
+        """
+        now = self.hub.attach(self)
+        if cursor is not None:
+            self.last_id = cursor
+            self._behind = True
+            return []
+        self.last_id = now
+        if not backlog:
+            return []
+        return self._advance(self.hub.broker.read_before(self.room, None, backlog), force=True)
+
+    def offer(self, publication):
+        """Queue a publication (called by the listener; never blocks)."""
+        if len(self._queue) >= self.hub.queue_limit:
+            self.fall_behind()
+        else:
+            self._queue.append(publication)
+            self._wake.set()
+
+    def fall_behind(self):
+        """Drop the queue; the next batch catches up from this reader's own cursor."""
+        self._queue = []
+        self._behind = True
+        self._wake.set()
+
+    def next_batch(self, timeout):
+        """Publications after the cursor, oldest first; ``None`` if ``timeout`` passed idle.
+
+        An empty list means "nothing new after all" (a duplicate was dropped).
+        """
+        if self.closed_reason:
+            raise ReaderClosed(self.closed_reason)
+        if not (self._queue or self._behind):
+            self._wake.clear()
+            if not self._wake.wait(timeout):
+                return None
+            if self.closed_reason:
+                raise ReaderClosed(self.closed_reason)
+        if self._behind:
+            return self._catch_up()
+        return self._advance(self._take())
+
+    def _catch_up(self):
+        self._behind = False
+        recent = self.hub.recent_after(self)
+        if recent is not None:
+            return self._advance(recent + self._take())
+        page_size = self.hub.catchup_page
+        page, reset = self.hub.broker.catch_up(self.room, self.last_id, page_size)
+        self.hub.stats["catchup_reads"] += 1
+        if reset:
+            self.last_id = reset.latest
+            self._queue = [p for p in self._queue if p.id > reset.latest]
+            raise ReaderReset(reset)
+        if len(page) == page_size or self._behind:
+            self._behind = True  # more in the stream, or the queue overflowed again meanwhile
+            return self._advance(page)
+        return self._advance(page + self._take())
+
+    def close(self, reason):
+        self.closed_reason = reason
+        self._wake.set()
+
+    def _take(self):
+        queue, self._queue = self._queue, []
+        self._wake.clear()
+        return queue
+
+    def _advance(self, publications, force=False):
+        """Keep only ids after the cursor (invariant 3) and move the cursor."""
+        last = self.last_id
+        fresh = []
+        for publication in publications:
+            if force or publication.id > last:
+                fresh.append(publication)
+                last = max(last, publication.id)
+        self.last_id = last
+        return fresh
