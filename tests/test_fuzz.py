@@ -1,0 +1,138 @@
+"""Property-based: arbitrary input at every endpoint never gives a 5xx, every error is
+JSON with a code, and nothing malformed lands in Redis."""
+
+import json
+import re
+from urllib.parse import quote
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chatapp import create_app
+from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
+from tests.test_auth import basic
+
+ENDPOINTS = [
+    ("POST", "/api/auth/register"), ("POST", "/api/auth/login"), ("POST", "/api/auth/logout"),
+    ("POST", "/api/auth/password"), ("GET", "/api/auth/me"), ("GET", "/api/auth/csrf"),
+    ("GET", "/api/rooms"), ("POST", "/api/rooms"),
+    ("POST", "/api/rooms/{room}/messages"), ("GET", "/api/rooms/{room}/messages"),
+    ("GET", "/api/rooms/{room}/events"), ("GET", "/api/rooms/{room}/poll"),
+    ("POST", "/api/admin/users/{room}/kick"), ("POST", "/api/admin/users/{room}/ban"),
+    ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/"),
+]
+FIELDS = ["text", "client_id", "name", "username", "password", "current_password", "new_password"]
+PARAMS = ["before", "after", "limit", "backlog", "cursor", "timeout", "last_event_id", "lastEventId"]
+
+KEY_PATTERNS = [re.compile(p) for p in [
+    r"chat:\{[a-z0-9_-]{1,64}\}:(log|trimmed)",
+    r"chat:\{[a-z0-9_-]{1,64}\}:idem:[a-z0-9._-]{2,32}:[A-Za-z0-9._:-]{1,128}",
+    r"chat:rooms", r"chat:(user|banned|user-sessions):[a-z0-9._-]{2,32}",
+    r"chat:session:[A-Za-z0-9_-]{16,128}",
+    r"chat:rl:\{LIMITER/CHAT_RATE_[A-Z_]+/(\d{1,3}(\.\d{1,3}){3}|login:[A-Za-z0-9._-]{2,32}|[a-z0-9._-]{2,32})/\d+/\d+/\w+\}(/-?\d+)?",
+]]
+
+weird_text = st.one_of(
+    st.text(max_size=50), st.text(alphabet=st.characters(codec="utf-8"), max_size=20),
+    st.sampled_from(["", " ", "*", "general", "0", "0-0", "1-1", "-1", "99999999999999999999999-0", "nan",
+                     "inf", "1e9", "{general}", "../etc", "a" * 5000, "\x00", "\ud800", "%00", "general*"]),
+)
+json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | weird_text,
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(weird_text, inner, max_size=3),
+                          max_leaves=8)
+body = st.one_of(
+    st.none(),
+    st.tuples(st.just("json"), st.dictionaries(st.sampled_from(FIELDS), json_value, max_size=4)),
+    st.tuples(st.just("json"), json_value),
+    st.tuples(st.just("form"), st.dictionaries(st.sampled_from(FIELDS), st.text(max_size=30), max_size=4)),
+    st.tuples(st.just("raw"), st.binary(max_size=300)),
+    st.tuples(st.just("huge"), st.integers(min_value=65 * 1024, max_value=200 * 1024)),
+)
+headers = st.dictionaries(
+    st.sampled_from(["Last-Event-ID", "Idempotency-Key", "Content-Type", "Authorization", "X-CSRFToken",
+                     "Origin"]),
+    st.one_of(st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=60),
+              st.sampled_from(["Basic !!!", "Basic " + "a" * 100, "Bearer x", "application/json",
+                               "text/plain", "multipart/form-data"])),
+    max_size=3)
+
+
+@pytest.fixture(scope="module")
+def fuzz_app(tmp_path_factory):
+    from chatapp.embedded_redis import EmbeddedRedis
+
+    store = EmbeddedRedis(tmp_path_factory.mktemp("fuzz-redis"))
+    store.start()
+    app = create_app({"REDIS_URL": store.url, "SECRET_KEY": "t", "CHAT_POLL_TIMEOUT_SECS": 0.05,
+                      "CHAT_POLL_MAX_TIMEOUT_SECS": 0.1, "CHAT_HEARTBEAT_SECS": 0.1, **GENEROUS_LIMITS})
+    AuthActions(app.test_client()).register("fuzzer")
+    yield app
+    app.extensions["chat.hub"].close()
+    store.stop()
+
+
+def send(client, method, path, *, chosen_body, chosen_headers, query):
+    # Encoded by hand: lone surrogates go out as the invalid UTF-8 a hostile client would send.
+    raw_query = "&".join(f"{k}={quote(v.encode('utf-8', 'surrogatepass'), safe='')}" for k, v in query.items())
+    kwargs = {"headers": chosen_headers, "query_string": raw_query}
+    if chosen_body:
+        kind, value = chosen_body
+        if kind == "json":
+            kwargs["data"], kwargs["content_type"] = json.dumps(value, allow_nan=True), "application/json"
+        elif kind == "form":
+            kwargs["data"] = {k: v.encode("utf-8", "surrogatepass") for k, v in value.items()}
+        elif kind == "raw":
+            kwargs["data"] = value
+        else:
+            kwargs["data"], kwargs["content_type"] = b"x" * value, "application/json"
+    response = client.open(path, method=method, buffered=False, **kwargs)
+    if response.mimetype == "text/event-stream":
+        first = next(iter(response.response))
+        response.close()
+        return response, first
+    return response, response.get_data()
+
+
+def check_redis(redis_client):
+    for raw_key in redis_client.scan_iter(count=1000):
+        key = raw_key.decode()
+        assert any(p.fullmatch(key) for p in KEY_PATTERNS), f"unexpected key {key!r}"
+        if key.endswith(":log"):
+            room = key[6:key.index("}")]
+            for _, fields in redis_client.xrange(key):
+                message = json.loads(fields[b"body"])
+                assert message["room"] == room and message["text"].strip()
+                assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f]", message["text"])
+
+
+examples = {"count": 0}
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(endpoint=st.sampled_from(ENDPOINTS), room=weird_text, chosen_body=body, chosen_headers=headers,
+       query=st.dictionaries(st.sampled_from(PARAMS), weird_text, max_size=3),
+       who=st.sampled_from(["anonymous", "session", "basic"]))
+def test_no_input_gives_a_5xx_or_a_non_json_error(fuzz_app, endpoint, room, chosen_body, chosen_headers,  # noqa: PLR0917
+                                                   query, who):
+    examples["count"] += 1
+    method, template = endpoint
+    client = fuzz_app.test_client()
+    redis_client = fuzz_app.extensions["chat.redis"]
+    if who == "session":
+        AuthActions(client).login("fuzzer")
+    elif who == "basic":
+        chosen_headers = {**basic("fuzzer", PASSWORD), **chosen_headers}
+    path = template.format(room=quote(room.encode("utf-8", "surrogatepass"), safe=""))
+    response, data = send(client, method, path, chosen_body=chosen_body, chosen_headers=chosen_headers,
+                          query=query)
+    assert response.status_code < 500, (response.status_code, data[:300])
+    if response.status_code >= 400:
+        error = json.loads(data)
+        assert isinstance(error["error"], str) and error["error"] and isinstance(error["message"], str)
+    check_redis(redis_client)
+
+
+def test_report_how_many_examples_ran():
+    print(f"\nfuzz: {examples['count']} examples ran against {len(ENDPOINTS)} endpoints")
+    assert examples["count"] >= 600
