@@ -126,8 +126,10 @@ class Broker:
         keys = [log, live, trimmed]
         if idempotency_key:
             keys.append(f"chat:{{{room}}}:idem:{user.lower()}:{idempotency_key}")
-        body = json.dumps({"room": room, "user": user, "text": text},
-                          ensure_ascii=False, separators=(",", ":")).encode()
+        fields = {"room": room, "user": user, "text": text}
+        if idempotency_key:
+            fields["client_id"] = idempotency_key  # lets the sender's page match its pending copy
+        body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
         created, payload = self._append_publish(keys, [body, self.maxlen, self.idempotency_ttl])
         return Publication.from_payload(payload), bool(created)
 

@@ -72,9 +72,10 @@ def events(room):
 
 def _event_stream(reader, cursor, backlog, heartbeat, retry_ms):
     opened = time.monotonic()
-    # First bytes at once: headers get past proxies that wait for a body, and a
-    # client can tell a buffering proxy from a quiet room.
-    yield sse.Event(retry=retry_ms, comment="stream open").encode()
+    # First bytes at once: headers get past proxies that wait for a body, and
+    # the "ready" event lets a client tell a buffering proxy from a quiet room.
+    yield (sse.Event(retry=retry_ms, comment="stream open").encode()
+           + sse.Event({"worker": os.getpid()}, event="ready").encode())
     try:
         yield from _deliver(reader, cursor, backlog, heartbeat)  # ends only by an exception
     except ReaderClosed as closed:
