@@ -19,6 +19,7 @@
     csrf: null,
     room: null,
     rooms: [],
+    roomsLoaded: false, // the first room list after sign-in sets the unread baseline
     messages: new Map(), // id -> message, current room only
     lastId: "0-0", // newest id seen in the current room: the live cursor
     oldestId: null,
@@ -124,11 +125,17 @@
     const r = await api("GET", "/api/rooms");
     if (r.status === 401) return showSignIn("Your session ended; sign in again.");
     if (r.status !== 200) return;
+    const firstLook = !state.roomsLoaded;
+    state.roomsLoaded = true;
     state.rooms = r.data.rooms;
     for (const room of state.rooms) {
       if (room.name === state.room) continue;
-      if (!state.seen[room.name]) markSeen(room.name, room.last_id); // first sight: nothing unread
-      else if (cmpId(room.last_id, state.seen[room.name]) > 0) await countUnread(room.name);
+      if (!state.seen[room.name]) {
+        // Rooms known when the page opened start as read; a room that appears
+        // while you are here is unread from its first message.
+        markSeen(room.name, firstLook ? room.last_id : "0-0");
+      }
+      if (cmpId(room.last_id, state.seen[room.name]) > 0) await countUnread(room.name);
       else state.unread[room.name] = 0;
     }
     renderRooms();
@@ -335,9 +342,10 @@
           startLive();
         }
       }, FIRST_BYTE_TIMEOUT_MS);
-      source.addEventListener("ready", () => {
+      source.addEventListener("ready", (event) => {
         gotBytes = true;
         backoff = 1000;
+        $("conn").dataset.worker = JSON.parse(event.data).worker; // which worker holds this stream
         setConn("live", "live (SSE)");
       });
       source.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
@@ -391,10 +399,11 @@
 
     async function loop() {
       let backoff = 1000;
+      let wait = 0; // the first poll answers at once, so the page knows the link works
       setConn("connecting", "connecting…");
       while (current()) {
         try {
-          const url = `/api/rooms/${state.room}/poll?cursor=${state.lastId}&timeout=${POLL_TIMEOUT_SECS}`;
+          const url = `/api/rooms/${state.room}/poll?cursor=${state.lastId}&timeout=${wait}`;
           const response = await fetch(url, { credentials: "same-origin", signal: controller.signal });
           if (!current()) return;
           if (response.status === 401) return showSignIn("Your session ended; sign in again.");
@@ -405,12 +414,14 @@
           if (response.status !== 200) throw new Error(`poll: ${response.status}`);
           const data = await response.json();
           backoff = 1000;
+          wait = POLL_TIMEOUT_SECS;
           setConn("live", "live (long-poll)");
           if (data.reset) { await loadLatest(); continue; }
           for (const message of data.messages) onMessage(message);
           state.lastId = maxId(state.lastId, data.cursor);
         } catch (error) {
           if (!current()) return;
+          wait = 0;
           setConn(navigator.onLine ? "reconnecting" : "offline",
             `${navigator.onLine ? "reconnecting" : "offline"}, retry in ${Math.round(backoff / 1000)}s`);
           await sleep(backoff);
@@ -549,6 +560,7 @@
   // ---- start-up ----
   async function enterChat(user) {
     state.me = user;
+    state.roomsLoaded = false;
     $("me").textContent = user;
     $("signin").hidden = true;
     $("chat").hidden = false;

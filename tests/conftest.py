@@ -136,3 +136,15 @@ def room(user):
     name = unique("r")
     assert user.post("/api/rooms", {"name": name}).status == 201
     return name
+
+
+# -- the browser (pytest-playwright, driving Debian's chromium) ------------------
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args():
+    return {"executable_path": CHROMIUM, "headless": True,
+            "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                     "--disable-extensions", "--disable-component-update", "--no-first-run"]}

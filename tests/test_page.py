@@ -1,0 +1,254 @@
+"""The chat page in a real headless Chromium against real gunicorn (2 gevent workers)."""
+
+import os
+import signal
+from collections import Counter
+
+import gevent
+import pytest
+from playwright.sync_api import expect
+
+from chatapp.embedded_redis import EmbeddedRedis
+from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
+from tests.helpers import ROOT, Api, Gunicorn
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    """A server of this module's own: one test SIGKILLs its workers."""
+    store = EmbeddedRedis(tmp_path_factory.mktemp("web-redis"))
+    store.start()
+    server = Gunicorn(store.url, workers=2, env={**GENEROUS_LIMITS, "CHAT_RETRY_MS": "500"})
+    server.start()
+    yield server
+    server.stop()
+    store.stop()
+
+
+@pytest.fixture
+def base_url(web):
+    return web.url
+
+
+@pytest.fixture
+def person(browser, web):
+    """Open a signed-up user's page: ``person(name=None, query="", viewport=DESKTOP, init=None)``."""
+    contexts = []
+
+    def open_page(name=None, query="", viewport=DESKTOP, init_script=None):
+        context = browser.new_context(viewport=viewport, base_url=web.url)
+        contexts.append(context)
+        if init_script:
+            context.add_init_script(init_script)
+        page = context.new_page()
+        page.on("dialog", lambda dialog: pytest.fail(f"a dialog fired: {dialog.message}"))
+        page.goto(f"/{query}")
+        page.fill("#username", name or unique("p"))
+        page.fill("#password", PASSWORD)
+        page.click("#register-button")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15000)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
+
+
+def say(page, text):
+    page.fill("#text", text)
+    page.press("#text", "Enter")
+
+
+def texts(page):
+    return page.locator("#messages .msg .text").all_inner_texts()
+
+
+def wait_for_texts(page, wanted, timeout=15000):
+    """Wait until every text in ``wanted`` is shown (confirmed, not pending)."""
+    page.wait_for_function(
+        "wanted => { const shown = [...document.querySelectorAll('#messages .msg .text')].map(e => e.textContent);"
+        " return wanted.every(w => shown.includes(w)); }", arg=wanted, timeout=timeout)
+
+
+def assert_once_in_order(page, wanted):
+    shown = texts(page)
+    counts = Counter(shown)
+    assert all(counts[w] == 1 for w in wanted), {w: counts[w] for w in wanted if counts[w] != 1}
+    assert [t for t in shown if t in set(wanted)] == wanted
+
+
+def converse(alice, bob, rounds=4, tag="hi"):
+    """Both pages talk in turns (texts unique to this call: the module shares one server)."""
+    tag = unique(tag)
+    sent = []
+    for i in range(rounds):
+        for page, who in ((alice, "alice"), (bob, "bob")):
+            text = f"{tag} {i} from {who}"
+            say(page, text)
+            wait_for_texts(page, [text])
+            sent.append(text)
+    for page in (alice, bob):
+        wait_for_texts(page, sent)
+        assert_once_in_order(page, sent)
+        expect(page.locator("#pending .msg")).to_have_count(0)
+    return sent
+
+
+def test_two_users_chat_both_ways_over_sse(person):
+    alice, bob = person(), person()
+    converse(alice, bob)
+    assert alice.locator("#conn").inner_text() == "live (SSE)"
+    mine = alice.locator("#messages .msg.mine .text").all_inner_texts()
+    assert mine and all("from alice" in text for text in mine)
+
+
+def test_two_users_chat_over_forced_long_poll(person):
+    alice, bob = person(query="?transport=longpoll"), person(query="?transport=longpoll")
+    converse(alice, bob)
+    assert bob.locator("#conn").inner_text() == "live (long-poll)"
+
+
+def test_without_eventsource_the_page_falls_back_and_histories_match(person):
+    sse = person()
+    poll = person(init_script="delete window.EventSource;")
+    expect(poll.locator("#conn")).to_have_text("live (long-poll)")
+    converse(sse, poll, tag="mixed")
+    assert texts(sse) == texts(poll)
+
+
+def test_reload_keeps_the_session_the_room_and_the_messages(person):
+    page = person()
+    room = unique("r")
+    page.fill("#new-room-name", room)
+    page.click("#new-room button[type=submit]")
+    expect(page.locator("#room-title")).to_have_text(f"#{room}")
+    say(page, "before reload")
+    wait_for_texts(page, ["before reload"])
+    page.reload()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15000)
+    expect(page.locator("#room-title")).to_have_text(f"#{room}")
+    assert texts(page) == ["before reload"]
+
+
+def test_worker_killed_mid_chat_page_reconnects_and_shows_every_message_once(person, web):
+    page = person()
+    name = unique("poster")
+    Api(web.url).post("/api/auth/register", {"username": name, "password": PASSWORD})
+    poster = Api(web.url, name, PASSWORD)
+    worker = int(page.locator("#conn").get_attribute("data-worker"))
+    sent = []
+
+    def post_steadily():
+        for i in range(40):
+            response = poster.post("/api/rooms/general/messages", {"text": f"steady {i}", "client_id": f"s{i}"})
+            while response.status != 201:  # a poster retries with the same key, like the page does
+                gevent.sleep(0.1)
+                response = poster.post("/api/rooms/general/messages", {"text": f"steady {i}", "client_id": f"s{i}"})
+            sent.append(f"steady {i}")
+            gevent.sleep(0.05)
+
+    posting = gevent.spawn(post_steadily)
+    gevent.sleep(0.5)
+    os.kill(worker, signal.SIGKILL)
+    page.wait_for_function("document.getElementById('conn').dataset.state !== 'live'", timeout=5000)
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15000)
+    posting.get(timeout=60)
+    wait_for_texts(page, sent)
+    assert_once_in_order(page, sent)
+
+
+def test_messages_typed_offline_are_delivered_once(person):
+    alice, bob = person(), person()
+    alice.context.set_offline(True)
+    expect(alice.locator("#conn")).to_have_attribute("data-state", "offline", timeout=10000)
+    typed = ["typed offline 1", "typed offline 2\nwith a second line"]
+    for text in typed:
+        say(alice, text)
+    expect(alice.locator("#pending .msg")).to_have_count(2)
+    alice.context.set_offline(False)
+    for page in (alice, bob):
+        wait_for_texts(page, typed, timeout=20000)
+        assert_once_in_order(page, typed)
+    expect(alice.locator("#pending .msg")).to_have_count(0)
+
+
+def test_markup_is_rendered_as_text_and_no_script_runs(person):
+    alice, bob = person(), person()
+    attacks = ["<script>alert(1)</script>", '<img src=x onerror="alert(2)">']
+    for text in attacks:
+        say(alice, text)
+    wait_for_texts(bob, attacks)
+    assert bob.locator("#messages img").count() == 0
+    assert bob.locator("#messages script").count() == 0
+    assert bob.evaluate("window.__pwned === undefined")
+
+
+def test_scrolling_up_loads_older_history_to_the_first_message(person, web):
+    room = unique("long")
+    name = unique("writer")
+    Api(web.url).post("/api/auth/register", {"username": name, "password": PASSWORD})
+    writer = Api(web.url, name, PASSWORD)
+    writer.post("/api/rooms", {"name": room})
+    for i in range(130):
+        writer.post(f"/api/rooms/{room}/messages", {"text": f"old {i}"})
+    page = person()
+    page.goto(f"/#{room}")
+    expect(page.locator("#room-title")).to_have_text(f"#{room}")
+    wait_for_texts(page, ["old 129"])
+    for _ in range(10):
+        page.locator("#log").evaluate("log => { log.scrollTop = 0; }")
+        page.wait_for_timeout(300)
+        if "beginning" in page.locator("#history-edge").inner_text():
+            break
+    expect(page.locator("#history-edge")).to_contain_text("beginning")
+    assert texts(page) == [f"old {i}" for i in range(130)]
+
+
+def test_layout_on_desktop_and_phone_with_screenshots(person, tmp_path):
+    """A real conversation; CHAT_UPDATE_SCREENSHOTS=1 refreshes the images in docs/."""
+    target = ROOT / "docs" if os.environ.get("CHAT_UPDATE_SCREENSHOTS") else tmp_path
+    alice = person(name="alice")  # this module's server has a Redis of its own
+    bob = person(name="bob", viewport=PHONE)
+    lines = [(alice, "Morning! Is the deploy still on for 10:00?"),
+             (bob, "Yes - rolling restart, one instance at a time."),
+             (alice, "Great. Streams resume with Last-Event-ID, so nobody should notice."),
+             (bob, "I'll watch the dashboard.\nPing me if anything looks off.")]
+    for page, text in lines:
+        say(page, text)
+        wait_for_texts(page, [text])
+    wait_for_texts(alice, [text for _, text in lines])
+    wait_for_texts(bob, [text for _, text in lines])
+    alice.screenshot(path=str(target / "screenshot-desktop.png"))
+    bob.screenshot(path=str(target / "screenshot-phone.png"))
+    expect(bob.locator("#sidebar")).not_to_be_in_viewport()  # a drawer on phones
+    expect(alice.locator("#sidebar")).to_be_in_viewport()
+    bob.click("#rooms-toggle")
+    expect(bob.locator("#room-list")).to_be_in_viewport()
+    width = bob.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], "the page scrolls sideways on a phone"
+
+
+def test_unread_counts_and_switching_rooms_swaps_the_stream(person):
+    alice, bob = person(), person()
+    room = unique("side")
+    alice.fill("#new-room-name", room)
+    alice.click("#new-room button[type=submit]")
+    expect(alice.locator("#room-title")).to_have_text(f"#{room}")
+    expect(alice.locator("#conn")).to_have_attribute("data-state", "live")
+    say(alice, "in the side room")
+    say(alice, "twice")
+    wait_for_texts(alice, ["in the side room", "twice"])
+    badge = bob.locator(f"#room-list button[data-room='{room}'] .badge")
+    expect(badge).to_have_text("2", timeout=15000)  # the room list is polled every 10 s
+    expect(bob.locator("#room-list button[aria-current='true']")).to_have_attribute("data-room", "general")
+    bob.click(f"#room-list button[data-room='{room}']")
+    expect(bob.locator("#room-title")).to_have_text(f"#{room}")
+    wait_for_texts(bob, ["in the side room", "twice"])
+    expect(badge).to_have_count(0)
+    say(alice, "live in the side room")
+    wait_for_texts(bob, ["live in the side room"])
+    say(bob, "bob answers")
+    wait_for_texts(alice, ["bob answers"])
