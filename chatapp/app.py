@@ -12,6 +12,7 @@ from . import (
     health,
     messages,
     page,
+    presence,
     ratelimit,
     rooms,
     security,
@@ -40,7 +41,7 @@ def create_app(test_config=None):
     ratelimit.init_app(app)
     users.init_app(app)
     rooms.init_app(app)
-    for module in (auth, rooms, messages, streams, admin, health, page):
+    for module in (auth, rooms, messages, streams, presence, admin, health, page):
         app.register_blueprint(module.bp)
 
     @app.after_request

@@ -81,8 +81,19 @@ class Publication:
             self._frame = Event(self.json, event="message", id=str(self.id)).encode()
         return self._frame
 
-    def as_dict(self):
-        return json.loads(self.json)
+
+class Signal:
+    """A live-only event (presence, typing): never stored, no stream position, not
+    sent to the user it is about."""
+
+    __slots__ = ("frame", "id", "json", "user")
+
+    def __init__(self, json_bytes):
+        fields = json.loads(json_bytes)
+        self.id = None
+        self.json = json_bytes
+        self.user = fields["user"].lower()
+        self.frame = Event(json_bytes, event=fields["type"]).encode()
 
 
 class Reset(NamedTuple):
@@ -93,6 +104,11 @@ class Reset(NamedTuple):
 
 
 CONTROL_CHANNEL = "chat:control"  # kicks and logouts, to every worker on every host
+
+
+def lua_script(name):
+    """The source of ``lua/<name>.lua`` (registered once per client, run with EVALSHA)."""
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
 
 
 def room_keys(room):
@@ -113,8 +129,7 @@ class Broker:
         self.redis = redis
         self.maxlen = maxlen
         self.idempotency_ttl = idempotency_ttl
-        source = resources.files(__package__).joinpath("lua/append_publish.lua").read_text()
-        self._append_publish = redis.register_script(source)
+        self._append_publish = redis.register_script(lua_script("append_publish"))
 
     def publish(self, room, user, text, idempotency_key=None):
         """Append and publish a message; return ``(Publication, created)``.
@@ -132,6 +147,15 @@ class Broker:
         body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
         created, payload = self._append_publish(keys, [body, self.maxlen, self.idempotency_ttl])
         return Publication.from_payload(payload), bool(created)
+
+    def signal(self, room, event, user):
+        """Publish a live-only event to the room's readers on every worker; nothing is stored.
+
+        Its JSON starts with ``{"type":`` (a publication's with ``{"id":``); presence.lua
+        publishes the same shape.
+        """
+        payload = json.dumps({"type": event, "room": room, "user": user}, separators=(",", ":"))
+        self.redis.publish(room_keys(room)[1], payload)
 
     def publish_control(self, reason, *, user=None, sid=None):
         """Ask every worker to close the readers of ``user`` (any session) or of session ``sid``."""

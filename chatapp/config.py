@@ -89,6 +89,10 @@ SETTINGS = (
     Setting("CHAT_SESSION_LIFETIME_SECS", int, 14 * 24 * 3600, "Session cookie lifetime.", 60),
     Setting("CHAT_AUTH_CACHE_SECS", float, 300.0, "How long a verified HTTP Basic credential skips "
             "the password hash (the account and ban are still checked every request).", 0, 86400),
+    Setting("CHAT_PRESENCE_TTL_SECS", float, 45.0, "A user held only by a dead worker leaves the "
+            "presence list within this (plus a 2 s sweep).", 3, 3600),
+    Setting("CHAT_PRESENCE_LINGER_SECS", float, 5.0, "A closed stream keeps its user present this long, "
+            "so a reconnect or a quick room switch doesn't announce leave and join.", 0, 600),
     Setting("CHAT_ADMINS", name_list, "", "Comma-separated usernames allowed to kick and ban."),
     Setting("CHAT_HTTPS", bool, False, "Served over HTTPS: session cookies get the Secure flag."),
     Setting("CHAT_RATE_MESSAGES", rate, "20 per 10 seconds", "Messages each user may send."),
@@ -96,6 +100,7 @@ SETTINGS = (
     Setting("CHAT_RATE_LOGIN_USER", rate, "10 per minute", "Login attempts per username "
             "(also password changes)."),
     Setting("CHAT_RATE_REGISTER_IP", rate, "10 per hour", "Registrations per client IP."),
+    Setting("CHAT_RATE_TYPING", rate, "30 per minute", "Typing notices each user may send."),
     Setting("CHAT_RATE_STREAMS", rate, "60 per minute", "New SSE streams and long-polls each user "
             "may open (a long-poll client makes about 3 a minute)."),
 )

@@ -35,7 +35,7 @@ import redis
 from gevent.event import Event as Flag
 from gevent.lock import Semaphore
 
-from .broker import CONTROL_CHANNEL, Publication
+from .broker import CONTROL_CHANNEL, Publication, Signal
 from .errors import REDIS_ERRORS, StoreUnavailable
 from .reader import Reader
 from .sessions import SESSION_KEY_PREFIX
@@ -46,13 +46,15 @@ RECONNECT_MIN_SECS = 0.05  # first retry soon: most drops are a CLIENT KILL or a
 RECONNECT_MAX_SECS = 2.0  # a restarting Redis is back within seconds; don't wait longer
 SILENT_PINGS = 3  # a Pub/Sub link this many pings without a reply is dead
 WATCH_TICK_SECS = 0.5  # an expired session's streams must stop within 2 s
+PRESENCE_SWEEP_SECS = 2.0  # how soon after expiry a dead worker's users are announced gone
 HUB_READ_CONNECTIONS = 4  # the listener's own reads (tails, backfills) never queue behind requests
 _CONTROL = CONTROL_CHANNEL.encode()
+_SIGNAL = b'{"type":'  # live-only events; publications start with {"id":
 
 
 class _Room:
-    __slots__ = ("channel", "idle_since", "last_id", "name", "readers", "ready", "ring", "ring_floor",
-                 "start_id")
+    __slots__ = ("channel", "idle_since", "last_id", "name", "presence_due", "readers", "ready", "ring",
+                 "ring_floor", "start_id")
 
     def __init__(self, name, channel, ring_size):
         self.name = name
@@ -64,6 +66,7 @@ class _Room:
         self.ring_floor = None  # the ring holds every publication after this id
         self.ready = Flag()
         self.idle_since = None
+        self.presence_due = 0.0  # when this worker next refreshes its readers' presence here
 
     def restart_at(self, tail):
         self.last_id = self.ring_floor = tail
@@ -73,7 +76,7 @@ class _Room:
 class Hub:
     """Tracks this process's readers and feeds them from one Pub/Sub connection."""
 
-    def __init__(self, redis_url, broker, config):
+    def __init__(self, redis_url, broker, presence, config):
         self.queue_limit = config["CHAT_READER_QUEUE"]
         self.catchup_page = config["CHAT_CATCHUP_PAGE"]
         self.ring_size = config["CHAT_HUB_RING"]
@@ -86,6 +89,7 @@ class Hub:
         self.broker = broker.bound_to(redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
             redis_url, max_connections=HUB_READ_CONNECTIONS, timeout=config["CHAT_REDIS_TIMEOUT_SECS"],
             socket_timeout=config["CHAT_REDIS_TIMEOUT_SECS"], socket_connect_timeout=2)))
+        self.presence = presence
         self._rooms = {}
         self._conn = None
         self._write_lock = Semaphore()
@@ -174,7 +178,8 @@ class Hub:
         if self._pid == os.getpid():
             return
         self._pid = os.getpid()
-        self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._watch)]
+        self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._watch_link),
+                           gevent.spawn(self._housekeeping)]
 
     def _send(self, *args):
         """Write a command on the Pub/Sub link; the listener greenlet reads the reply."""
@@ -288,8 +293,14 @@ class Hub:
         if room is None or room.last_id is None:
             return  # a late message of an old subscription; the stream has it
         try:
+            if payload.startswith(_SIGNAL):
+                signal = Signal(payload)
+                for reader in room.readers:
+                    if reader.user != signal.user:
+                        reader.offer(signal)
+                return
             publication = Publication.from_payload(payload)
-        except ValueError:
+        except (ValueError, KeyError, TypeError):
             log.error("hub: ignoring malformed message on %r: %r", channel, payload[:200])
             return
         self._deliver(room, publication)
@@ -307,17 +318,31 @@ class Hub:
 
     # -- housekeeping ------------------------------------------------------------
 
-    def _watch(self):
-        """Ping the link so a dead one is noticed, end streams of expired sessions,
-        and drop rooms nobody reads."""
-        next_ping = 0.0
+    def _watch_link(self):
+        """Ping the link so a dead one is noticed. Its own greenlet: it must never wait
+        on a Redis command (a stalled Redis is exactly what it has to notice)."""
         while not self.closed:
-            gevent.sleep(min(WATCH_TICK_SECS, self.ping_secs))
+            gevent.sleep(self.ping_secs)
+            conn = self._conn
+            if conn is None:
+                continue
+            silent = time.monotonic() - self._last_heard
+            if silent > SILENT_PINGS * self.ping_secs:
+                log.warning("hub pid=%d: Pub/Sub link silent for %.1fs; dropping it", os.getpid(), silent)
+                self._disconnect(conn)
+            else:
+                self._send("PING")
+
+    def _housekeeping(self):
+        """End streams of expired sessions, keep presence fresh, drop rooms nobody reads."""
+        next_sweep = 0.0
+        while not self.closed:
+            gevent.sleep(WATCH_TICK_SECS)
             now = time.monotonic()
             try:
-                if now >= next_ping:
-                    next_ping = now + self.ping_secs
-                    self._ping(now)
+                if now >= next_sweep:
+                    next_sweep = now + PRESENCE_SWEEP_SECS
+                    self._tick_presence(now)
                 self._expire_sessions(now)
                 self._prune(now)
             except REDIS_ERRORS as exc:
@@ -325,16 +350,17 @@ class Hub:
             except Exception:
                 log.exception("hub: housekeeping failed")
 
-    def _ping(self, now):
-        conn = self._conn
-        if conn is None:
-            return
-        if now - self._last_heard > SILENT_PINGS * self.ping_secs:
-            log.warning("hub pid=%d: Pub/Sub link silent for %.1fs; dropping it",
-                        os.getpid(), now - self._last_heard)
-            self._disconnect(conn)
-        else:
-            self._send("PING")
+    def _tick_presence(self, now):
+        """Sweep expired presence in every room read here, refreshing our own streams' entries
+        every ``presence.refresh_secs``; a worker that stops doing this (dies) drops out."""
+        for room in list(self._rooms.values()):
+            if not room.readers:
+                continue
+            members = ()
+            if now >= room.presence_due:
+                room.presence_due = now + self.presence.refresh_secs
+                members = [r.presence_member for r in room.readers if r.presence_member]
+            self.presence.tick(room.name, members)
 
     def _expire_sessions(self, now):
         """Readers whose session may have expired: ask Redis (one pipeline) and close the dead."""

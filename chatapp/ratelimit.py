@@ -16,7 +16,7 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 from .errors import RateLimited
 
 LIMITS = ("CHAT_RATE_MESSAGES", "CHAT_RATE_LOGIN_IP", "CHAT_RATE_LOGIN_USER", "CHAT_RATE_REGISTER_IP",
-          "CHAT_RATE_STREAMS")
+          "CHAT_RATE_STREAMS", "CHAT_RATE_TYPING")
 
 
 class RateLimits:

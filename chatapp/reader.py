@@ -31,7 +31,7 @@ class ReaderReset(Exception):
 
 class Reader:
     __slots__ = ("_behind", "_queue", "_wake", "channel", "closed_reason", "expires_at", "hub", "last_id",
-                 "room", "sid", "user")
+                 "presence_member", "room", "sid", "user")
 
     def __init__(self, hub, room, user, sid=None, session_secs=None):
         self.hub = hub
@@ -43,6 +43,7 @@ class Reader:
         # expire before this, and the hub checks it again then.
         self.expires_at = time.monotonic() + session_secs if sid else None
         self.last_id = None
+        self.presence_member = None  # set while this stream counts in the room's presence
         self._queue = []
         self._wake = Flag()
         self._behind = False
@@ -123,11 +124,16 @@ class Reader:
         return queue
 
     def _advance(self, publications, force=False):
-        """Keep only ids after the cursor (invariant 3) and move the cursor."""
+        """Keep only ids after the cursor (invariant 3) and move the cursor.
+
+        Live-only signals (no id) pass through and don't move it.
+        """
         last = self.last_id
         fresh = []
         for publication in publications:
-            if force or publication.id > last:
+            if publication.id is None:
+                fresh.append(publication)
+            elif force or publication.id > last:
                 fresh.append(publication)
                 last = max(last, publication.id)
         self.last_id = last

@@ -1,4 +1,4 @@
-"""The worker's Redis client (a bounded pool) and the Broker and Hub built on it."""
+"""The worker's Redis client (a bounded pool) and the Broker, Presence and Hub built on it."""
 
 import redis
 from redis.backoff import NoBackoff
@@ -6,6 +6,7 @@ from redis.retry import Retry
 
 from .broker import Broker
 from .hub import Hub
+from .presence import Presence
 
 
 def init_app(app):
@@ -24,4 +25,6 @@ def init_app(app):
     broker = Broker(client, config["CHAT_STREAM_MAXLEN"], config["CHAT_IDEMPOTENCY_TTL_SECS"])
     app.extensions["chat.redis"] = client
     app.extensions["chat.broker"] = broker
-    app.extensions["chat.hub"] = Hub(config["REDIS_URL"], broker, config)
+    presence = Presence(client, config)
+    app.extensions["chat.presence"] = presence
+    app.extensions["chat.hub"] = Hub(config["REDIS_URL"], broker, presence, config)

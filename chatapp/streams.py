@@ -12,6 +12,7 @@ from .broker import StreamId
 from .errors import REDIS_ERRORS, RateLimited, StoreUnavailable, Unauthorized, error_response
 from .messages import json_response
 from .params import query_cursor, query_number
+from .presence import POLL_CONNECTION, current_presence, leave_quietly
 from .ratelimit import enforce
 from .reader import ReaderClosed, ReaderReset
 from .rooms import current_rooms
@@ -65,19 +66,20 @@ def events(room):
     cursor = StreamId.parse(header) if header else query_cursor("last_event_id", "lastEventId")
     config = current_app.config
     backlog = query_number("backlog", 0, 0, config["CHAT_BACKLOG_MAX"])
-    stream = _event_stream(_open_reader(room), cursor, backlog,
+    reader = _open_reader(room)
+    stream = _event_stream(reader, current_presence().member(current_user()), cursor, backlog,
                            config["CHAT_HEARTBEAT_SECS"], config["CHAT_RETRY_MS"])
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
 
 
-def _event_stream(reader, cursor, backlog, heartbeat, retry_ms):
+def _event_stream(reader, member, cursor, backlog, heartbeat, retry_ms):  # noqa: PLR0917
     opened = time.monotonic()
     # First bytes at once: headers get past proxies that wait for a body, and
     # the "ready" event lets a client tell a buffering proxy from a quiet room.
     yield (sse.Event(retry=retry_ms, comment="stream open").encode()
            + sse.Event({"worker": os.getpid()}, event="ready").encode())
     try:
-        yield from _deliver(reader, cursor, backlog, heartbeat)  # ends only by an exception
+        yield from _deliver(reader, member, cursor, backlog, heartbeat)  # ends only by an exception
     except ReaderClosed as closed:
         reason = closed.reason
     except StoreUnavailable as exc:
@@ -90,12 +92,16 @@ def _event_stream(reader, cursor, backlog, heartbeat, retry_ms):
                     reader.room, os.getpid(), type(exc).__name__, exc)
     finally:
         reader.hub.detach(reader)
+        if reader.presence_member:
+            leave_quietly(reader.hub.presence, reader.room, reader.presence_member)
         log.debug("stream room=%s closed after %.1fs", reader.room, time.monotonic() - opened)
     yield sse.Event({"reason": reason}, event="retry").encode()
 
 
-def _deliver(reader, cursor, backlog, heartbeat):
+def _deliver(reader, member, cursor, backlog, heartbeat):
     initial = reader.open(cursor, backlog)
+    reader.hub.presence.join(reader.room, member)
+    reader.presence_member = member
     if initial:
         yield b"".join(p.frame for p in initial)
     while True:
@@ -127,6 +133,7 @@ def poll(room):
     extra = b""
     try:
         reader.open(cursor)
+        current_presence().join(room, current_presence().member(current_user(), POLL_CONNECTION))
         batch = _wait_for_batch(reader, timeout)
     except ReaderReset as stale:
         oldest = stale.reset.oldest
@@ -138,8 +145,12 @@ def poll(room):
         batch = []  # answer now; the client polls again, on another worker
     finally:
         reader.hub.detach(reader)
-    body = b'{"messages":[' + b",".join(p.json for p in batch) + b'],"cursor":"'
-    return json_response(body + str(reader.last_id).encode() + b'"' + extra + b"}")
+    messages = b",".join(p.json for p in batch if p.id is not None)
+    signals = [p.json for p in batch if p.id is None]
+    if signals:  # live-only presence and typing events
+        extra += b',"events":[' + b",".join(signals) + b"]"
+    body = b'{"messages":[' + messages + b'],"cursor":"' + str(reader.last_id).encode() + b'"'
+    return json_response(body + extra + b"}")
 
 
 def _wait_for_batch(reader, timeout):

@@ -9,6 +9,8 @@
   const ROOMS_REFRESH_MS = 10000; // unread counts come from polling the room list, never extra streams
   const MAX_BACKOFF_MS = 15000;
   const SEND_ATTEMPTS = 6; // then the message is shown as failed, with a retry button
+  const TYPING_SHOWN_MS = 4000; // "X is typing…" lasts this long after the last notice
+  const TYPING_EVERY_MS = 3000; // we tell others at most this often while typing
   const SESSION_ENDED = new Set(["logged_out", "kicked", "banned", "session_expired", "password_changed"]);
 
   const $ = (id) => document.getElementById(id);
@@ -31,6 +33,9 @@
     outbox: new Map(), // client_id -> {room, text, status, attempts, timer}
     seen: {},
     unread: {},
+    online: new Set(), // who is in the current room (presence)
+    typing: new Map(), // user -> timer
+    lastTypingSent: 0,
   };
 
   // ---- ids: "<ms>-<seq>", compared as integer pairs, never as strings ----
@@ -226,7 +231,7 @@
     const element = messageElement(message);
     const list = $("messages");
     let after = list.lastElementChild;
-    while (after && cmpId(after.dataset.id, message.id) > 0) after = after.previousElementSibling;
+    while (after && after.dataset.id && cmpId(after.dataset.id, message.id) > 0) after = after.previousElementSibling;
     list.insertBefore(element, after ? after.nextSibling : list.firstChild);
     if (!state.oldestId || cmpId(message.id, state.oldestId) < 0) state.oldestId = message.id;
     return true;
@@ -234,11 +239,72 @@
 
   function onMessage(message) {
     const pinned = atBottom();
+    stopTyping(message.user);
     if (message.client_id && state.outbox.has(message.client_id)) settle(message.client_id);
     if (!insertMessage(message)) return;
     state.lastId = maxId(state.lastId, message.id);
     if (document.visibilityState === "visible") markSeen(state.room, message.id);
     if (pinned) scrollToBottom();
+  }
+
+  // ---- presence and typing (live-only: a reconnect reloads the list) ----
+  async function loadPresence() {
+    const room = state.room;
+    const r = await api("GET", `/api/rooms/${room}/presence`);
+    if (r.status !== 200 || room !== state.room) return;
+    state.online = new Set(r.data.users);
+    renderPresence();
+  }
+
+  function renderPresence() {
+    $("presence").hidden = false;
+    $("presence-list").replaceChildren(...[...state.online].sort().map((user) => {
+      const item = document.createElement("li");
+      item.textContent = user;
+      return item;
+    }));
+  }
+
+  function systemLine(text) {
+    const pinned = atBottom();
+    const item = document.createElement("li");
+    item.className = "msg system";
+    item.textContent = text;
+    $("messages").append(item);
+    if (pinned) scrollToBottom();
+  }
+
+  function onEvent(event) {
+    if (event.room !== state.room) return;
+    if (event.type === "presence") {
+      if (event.state === "join") state.online.add(event.user);
+      else state.online.delete(event.user);
+      renderPresence();
+      systemLine(`${event.user} ${event.state === "join" ? "joined" : "left"}`);
+      stopTyping(event.user);
+    } else if (event.type === "typing") {
+      clearTimeout(state.typing.get(event.user));
+      state.typing.set(event.user, setTimeout(() => stopTyping(event.user), TYPING_SHOWN_MS));
+      renderTyping();
+    }
+  }
+
+  function stopTyping(user) {
+    clearTimeout(state.typing.get(user));
+    if (state.typing.delete(user)) renderTyping();
+  }
+
+  function renderTyping() {
+    const users = [...state.typing.keys()];
+    $("typing").textContent = users.length === 0 ? ""
+      : users.length === 1 ? `${users[0]} is typing…` : `${users.join(", ")} are typing…`;
+  }
+
+  function onComposerInput() {
+    const now = Date.now();
+    if (!$("text").value.trim() || now - state.lastTypingSent < TYPING_EVERY_MS) return;
+    state.lastTypingSent = now;
+    api("POST", `/api/rooms/${state.room}/typing`).catch(() => {}); // best effort
   }
 
   function setEdge() {
@@ -298,6 +364,8 @@
     $("room-title").textContent = `#${name}`;
     renderRooms();
     renderOutbox();
+    state.online = new Set();
+    for (const user of [...state.typing.keys()]) stopTyping(user);
     try {
       if (!(await loadLatest())) return;
     } catch (_) {
@@ -347,7 +415,11 @@
         backoff = 1000;
         $("conn").dataset.worker = JSON.parse(event.data).worker; // which worker holds this stream
         setConn("live", "live (SSE)");
+        loadPresence().catch(() => {}); // joins and leaves missed while away are not replayed
       });
+      for (const type of ["presence", "typing"]) {
+        source.addEventListener(type, (event) => onEvent(JSON.parse(event.data)));
+      }
       source.addEventListener("message", (event) => onMessage(JSON.parse(event.data)));
       source.addEventListener("reset", () => { loadLatest().catch(() => {}); });
       source.addEventListener("retry", (event) => {
@@ -414,8 +486,10 @@
           if (response.status !== 200) throw new Error(`poll: ${response.status}`);
           const data = await response.json();
           backoff = 1000;
+          if (wait === 0) loadPresence().catch(() => {}); // (re)connected: reload the list
           wait = POLL_TIMEOUT_SECS;
           setConn("live", "live (long-poll)");
+          for (const event of data.events || []) onEvent(event);
           if (data.reset) { await loadLatest(); continue; }
           for (const message of data.messages) onMessage(message);
           state.lastId = maxId(state.lastId, data.cursor);
@@ -579,6 +653,7 @@
     $("new-room").addEventListener("submit", onNewRoom);
     $("composer").addEventListener("submit", onCompose);
     $("text").addEventListener("keydown", onComposerKey);
+    $("text").addEventListener("input", onComposerInput);
     $("rooms-toggle").addEventListener("click", toggleDrawer);
     log().addEventListener("scroll", () => { if (log().scrollTop < 80) loadOlder(); });
     window.addEventListener("online", () => { resendAll(); if (state.me) startLive(); });

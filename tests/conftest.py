@@ -9,6 +9,7 @@ import uuid  # noqa: E402
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
+from playwright.sync_api import expect  # noqa: E402
 
 from chatapp import create_app  # noqa: E402
 from chatapp.embedded_redis import EmbeddedRedis  # noqa: E402
@@ -148,3 +149,50 @@ def browser_type_launch_args():
     return {"executable_path": CHROMIUM, "headless": True,
             "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                      "--disable-extensions", "--disable-component-update", "--no-first-run"]}
+
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    """A server for the browser tests of one module (one test SIGKILLs its workers)."""
+    store = EmbeddedRedis(tmp_path_factory.mktemp("web-redis"))
+    store.start()
+    # A closed tab is noticed at the next heartbeat write: keep it short here.
+    server = Gunicorn(store.url, workers=2, env={**GENEROUS_LIMITS, "CHAT_RETRY_MS": "500",
+                                                 "CHAT_HEARTBEAT_SECS": "2", "CHAT_PRESENCE_LINGER_SECS": "1"})
+    server.start()
+    yield server
+    server.stop()
+    store.stop()
+
+
+@pytest.fixture
+def base_url(web):
+    return web.url
+
+
+@pytest.fixture
+def person(browser, web):
+    """Open a signed-up user's page: ``person(name=None, query="", viewport=DESKTOP, init=None)``."""
+    contexts = []
+
+    def open_page(name=None, query="", viewport=DESKTOP, init_script=None):
+        context = browser.new_context(viewport=viewport, base_url=web.url)
+        contexts.append(context)
+        if init_script:
+            context.add_init_script(init_script)
+        page = context.new_page()
+        page.on("dialog", lambda dialog: pytest.fail(f"a dialog fired: {dialog.message}"))
+        page.goto(f"/{query}")
+        page.fill("#username", name or unique("p"))
+        page.fill("#password", PASSWORD)
+        page.click("#register-button")
+        expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15000)
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()

@@ -37,6 +37,7 @@ def test_admin_is_configured_by_username(root, bob):
 def test_kick_ends_sessions_and_open_streams_and_polls(root, bob):
     stream = LocalStream(bob, "/api/rooms/general/events")
     stream.next_event()
+    gevent.sleep(0.3)  # bob's join has gone by; the poll below starts after it
     polling = gevent.spawn(bob.get, "/api/rooms/general/poll?timeout=10")
     gevent.sleep(0.3)
     assert root.post("/api/admin/users/bob/kick").json["sessions_ended"] == 1

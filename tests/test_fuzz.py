@@ -19,6 +19,7 @@ ENDPOINTS = [
     ("GET", "/api/rooms"), ("POST", "/api/rooms"),
     ("POST", "/api/rooms/{room}/messages"), ("GET", "/api/rooms/{room}/messages"),
     ("GET", "/api/rooms/{room}/events"), ("GET", "/api/rooms/{room}/poll"),
+    ("GET", "/api/rooms/{room}/presence"), ("POST", "/api/rooms/{room}/typing"),
     ("POST", "/api/admin/users/{room}/kick"), ("POST", "/api/admin/users/{room}/ban"),
     ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/"),
 ]
@@ -26,7 +27,7 @@ FIELDS = ["text", "client_id", "name", "username", "password", "current_password
 PARAMS = ["before", "after", "limit", "backlog", "cursor", "timeout", "last_event_id", "lastEventId"]
 
 KEY_PATTERNS = [re.compile(p) for p in [
-    r"chat:\{[a-z0-9_-]{1,64}\}:(log|trimmed)",
+    r"chat:\{[a-z0-9_-]{1,64}\}:(log|trimmed|presence|presence-users)",
     r"chat:\{[a-z0-9_-]{1,64}\}:idem:[a-z0-9._-]{2,32}:[A-Za-z0-9._:-]{1,128}",
     r"chat:rooms", r"chat:(user|banned|user-sessions):[a-z0-9._-]{2,32}",
     r"chat:session:[A-Za-z0-9_-]{16,128}",

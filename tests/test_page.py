@@ -5,56 +5,10 @@ import signal
 from collections import Counter
 
 import gevent
-import pytest
 from playwright.sync_api import expect
 
-from chatapp.embedded_redis import EmbeddedRedis
-from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
-from tests.helpers import ROOT, Api, Gunicorn
-
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="module")
-def web(tmp_path_factory):
-    """A server of this module's own: one test SIGKILLs its workers."""
-    store = EmbeddedRedis(tmp_path_factory.mktemp("web-redis"))
-    store.start()
-    server = Gunicorn(store.url, workers=2, env={**GENEROUS_LIMITS, "CHAT_RETRY_MS": "500"})
-    server.start()
-    yield server
-    server.stop()
-    store.stop()
-
-
-@pytest.fixture
-def base_url(web):
-    return web.url
-
-
-@pytest.fixture
-def person(browser, web):
-    """Open a signed-up user's page: ``person(name=None, query="", viewport=DESKTOP, init=None)``."""
-    contexts = []
-
-    def open_page(name=None, query="", viewport=DESKTOP, init_script=None):
-        context = browser.new_context(viewport=viewport, base_url=web.url)
-        contexts.append(context)
-        if init_script:
-            context.add_init_script(init_script)
-        page = context.new_page()
-        page.on("dialog", lambda dialog: pytest.fail(f"a dialog fired: {dialog.message}"))
-        page.goto(f"/{query}")
-        page.fill("#username", name or unique("p"))
-        page.fill("#password", PASSWORD)
-        page.click("#register-button")
-        expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15000)
-        return page
-
-    yield open_page
-    for context in contexts:
-        context.close()
+from tests.conftest import PASSWORD, PHONE, unique
+from tests.helpers import ROOT, Api
 
 
 def say(page, text):
