@@ -8,6 +8,7 @@ master starts the embedded Redis before the workers and stops it after them.
 import os
 import resource
 import secrets
+import shutil
 import signal
 from pathlib import Path
 
@@ -37,6 +38,13 @@ def on_starting(server):
     """Raise the open-file limit, start the embedded Redis if needed, check the config."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Workers write their metric values here; /metrics on any worker sums them.
+        metrics_dir = DATA_DIR / "metrics" / str(os.getpid())
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+        metrics_dir.mkdir(parents=True)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        _embedded["metrics_dir"] = metrics_dir
     if not os.environ.get("REDIS_URL"):
         redis_server = EmbeddedRedis(DATA_DIR / "redis")
         os.environ["REDIS_URL"] = redis_server.start()
@@ -78,7 +86,19 @@ def post_worker_init(worker):
     signal.signal(signal.SIGTERM, handle_exit)
 
 
+def child_exit(server, worker):
+    """A dead worker's open streams must stop counting (prometheus-client's mark_process_dead,
+    done by hand: importing prometheus_client here would import ssl before the workers patch it)."""
+    metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir:
+        for path in Path(metrics_dir).glob(f"gauge_live*_{worker.pid}.db"):
+            path.unlink(missing_ok=True)
+
+
 def on_exit(server):
     redis_server = _embedded.pop("redis", None)
     if redis_server is not None:
         redis_server.stop()
+    metrics_dir = _embedded.pop("metrics_dir", None)
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -1,16 +1,19 @@
 """The application factory: configuration, extensions and blueprints wired together."""
 
-import logging
 import os
+import time
 
-from flask import Flask
+from flask import Flask, g
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import (
     admin,
     auth,
     errors,
     health,
+    logs,
     messages,
+    metrics,
     page,
     presence,
     ratelimit,
@@ -32,16 +35,24 @@ def create_app(test_config=None):
     app.config.update(load_settings(overrides=test_config))
     app.config["MAX_CONTENT_LENGTH"] = app.config["CHAT_MAX_BODY_BYTES"]
     app.json.ensure_ascii = False
-    _configure_logging()
+    if app.config["CHAT_TRUSTED_PROXIES"]:
+        hops = app.config["CHAT_TRUSTED_PROXIES"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)
 
+    @app.before_request
+    def start_clock():
+        g.started = time.perf_counter()  # read by the request log and the latency histogram
+
+    logs.init_app(app)
     errors.init_app(app)
     store.init_app(app)
+    metrics.init_app(app)
     sessions.init_app(app)
     security.init_app(app)
     ratelimit.init_app(app)
     users.init_app(app)
     rooms.init_app(app)
-    for module in (auth, rooms, messages, streams, presence, admin, health, page):
+    for module in (auth, rooms, messages, streams, presence, admin, health, metrics, page):
         app.register_blueprint(module.bp)
 
     @app.after_request
@@ -51,8 +62,3 @@ def create_app(test_config=None):
 
     return app
 
-
-def _configure_logging():
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO,
-                            format="%(asctime)s %(levelname)s pid=%(process)d %(name)s: %(message)s")

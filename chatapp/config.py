@@ -23,6 +23,13 @@ def rate(text):
     return text
 
 
+def networks(text):
+    """Comma-separated IP networks (CIDR); empty means "anyone"."""
+    import ipaddress
+
+    return tuple(ipaddress.ip_network(part.strip()) for part in text.split(",") if part.strip())
+
+
 def name_list(text):
     """A comma-separated list of usernames, lowercased."""
     return tuple(sorted({part.strip().lower() for part in text.split(",") if part.strip()}))
@@ -93,6 +100,12 @@ SETTINGS = (
             "presence list within this (plus a 2 s sweep).", 3, 3600),
     Setting("CHAT_PRESENCE_LINGER_SECS", float, 5.0, "A closed stream keeps its user present this long, "
             "so a reconnect or a quick room switch doesn't announce leave and join.", 0, 600),
+    Setting("CHAT_TRUSTED_PROXIES", int, 0, "Proxies in front of the app (nginx: 1) whose "
+            "X-Forwarded-For/-Proto are trusted for the client address; 0 trusts none.", 0, 10),
+    Setting("CHAT_METRICS_ALLOW", networks, "127.0.0.1/32,::1/128", "Networks that may read /metrics "
+            "(comma-separated CIDRs; empty: anyone)."),
+    Setting("CHAT_LOG_FORMAT", str, "text", "Log lines as `text` or `json`."),
+    Setting("CHAT_ACCESS_LOG", bool, True, "Log one line per request (turn off for benchmarks)."),
     Setting("CHAT_ADMINS", name_list, "", "Comma-separated usernames allowed to kick and ban."),
     Setting("CHAT_HTTPS", bool, False, "Served over HTTPS: session cookies get the Secure flag."),
     Setting("CHAT_RATE_MESSAGES", rate, "20 per 10 seconds", "Messages each user may send."),
@@ -119,6 +132,8 @@ def load_settings(environ=None, overrides=None):
                           "embedded Redis) or point REDIS_URL at a Redis server")
     if not values["SECRET_KEY"]:
         values["SECRET_KEY"] = secrets.token_hex(32)
+    if values["CHAT_LOG_FORMAT"] not in ("text", "json"):
+        raise ConfigError("CHAT_LOG_FORMAT must be text or json")
     if values["CHAT_POLL_TIMEOUT_SECS"] > values["CHAT_POLL_MAX_TIMEOUT_SECS"]:
         raise ConfigError("CHAT_POLL_TIMEOUT_SECS must not exceed CHAT_POLL_MAX_TIMEOUT_SECS")
     extra = {k: v for k, v in overrides.items() if k not in values}

@@ -7,7 +7,7 @@ Every error a client sees is ``{"error": <code>, "message": <human text>}``.
 import logging
 
 import redis
-from flask import jsonify, request
+from flask import current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,13 @@ _HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "
                429: "rate_limited"}
 
 
+def count_redis_error():
+    """Count a Redis failure met while answering a request."""
+    metrics = current_app.extensions.get("chat.metrics")
+    if metrics is not None:
+        metrics.redis_errors.labels("request").inc()
+
+
 def error_response(error):
     response = jsonify(error=error.code, message=error.message)
     response.status_code = error.status
@@ -97,6 +104,7 @@ def init_app(app):
         if isinstance(error, REDIS_ERRORS):
             log.warning("redis unavailable in %s: %s: %s",
                         request.endpoint, type(error).__name__, error)
+            count_redis_error()
             return error_response(StoreUnavailable())
         log.exception("unhandled error in %s", request.endpoint)
         return error_response(ChatError())

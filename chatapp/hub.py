@@ -76,7 +76,7 @@ class _Room:
 class Hub:
     """Tracks this process's readers and feeds them from one Pub/Sub connection."""
 
-    def __init__(self, redis_url, broker, presence, config):
+    def __init__(self, redis_url, broker, presence, metrics, config):
         self.queue_limit = config["CHAT_READER_QUEUE"]
         self.catchup_page = config["CHAT_CATCHUP_PAGE"]
         self.ring_size = config["CHAT_HUB_RING"]
@@ -90,6 +90,7 @@ class Hub:
             redis_url, max_connections=HUB_READ_CONNECTIONS, timeout=config["CHAT_REDIS_TIMEOUT_SECS"],
             socket_timeout=config["CHAT_REDIS_TIMEOUT_SECS"], socket_connect_timeout=2)))
         self.presence = presence
+        self.metrics = metrics
         self._rooms = {}
         self._conn = None
         self._write_lock = Semaphore()
@@ -142,6 +143,7 @@ class Hub:
                 or not room.ring_floor <= reader.last_id <= room.last_id:
             return None
         self.stats["ring_catchups"] += 1
+        self.metrics.catchups.labels("ring").inc()
         newer = []
         for publication in reversed(room.ring):
             if publication.id <= reader.last_id:
@@ -204,6 +206,7 @@ class Hub:
             except REDIS_ERRORS as exc:
                 if self.closed:
                     return
+                self.metrics.redis_errors.labels("hub").inc()
                 log.warning("hub pid=%d: Pub/Sub link lost (%s: %s); reconnecting in %.2fs",
                             os.getpid(), type(exc).__name__, exc, delay)
             except Exception:
@@ -213,6 +216,7 @@ class Hub:
             gevent.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_SECS)
             self.stats["reconnects"] += 1
+            self.metrics.hub_reconnects.inc()
 
     def _connect(self):
         # A bare connection, not one from the pool: the pool counts what it

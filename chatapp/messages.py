@@ -55,7 +55,9 @@ def send(room):
     broker = current_app.extensions["chat.broker"]
     publication, created = broker.publish(room, current_user(), text, idempotency_key(fields))
     response = json_response(publication.json, 201)
-    if not created:
+    if created:
+        current_app.extensions["chat.metrics"].accepted.inc()
+    else:
         response.headers["Idempotent-Replayed"] = "true"
     return response
 

@@ -105,6 +105,7 @@ class Reader:
         page_size = self.hub.catchup_page
         page, reset = self.hub.broker.catch_up(self.room, self.last_id, page_size)
         self.hub.stats["catchup_reads"] += 1
+        self.hub.metrics.catchups.labels("stream").inc()
         if reset:
             self.last_id = reset.latest
             self._queue = [p for p in self._queue if p.id > reset.latest]

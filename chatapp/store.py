@@ -6,6 +6,7 @@ from redis.retry import Retry
 
 from .broker import Broker
 from .hub import Hub
+from .metrics import Metrics
 from .presence import Presence
 
 
@@ -27,4 +28,5 @@ def init_app(app):
     app.extensions["chat.broker"] = broker
     presence = Presence(client, config)
     app.extensions["chat.presence"] = presence
-    app.extensions["chat.hub"] = Hub(config["REDIS_URL"], broker, presence, config)
+    app.extensions["chat.metrics"] = metrics = Metrics()
+    app.extensions["chat.hub"] = Hub(config["REDIS_URL"], broker, presence, metrics, config)

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, request
 from . import sse
 from .auth import current_sid, current_user, login_required
 from .broker import StreamId
-from .errors import REDIS_ERRORS, RateLimited, StoreUnavailable, Unauthorized, error_response
+from .errors import REDIS_ERRORS, RateLimited, StoreUnavailable, Unauthorized, count_redis_error, error_response
 from .messages import json_response
 from .params import query_cursor, query_number
 from .presence import POLL_CONNECTION, current_presence, leave_quietly
@@ -36,6 +36,7 @@ def _come_back_later(error):
     """Streams tell EventSource to come back later; long-poll gets the JSON 429/503."""
     if isinstance(error, REDIS_ERRORS):
         log.warning("redis unavailable in %s: %s", request.endpoint, error)
+        count_redis_error()
         error = StoreUnavailable()
     if request.endpoint != "streams.events":
         return error_response(error)
@@ -74,35 +75,44 @@ def events(room):
 
 def _event_stream(reader, member, cursor, backlog, heartbeat, retry_ms):  # noqa: PLR0917
     opened = time.monotonic()
+    metrics = reader.hub.metrics
+    metrics.streams_open.inc()
+    log.info("stream opened room=%s user=%s", reader.room, reader.user,
+             extra={"room": reader.room, "user": reader.user})
+    reason = "client_gone"  # unless something below says otherwise
     # First bytes at once: headers get past proxies that wait for a body, and
     # the "ready" event lets a client tell a buffering proxy from a quiet room.
-    yield (sse.Event(retry=retry_ms, comment="stream open").encode()
-           + sse.Event({"worker": os.getpid()}, event="ready").encode())
     try:
+        yield (sse.Event(retry=retry_ms, comment="stream open").encode()
+               + sse.Event({"worker": os.getpid()}, event="ready").encode())
         yield from _deliver(reader, member, cursor, backlog, heartbeat)  # ends only by an exception
     except ReaderClosed as closed:
         reason = closed.reason
     except StoreUnavailable as exc:
         reason = exc.code
-        if exc.code != "draining":
-            log.warning("stream room=%s pid=%d ended: %s", reader.room, os.getpid(), exc)
     except REDIS_ERRORS as exc:
         reason = "store_unavailable"
-        log.warning("stream room=%s pid=%d ended: redis unavailable (%s: %s)",
-                    reader.room, os.getpid(), type(exc).__name__, exc)
+        metrics.redis_errors.labels("stream").inc()
+        log.warning("stream room=%s: redis unavailable (%s: %s)", reader.room, type(exc).__name__, exc)
     finally:
         reader.hub.detach(reader)
         if reader.presence_member:
             leave_quietly(reader.hub.presence, reader.room, reader.presence_member)
-        log.debug("stream room=%s closed after %.1fs", reader.room, time.monotonic() - opened)
+        metrics.streams_open.dec()
+        seconds = time.monotonic() - opened
+        log.info("stream closed room=%s user=%s after %.1fs reason=%s", reader.room, reader.user, seconds,
+                 reason, extra={"room": reader.room, "user": reader.user, "seconds": round(seconds, 1),
+                                "reason": reason})
     yield sse.Event({"reason": reason}, event="retry").encode()
 
 
 def _deliver(reader, member, cursor, backlog, heartbeat):
+    delivered = reader.hub.metrics.delivered
     initial = reader.open(cursor, backlog)
     reader.hub.presence.join(reader.room, member)
     reader.presence_member = member
     if initial:
+        delivered.inc(len(initial))
         yield b"".join(p.frame for p in initial)
     while True:
         try:
@@ -113,6 +123,7 @@ def _deliver(reader, member, cursor, backlog, heartbeat):
         if batch is None:
             yield sse.PING
         elif batch:
+            delivered.inc(len(batch))
             yield b"".join(p.frame for p in batch)
 
 
@@ -130,6 +141,8 @@ def poll(room):
     timeout = query_number("timeout", config["CHAT_POLL_TIMEOUT_SECS"], 0,
                            config["CHAT_POLL_MAX_TIMEOUT_SECS"], kind=float)
     reader = _open_reader(room)
+    metrics = reader.hub.metrics
+    metrics.polls_open.inc()
     extra = b""
     try:
         reader.open(cursor)
@@ -145,11 +158,13 @@ def poll(room):
         batch = []  # answer now; the client polls again, on another worker
     finally:
         reader.hub.detach(reader)
-    messages = b",".join(p.json for p in batch if p.id is not None)
+        metrics.polls_open.dec()
+    messages = [p.json for p in batch if p.id is not None]
+    metrics.delivered.inc(len(messages))
     signals = [p.json for p in batch if p.id is None]
     if signals:  # live-only presence and typing events
         extra += b',"events":[' + b",".join(signals) + b"]"
-    body = b'{"messages":[' + messages + b'],"cursor":"' + str(reader.last_id).encode() + b'"'
+    body = b'{"messages":[' + b",".join(messages) + b'],"cursor":"' + str(reader.last_id).encode() + b'"'
     return json_response(body + extra + b"}")
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -107,12 +108,51 @@ class Api:
         return SSEStream(self, path, headers, timeout)
 
 
+class PollReader:
+    """Reads a room by long-poll like the page's fallback: cursor in, cursor out, retry on errors."""
+
+    def __init__(self, api, room, last_id, timeout=10, retry_secs=0.3):
+        self.api = api
+        self.room = room
+        self.last_id = self.first_id = last_id
+        self.timeout = timeout
+        self.retry_secs = retry_secs
+        self.ids = []
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        while True:
+            try:
+                response = self.api.get(f"/api/rooms/{self.room}/poll?cursor={self.last_id}&timeout={self.timeout}",
+                                        timeout=self.timeout + 20)
+                if response.status == 200:
+                    body = response.json
+                    self.ids += [m["id"] for m in body["messages"]]
+                    self.last_id = body["cursor"]
+                    continue
+            except (OSError, http.client.HTTPException, ValueError):
+                pass
+            gevent.sleep(self.retry_secs)
+
+    def wait_for(self, last_id, timeout=30):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ids and parse_id(self.ids[-1]) >= parse_id(last_id):
+                return True
+            gevent.sleep(0.05)
+        return False
+
+    def stop(self):
+        self._greenlet.kill()
+
+
 class SSEStream:
     """An open SSE response; ``events()`` yields parsed events as they arrive."""
 
     def __init__(self, api, path, headers, timeout):
         self.conn = http.client.HTTPConnection(api.host, api.port, timeout=timeout)
         self.conn.request("GET", path, headers=api._headers(headers))
+        self._sock = self.conn.sock  # http.client may hand it to the response; keep it for abort()
         self.response = self.conn.getresponse()
         self.status = self.response.status
         self.headers = dict(self.response.getheaders())
@@ -139,6 +179,13 @@ class SSEStream:
 
     def close(self):
         self.conn.close()
+
+    def abort(self):
+        """Cut the socket under a reader that may be blocked on it (from another greenlet)."""
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed
 
 
 class Gunicorn:
@@ -245,27 +292,40 @@ class ResumingReader:
         self.api = api
         self.room = room
         self.last_id = last_id
+        self.first_id = last_id
         self.retry_secs = retry_secs
         self.ids = []
         self.pids = set()
         self.connects = 0
         self.resets = 0
+        self.frozen_until = 0.0
+        self._stream = None
         self._greenlet = gevent.spawn(self._run)
 
     def _run(self):
         while True:
             headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
             try:
-                stream = self.api.stream(f"/api/rooms/{self.room}/events", headers, timeout=60)
+                self._stream = stream = self.api.stream(f"/api/rooms/{self.room}/events", headers, timeout=60)
                 self.connects += 1
                 if stream.status != 200:
                     raise RuntimeError(f"stream answered {stream.status}")
                 self.pids.add(stream.pid)
                 for event in stream.events():
                     self._on_event(event)
-            except (OSError, http.client.HTTPException):
+                    while time.monotonic() < self.frozen_until:  # a stalled client: reads nothing
+                        gevent.sleep(0.1)
+            except (OSError, http.client.HTTPException, RuntimeError):
                 pass
             gevent.sleep(self.retry_secs)
+
+    def freeze(self, seconds):
+        self.frozen_until = time.monotonic() + seconds
+
+    def drop(self):
+        """Cut the connection, as a network failure would; the reader reconnects by itself."""
+        if self._stream is not None:
+            self._stream.abort()
 
     def _on_event(self, event):
         if "id" in event:
