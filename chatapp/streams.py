@@ -80,11 +80,9 @@ def _event_stream(reader, member, cursor, backlog, heartbeat, retry_ms):  # noqa
     log.info("stream opened room=%s user=%s", reader.room, reader.user,
              extra={"room": reader.room, "user": reader.user})
     reason = "client_gone"  # unless something below says otherwise
-    # First bytes at once: headers get past proxies that wait for a body, and
-    # the "ready" event lets a client tell a buffering proxy from a quiet room.
     try:
-        yield (sse.Event(retry=retry_ms, comment="stream open").encode()
-               + sse.Event({"worker": os.getpid()}, event="ready").encode())
+        # First bytes at once: headers get past proxies that wait for a body.
+        yield sse.Event(retry=retry_ms, comment="stream open").encode()
         yield from _deliver(reader, member, cursor, backlog, heartbeat)  # ends only by an exception
     except ReaderClosed as closed:
         reason = closed.reason
@@ -109,6 +107,9 @@ def _event_stream(reader, member, cursor, backlog, heartbeat, retry_ms):  # noqa
 def _deliver(reader, member, cursor, backlog, heartbeat):
     delivered = reader.hub.metrics.delivered
     initial = reader.open(cursor, backlog)
+    # Subscribed now, so "now" is defined: "ready" tells the client the stream is
+    # live (and lets it tell a buffering proxy from a quiet room).
+    yield sse.Event({"worker": os.getpid()}, event="ready").encode()
     reader.hub.presence.join(reader.room, member)
     reader.presence_member = member
     if initial:

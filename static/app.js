@@ -536,7 +536,12 @@
         retry.type = "button";
         retry.className = "secondary retry";
         retry.textContent = "Retry";
-        retry.addEventListener("click", () => { item.status = "pending"; item.attempts = 0; renderOutbox(); send(clientId); });
+        retry.addEventListener("click", () => {
+          item.status = "pending";
+          item.attempts = 0;
+          renderOutbox();
+          drainOutbox();
+        });
         element.append(retry);
       }
       list.append(element);
@@ -549,46 +554,62 @@
     saveOutbox();
     renderOutbox();
     scrollToBottom();
-    send(clientId);
+    drainOutbox();
   }
 
   function settle(clientId) {
-    const item = state.outbox.get(clientId);
-    if (item) clearTimeout(item.timer);
     state.outbox.delete(clientId);
     saveOutbox();
     renderOutbox();
   }
 
-  async function send(clientId) {
-    const item = state.outbox.get(clientId);
-    if (!item || item.inflight || item.status === "failed") return;
-    item.inflight = true;
-    let retryIn = null;
+  // One message at a time, in the order typed: each keeps its client_id across
+  // retries, so a retry after a lost answer is never stored twice.
+  let draining = false;
+  async function drainOutbox() {
+    if (draining) return;
+    draining = true;
     try {
-      const r = await api("POST", `/api/rooms/${item.room}/messages`, { text: item.text, client_id: clientId });
-      if (r.status === 201) {
-        settle(clientId);
-        if (r.data.room === state.room) onMessage(r.data);
-      } else if (r.status === 401) {
-        showSignIn("Your session ended; sign in again. Unsent messages are kept.");
-      } else if (r.status === 403 && r.data && r.data.error === "csrf_failed") {
-        await refreshCsrf();
-        retryIn = 0;
-      } else if (r.status === 429 || r.status >= 500) {
-        retryIn = 1000 * Number(r.headers.get("Retry-After") || 0) || backoffFor(item);
-      } else {
-        fail(item, (r.data && r.data.message) || `error ${r.status}`);
+      for (;;) {
+        const next = [...state.outbox].find(([, item]) => item.status === "pending");
+        if (!next || !(await deliver(...next))) return;
       }
-    } catch (_) {
-      retryIn = navigator.onLine ? backoffFor(item) : null; // offline: the "online" event resends
     } finally {
-      item.inflight = false;
+      draining = false;
     }
-    if (retryIn !== null && state.outbox.has(clientId)) {
+  }
+
+  // Returns true when the item is settled (sent or failed), false to stop for now
+  // (offline, or signed out: the "online" event or the next sign-in resumes).
+  async function deliver(clientId, item) {
+    for (;;) {
+      let retryIn;
+      try {
+        const r = await api("POST", `/api/rooms/${item.room}/messages`, { text: item.text, client_id: clientId });
+        if (r.status === 201) {
+          settle(clientId);
+          if (r.data.room === state.room) onMessage(r.data);
+          return true;
+        }
+        if (r.status === 401) {
+          showSignIn("Your session ended; sign in again. Unsent messages are kept.");
+          return false;
+        }
+        if (r.status === 403 && r.data && r.data.error === "csrf_failed") {
+          await refreshCsrf();
+          retryIn = 0;
+        } else if (r.status === 429 || r.status >= 500) {
+          retryIn = 1000 * Number(r.headers.get("Retry-After") || 0) || backoffFor(item);
+        } else {
+          return fail(item, (r.data && r.data.message) || `error ${r.status}`);
+        }
+      } catch (_) {
+        if (!navigator.onLine) return false;
+        retryIn = backoffFor(item);
+      }
       item.attempts += 1;
-      if (item.attempts >= SEND_ATTEMPTS) fail(item, "the server did not answer");
-      else item.timer = setTimeout(() => send(clientId), retryIn);
+      if (item.attempts >= SEND_ATTEMPTS) return fail(item, "the server did not answer");
+      await sleep(retryIn);
     }
   }
 
@@ -598,12 +619,7 @@
     item.status = "failed";
     item.error = error;
     renderOutbox();
-  }
-
-  function resendAll() {
-    for (const [clientId, item] of state.outbox) {
-      if (item.status === "pending") { clearTimeout(item.timer); send(clientId); }
-    }
+    return true;
   }
 
   function onComposerKey(event) {
@@ -643,7 +659,7 @@
     await refreshRooms();
     const wanted = decodeURIComponent(location.hash.slice(1)) || localStorage.getItem("chat.room") || "general";
     await openRoom(wanted);
-    resendAll();
+    drainOutbox();
     $("text").focus();
   }
 
@@ -656,7 +672,7 @@
     $("text").addEventListener("input", onComposerInput);
     $("rooms-toggle").addEventListener("click", toggleDrawer);
     log().addEventListener("scroll", () => { if (log().scrollTop < 80) loadOlder(); });
-    window.addEventListener("online", () => { resendAll(); if (state.me) startLive(); });
+    window.addEventListener("online", () => { drainOutbox(); if (state.me) startLive(); });
     window.addEventListener("offline", () => setConn("offline", "offline"));
     window.addEventListener("hashchange", () => {
       const room = decodeURIComponent(location.hash.slice(1));

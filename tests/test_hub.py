@@ -100,6 +100,7 @@ def test_slow_reader_queue_is_bounded_and_it_catches_up_in_order(alice, app, con
     hub_of(app).queue_limit = 50
     response, body = paused_stream(alice, "/api/rooms/general/events")
     next(body)  # the preamble; the next step registers the reader
+    assert b"event: ready" in next(body)
     registered = gevent.spawn(next, body)
     gevent.sleep(0.2)
     (reader,) = [r for room in hub_of(app)._rooms.values() for r in room.readers]
@@ -124,7 +125,8 @@ def test_slow_reader_queue_is_bounded_and_it_catches_up_in_order(alice, app, con
 def test_one_encoding_shared_by_all_readers_and_queued_frames_written_in_one_chunk(alice, app):
     streams = [paused_stream(alice, "/api/rooms/general/events") for _ in range(3)]
     for _, body in streams:
-        next(body)
+        next(body)  # the preamble
+        next(body)  # "ready": registered and subscribed
     waiting = [gevent.spawn(next, body) for _, body in streams]
     gevent.sleep(0.2)
     first = publish(app, "first")
@@ -258,7 +260,8 @@ def test_readers_that_fall_behind_catch_up_from_the_ring_sharing_objects(alice, 
     hub_of(app).queue_limit = 5
     streams = [paused_stream(alice, "/api/rooms/general/events") for _ in range(20)]
     for _, body in streams:
-        next(body)
+        next(body)  # the preamble
+        next(body)  # "ready": registered and subscribed
     waiting = [gevent.spawn(next, body) for _, body in streams]
     gevent.sleep(0.3)
     before = hub_of(app).stats["catchup_reads"]

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import time
 from collections import Counter
 
 import gevent
@@ -21,10 +22,19 @@ def texts(page):
 
 
 def wait_for_texts(page, wanted, timeout=15000):
-    """Wait until every text in ``wanted`` is shown (confirmed, not pending)."""
-    page.wait_for_function(
-        "wanted => { const shown = [...document.querySelectorAll('#messages .msg .text')].map(e => e.textContent);"
-        " return wanted.every(w => shown.includes(w)); }", arg=wanted, timeout=timeout)
+    """Wait until every text in ``wanted`` is shown (confirmed, not pending).
+
+    Polled from here: the page's CSP (rightly) forbids the eval that
+    Playwright's in-page wait_for_function polling would need.
+    """
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        shown = set(texts(page))
+        missing = [w for w in wanted if w not in shown]
+        if not missing:
+            return
+        assert time.monotonic() < deadline, f"not shown after {timeout} ms: {missing[:3]}"
+        page.wait_for_timeout(100)
 
 
 def assert_once_in_order(page, wanted):
@@ -107,7 +117,7 @@ def test_worker_killed_mid_chat_page_reconnects_and_shows_every_message_once(per
     posting = gevent.spawn(post_steadily)
     gevent.sleep(0.5)
     os.kill(worker, signal.SIGKILL)
-    page.wait_for_function("document.getElementById('conn').dataset.state !== 'live'", timeout=5000)
+    expect(page.locator("#conn")).not_to_have_attribute("data-state", "live", timeout=5000)
     expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15000)
     posting.get(timeout=60)
     wait_for_texts(page, sent)
