@@ -1,0 +1,345 @@
+#!/usr/bin/env python3
+"""The benchmark: start each system, run the scenarios with bench/loadgen.py, stop it, print one table.
+
+    .venv/bin/python bench/run.py                       # chat only, every scenario
+    .venv/bin/python bench/run.py --peers               # chat, then flask-sse, then nchan
+    .venv/bin/python bench/run.py --smoke --peers       # tiny sizes (seconds), for tests
+    .venv/bin/python bench/run.py --scenarios a,c --out bench/results
+
+Scenarios (full size; --smoke shrinks them):
+  a  fan-out: 1 room x 1,000 SSE readers, 50 msg/s
+  b  rooms: 100 rooms x 10 readers, 200 msg/s in total
+  c  idle: 10,000 open streams over 10 rooms: PSS per stream, time to connect them all
+  d  resume: 200 readers at 50 msg/s, each cut 3 times, resuming with Last-Event-ID
+  e  throughput: 10 rooms x 10 readers, 2 closed-loop posters per room
+  f  big room: 1 room x 5,000 readers, 10 msg/s
+  g  long-poll: as (a) over long-poll (chat's /poll, nchan's longpoll; flask-sse: n/a)
+
+Writes <out>/benchmarks-results.json and <out>/benchmarks.png (bench/plot.py).
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from systems import SYSTEMS  # noqa: E402
+
+SCENARIOS = {
+    "a": dict(title="fan-out 1x1000 @50/s", rooms=1, readers=1000, rate=50),
+    "b": dict(title="100 rooms x10 @200/s", rooms=100, readers=1000, rate=200),
+    "c": dict(title="idle 10k streams", rooms=10, readers=10000, rate=0, idle=True),
+    "d": dict(title="resume 200 @50/s, 3 cuts", rooms=1, readers=200, rate=50, drops=3),
+    "e": dict(title="throughput 10x10 closed loop", rooms=10, readers=100, closed_loop=True,
+              posters_per_room=2, duration=10),
+    "f": dict(title="big room 1x5000 @10/s", rooms=1, readers=5000, rate=10),
+    "g": dict(title="long-poll 1x1000 @50/s", rooms=1, readers=1000, rate=50, mode="poll"),
+}
+SMOKE = {
+    "a": dict(readers=20, rate=20),
+    "b": dict(rooms=4, readers=20, rate=20),
+    "c": dict(readers=20),
+    "d": dict(readers=10, rate=20, drops=2),
+    "e": dict(rooms=2, readers=10, posters_per_room=1),
+    "f": dict(readers=40, rate=10),
+    "g": dict(readers=20, rate=20),
+}
+# Runs (c) first, on a fresh server, so its memory baseline is not inflated by earlier load.
+ORDER = "cabdefg"
+
+
+KINDS = {"a": "fan-out", "b": "rooms", "c": "idle", "d": "resume", "e": "throughput", "f": "big room",
+         "g": "long-poll"}
+
+
+def sized(key, args):
+    """The scenario at the size this run uses (--smoke, --scale), with a title that says it."""
+    sc = dict(SCENARIOS[key])
+    if args.smoke:
+        sc.update(SMOKE[key])
+    if args.scale != 1.0:
+        sc["readers"] = max(sc["rooms"], int(sc["readers"] * args.scale))
+    title = f"{KINDS[key]} {sc['rooms']}x{sc['readers'] // sc['rooms']}"
+    if sc.get("rate"):
+        title += f" @{sc['rate']:g}/s"
+    if sc.get("drops"):
+        title += f", {sc['drops']} cuts"
+    if sc.get("closed_loop"):
+        title += ", closed loop"
+    sc["title"] = title
+    return sc
+
+
+def scenario_spec(key, args, system):
+    sc = sized(key, args)
+    duration = sc.pop("duration", None) or args.duration
+    if args.smoke:
+        duration = min(duration, args.smoke_duration)
+    if sc.get("idle"):
+        duration = min(duration, args.idle_hold)
+    rooms = [f"{key}{i}" for i in range(sc["rooms"])]
+    spec = {
+        "scenario": key, "title": sc["title"], "system": system.name, "port": system.port,
+        "mode": sc.get("mode", "sse"), "rooms": rooms, "readers": sc["readers"],
+        "rate": sc.get("rate", 0), "closed_loop": sc.get("closed_loop", False),
+        "posters_per_room": sc.get("posters_per_room", 2), "duration": duration, "drops": sc.get("drops", 0),
+        "settle": args.settle, "drain": args.drain, "lane_rate": args.lane_rate, "seed": args.seed,
+        "procs": args.procs or (2 if sc["readers"] >= 2000 else 1),
+        "connect_concurrency": args.connect_concurrency, "poll_timeout": 25,
+    }
+    spec["server_pids"] = system.pids()
+    spec["measure_memory"] = bool(sc.get("idle"))
+    return spec
+
+
+def run_loadgen(spec, timeout):
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(spec, fh)
+        path = fh.name
+    proc = subprocess.Popen([sys.executable, str(BENCH / "loadgen.py"), "run", path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return {"error": f"loadgen timed out after {timeout}s", "stderr": err.decode(errors="replace")[-2000:]}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # any reader process left behind
+        except ProcessLookupError:
+            pass
+        os.unlink(path)
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": f"loadgen exit {proc.returncode}", "stderr": err.decode(errors="replace")[-2000:]}
+    return json.loads(lines[-1])
+
+
+def run_system(name, keys, args, log):
+    cls = SYSTEMS[name]
+    system = cls(redis_unix=args.redis_unix, aof=not args.no_aof, cold_auth=args.cold_auth)
+    results = []
+    try:
+        t = time.monotonic()
+        system.start()
+        log(f"[{name}] started on port {system.port} in {time.monotonic() - t:.1f}s (pids {system.pids()})")
+        for key in keys:
+            sc = SCENARIOS[key]
+            if sc.get("mode") == "poll" and not system.has_poll:
+                results.append({"system": name, "scenario": key, "title": sc["title"], "na": "no long-poll"})
+                log(f"[{name}] {key}: n/a (no long-poll)")
+                continue
+            spec = scenario_spec(key, args, system)
+            n_users = min(spec["readers"], args.users)
+            n_posters = max(1, min(args.posters, len(spec["rooms"]) * 2))
+            t = time.monotonic()
+            system.prepare(spec["rooms"], n_users, n_posters)
+            spec.update(system.spec_extra())
+            prep = time.monotonic() - t
+            log(f"[{name}] {key}: {spec['title']} readers={spec['readers']} rooms={len(spec['rooms'])} "
+                f"duration={spec['duration']}s (setup {prep:.1f}s)")
+            timeout = 120 + spec["duration"] + spec["drain"] + spec["readers"] / 50
+            res = run_loadgen(spec, timeout)
+            res.update({"title": spec["title"], "scenario": key, "system": name, "setup_secs": round(prep, 2)})
+            if not system.server.alive():
+                res["server_died"] = True
+            results.append(res)
+            log("    " + one_line(res))
+            time.sleep(args.pause)
+    except Exception as exc:  # keep the other systems' results
+        results.append({"system": name, "scenario": "*", "error": f"{type(exc).__name__}: {exc}"})
+        log(f"[{name}] FAILED: {exc}")
+    finally:
+        logs = system.logs()
+        system.stop()
+    tracebacks = logs.count("Traceback")
+    if tracebacks:
+        log(f"[{name}] server log has {tracebacks} traceback(s); last lines:\n" + logs[-1500:])
+    for r in results:
+        r.setdefault("server_tracebacks", tracebacks)
+    return results
+
+
+def one_line(r):
+    if "error" in r:
+        return f"ERROR {r['error']} {r.get('stderr', '')[-600:]}"
+    lat = r.get("latency_ms", {})
+    return (f"opened {r['opened']}/{r['readers']} in {r['connect_secs']}s; sent {r['sent']} "
+            f"({r['posts_per_s']}/s); delivered {r['deliveries']}/{r['expected']} loss {r['loss']} "
+            f"dups {r['dups']} reorders {r['reorders']}; p50 {lat.get('p50')} p99 {lat.get('p99')} ms; "
+            f"{r['deliveries_per_s']}/s" + (f"; {r['kib_per_stream']} KiB/stream" if "kib_per_stream" in r else "")
+            + f"; loadgen cpu {r['loadgen_cpu']}; server cores {r.get('server_cpu_cores')}"
+            + f"; loadavg {r.get('loadavg_1m')}")
+
+
+COLUMNS = [
+    ("system", 16), ("sent", 7), ("deliv", 8), ("loss", 6), ("dups", 6), ("reord", 6),
+    ("p50ms", 7), ("p99ms", 8), ("posts/s", 8), ("deliv/s", 9), ("KiB/str", 8), ("conn s", 7), ("cores", 6),
+]
+
+
+def fmt(v, width):
+    if v is None or v == "":
+        s = "-"
+    elif isinstance(v, float):
+        s = f"{v:.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    else:
+        s = str(v)
+    return s.rjust(width)
+
+
+def row_values(r):
+    if r.get("na"):
+        return [r["system"], "n/a"] + [""] * (len(COLUMNS) - 2)
+    if "error" in r:
+        return [r["system"], "ERROR"] + [""] * (len(COLUMNS) - 2)
+    lat = r.get("latency_ms", {})
+    idle = r.get("scenario") == "c"
+    return [r["system"], r["sent"], r["deliveries"], r["loss"], r["dups"], r["reorders"],
+            lat.get("p50"), lat.get("p99"), None if idle else r["posts_per_s"],
+            None if idle else r["deliveries_per_s"], r.get("kib_per_stream"), r["connect_secs"],
+            None if idle or "server_cpu_cores" not in r else round(sum(r["server_cpu_cores"].values()), 2)]
+
+
+def ratio(a, b):
+    if a in (None, 0) or b in (None, 0) or isinstance(a, str) or isinstance(b, str):
+        return None
+    return round(a / b, 2)
+
+
+def table(results, keys, systems, titles=None):
+    out = []
+    head = "".join(name.rjust(w) if i else name.ljust(w) for i, (name, w) in enumerate(COLUMNS))
+    by = {(r["system"], r["scenario"]): r for r in results}
+    for key in keys:
+        out.append(f"\n({key}) {(titles or {}).get(key) or SCENARIOS[key]['title']}")
+        out.append(head)
+        for name in systems:
+            r = by.get((name, key)) or by.get((name, "*"))
+            if r is None:
+                continue
+            vals = row_values(r)
+            out.append("".join(fmt(v, w) if i else str(v).ljust(w) for i, ((_, w), v) in enumerate(zip(COLUMNS, vals))))
+        chat = by.get(("chat", key))
+        for peer in systems[1:]:
+            other = by.get((peer, key))
+            if not chat or not other or "error" in chat or "error" in other or chat.get("na") or other.get("na"):
+                continue
+            a, b = row_values(chat), row_values(other)
+            vals = [f"chat/{peer}"] + [""] * 5 + [ratio(x, y) for x, y in zip(a[6:], b[6:])]
+            out.append("".join(fmt(v, w) if i else str(v).ljust(w) for i, ((_, w), v) in enumerate(zip(COLUMNS, vals))))
+    return "\n".join(out)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description="Benchmark chat (and flask-sse, nchan) on this machine.")
+    parser.add_argument("--peers", action="store_true", help="also run flask-sse and nchan")
+    parser.add_argument("--systems", help="comma list instead of chat[,flask-sse,nchan]")
+    parser.add_argument("--scenarios", default="abcdefg", help="e.g. a,c,e (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, ~2 s each")
+    parser.add_argument("--out", default=str(BENCH / "results"), help="folder (or .json path) for results")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of publishing per scenario")
+    parser.add_argument("--smoke-duration", type=float, default=2.0)
+    parser.add_argument("--idle-hold", type=float, default=5.0, help="seconds (c) holds its streams")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply reader counts")
+    parser.add_argument("--settle", type=float, help="pause after all streams open (1 s; smoke 0.5 s)")
+    parser.add_argument("--drain", type=float, default=5.0, help="max wait for late deliveries")
+    parser.add_argument("--users", type=int, default=100, help="reader accounts (chat); readers share them")
+    parser.add_argument("--posters", type=int, default=20, help="poster accounts (chat)")
+    parser.add_argument("--procs", type=int, default=0, help="reader processes (0: 2 from 2,000 readers)")
+    parser.add_argument("--lane-rate", type=float, default=10.0, help="msgs/s per sequential publisher")
+    parser.add_argument("--connect-concurrency", type=int, default=500)
+    parser.add_argument("--redis-unix", action="store_true", help="chat/flask-sse Redis on a unix socket")
+    parser.add_argument("--no-aof", action="store_true", help="Redis without AOF (default: AOF everysec)")
+    parser.add_argument("--cold-auth", action="store_true",
+                        help="chat: don't sign readers in during setup; stream opens then pay the scrypt hash")
+    parser.add_argument("--pause", type=float, help="seconds between scenarios (1 s; smoke 0.2 s)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure the loadgen's own ceiling first (~10 s; default: on, off with --smoke)")
+    args = parser.parse_args(argv)
+    if args.settle is None:
+        args.settle = 0.5 if args.smoke else 1.0
+    if args.pause is None:
+        args.pause = 0.2 if args.smoke else 1.0
+    if args.smoke:
+        args.idle_hold = min(args.idle_hold, 1.0)
+        args.drain = min(args.drain, 3.0)
+    args.system_list = args.systems.split(",") if args.systems else (
+        ["chat"] + (["flask-sse", "nchan"] if args.peers else []))
+    for s in args.system_list:
+        if s not in SYSTEMS:
+            parser.error(f"unknown system {s!r}")
+    return args
+
+
+def measure_ceiling(log):
+    proc = subprocess.run([sys.executable, str(BENCH / "loadgen.py"), "ceiling"], capture_output=True,
+                          text=True, timeout=120, check=False)
+    ceiling = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else proc.stderr[-500:]
+    log(f"loadgen ceiling (one reader process, one core): {ceiling}")
+    return ceiling
+
+
+def main(argv=None):
+    args = parse_args(argv)
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by every server and loadgen
+    systems = args.system_list
+    keys = [k for k in args.scenarios.replace(",", "") if k in SCENARIOS]
+    run_keys = sorted(keys, key=ORDER.index)
+    out = Path(args.out)
+    json_path = out if out.suffix == ".json" else out / "benchmarks-results.json"
+    png_path = json_path.with_name("benchmarks.png")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(msg):
+        print(msg, flush=True)
+
+    # SIGTERM ends the run through the finally blocks that stop every server.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    started = time.time()
+    results = []
+    ceiling = None
+    if args.ceiling or (args.ceiling is None and not args.smoke):
+        ceiling = measure_ceiling(log)
+    for name in systems:
+        results.extend(run_system(name, run_keys, args, log))
+    text = table(results, keys, systems, {k: sized(k, args)["title"] for k in keys})
+    print(text, flush=True)
+    doc = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+           "wall_secs": round(time.time() - started, 1), "args": vars(args), "smoke": args.smoke,
+           "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                       "platform": platform.platform()},
+           "loadgen_ceiling": ceiling, "systems": systems, "scenarios": {k: sized(k, args) for k in keys},
+           "results": results, "table": text}
+    json_path.write_text(json.dumps(doc, indent=1))
+    log(f"\nresults: {json_path}")
+    if not args.no_plot:
+        try:
+            from plot import plot
+            plot(doc, png_path)
+            log(f"plot: {png_path}")
+        except ImportError as exc:
+            log(f"no plot ({exc}); pip install -r requirements.txt")
+    failed = [r for r in results if "error" in r]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

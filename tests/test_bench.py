@@ -1,0 +1,126 @@
+"""The benchmark suite works: its parser, its generator, and a smoke run of bench/run.py.
+
+Proposed as tests/test_bench.py. Costs ~15 s (the smoke run starts Redis and gunicorn
+once and runs three 2-second scenarios); the peer run needs nginx's nchan module
+and flask-sse, which scripts/test and requirements.txt install.
+"""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+import loadgen  # noqa: E402
+
+
+class _Ctx:
+    """Just enough of loadgen.ReaderContext for feeding bytes by hand (no event loop)."""
+
+    def __init__(self, system="chat"):
+        self.tally = loadgen.Tally()
+        self.target = loadgen.Target({"system": system, "port": 1})
+        self.open_on_headers = False
+        self.loop = None
+
+
+class _Transport:
+    def write(self, data):
+        pass
+
+    def abort(self):
+        pass
+
+
+def _chunked_stream(frames):
+    head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    first = b": stream open\nretry: 2000\n\nevent: ready\ndata: {}\n\n"
+    body = b"%x\r\n%s\r\n" % (len(first), first)
+    for frame in frames:
+        body += b"%x\r\n%s\r\n" % (len(frame), frame)
+    return head + body
+
+
+def _frame(seq, lane=0):
+    data = b'{"id":"1-%d","text":"bm:%d:%d:%d:","client_id":"x"}' % (seq, lane, seq, 1)
+    return b"id: 1-%d\nevent: message\ndata: %s\n\n" % (seq, data)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_sse_reader_counts_every_frame_however_the_bytes_are_split(seed):
+    frames = [_frame(s) for s in range(50)] + [b": ping\n\n"] + [_frame(3), _frame(49)]  # two duplicates
+    frames.insert(10, _frame(60))  # one out of order (60 before 10..49)
+    raw = _chunked_stream(frames)
+    ctx = _Ctx()
+    reader = loadgen.SSEReader(ctx, 0, "r")
+    reader.transport = _Transport()
+    rnd = random.Random(seed)
+    pos = 0
+    while pos < len(raw):
+        step = rnd.randint(1, 40)
+        reader.data_received(raw[pos:pos + step])
+        pos += step
+    assert reader.got == 51
+    assert ctx.tally.dups == 2
+    assert ctx.tally.reorders == 40  # seqs 10..49 arrive after 60
+    assert reader.last_id == b"1-49"
+    assert reader.expected_missing({0: (50, set())}) == 0
+    assert reader.expected_missing({0: (52, set())}) == 2
+
+
+def test_poll_reader_reads_a_whole_json_response_and_keeps_the_cursor():
+    ctx = _Ctx()
+    reader = loadgen.PollReader(ctx, 0, "r")
+    sent = []
+    reader.transport = type("T", (), {"write": lambda self, data: sent.append(data), "abort": lambda self: None,
+                                      "close": lambda self: None})()
+    body = (b'{"messages":[{"id":"5-0","text":"bm:0:0:1:"},{"id":"5-1","text":"bm:0:1:1:"}],'
+            b'"cursor":"5-1"}')
+    raw = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+    for i in range(0, len(raw), 7):
+        reader.data_received(raw[i:i + 7])
+    assert reader.got == 2
+    assert reader.state == b"5-1"
+    assert b"cursor=5-1" in sent[-1]
+
+
+def _run_bench(tmp_path, *args):
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--smoke", "--no-plot", "--out", str(tmp_path),
+                           *args], capture_output=True, text=True, timeout=300, cwd=ROOT, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / "benchmarks-results.json").read_text())
+
+
+@pytest.mark.timeout(300)
+def test_smoke_run_against_chat_loses_nothing(tmp_path):
+    doc = _run_bench(tmp_path, "--scenarios", "a,d,g")
+    results = {r["scenario"]: r for r in doc["results"]}
+    assert set(results) == {"a", "d", "g"}
+    for r in results.values():
+        assert "error" not in r, r
+        assert r["opened"] == r["readers"], r
+        assert r["sent"] > 0 and r["accepted"] == r["sent"], r
+        assert r["expected"] == r["accepted"] * r["readers"], r
+        assert (r["deliveries"], r["loss"], r["dups"], r["reorders"]) == (r["expected"], 0, 0, 0), r
+        assert r["latency_ms"]["p99"] is not None
+        assert r["server_tracebacks"] == 0, r
+    assert results["d"]["drops"] == results["d"]["readers"] * 2  # smoke: 2 cuts per reader, all resumed
+    assert "(a) fan-out" in doc["table"]
+
+
+@pytest.mark.timeout(300)
+def test_smoke_run_against_the_peers(tmp_path):
+    doc = _run_bench(tmp_path, "--systems", "nchan,flask-sse", "--scenarios", "a,c")
+    for r in doc["results"]:
+        assert "error" not in r, r
+        assert r["opened"] == r["readers"], r
+        if r["scenario"] == "a":
+            assert r["deliveries"] == r["expected"] > 0, r
+        else:
+            assert r["kib_per_stream"] is not None, r
