@@ -130,11 +130,20 @@ class Hub:
         return room.start_id
 
     def detach(self, reader):
+        self._count_delivered([reader])
         room = self._rooms.get(reader.channel)
         if room is not None:
             room.readers.discard(reader)
             if not room.readers:
                 room.idle_since = time.monotonic()
+
+    def _count_delivered(self, readers):
+        total = 0
+        for reader in readers:
+            total += reader.delivered
+            reader.delivered = 0
+        if total:
+            self.metrics.delivered.inc(total)
 
     def recent_after(self, reader):
         """Publications after the reader's cursor from the ring, or None if it doesn't cover it."""
@@ -348,6 +357,7 @@ class Hub:
                     next_sweep = now + PRESENCE_SWEEP_SECS
                     self._tick_presence(now)
                 self._expire_sessions(now)
+                self._count_delivered(self.readers())
                 self._prune(now)
             except REDIS_ERRORS as exc:
                 log.info("hub: housekeeping skipped (%s)", exc)
