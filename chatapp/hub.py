@@ -47,14 +47,17 @@ RECONNECT_MAX_SECS = 2.0  # a restarting Redis is back within seconds; don't wai
 SILENT_PINGS = 3  # a Pub/Sub link this many pings without a reply is dead
 WATCH_TICK_SECS = 0.5  # an expired session's streams must stop within 2 s
 PRESENCE_SWEEP_SECS = 2.0  # how soon after expiry a dead worker's users are announced gone
+# Joins arriving within this window share one presence call: 10,000 streams
+# opening at once cost about a hundred Redis calls, not 10,000.
+JOIN_BATCH_SECS = 0.05
 HUB_READ_CONNECTIONS = 4  # the listener's own reads (tails, backfills) never queue behind requests
 _CONTROL = CONTROL_CHANNEL.encode()
 _SIGNAL = b'{"type":'  # live-only events; publications start with {"id":
 
 
 class _Room:
-    __slots__ = ("channel", "idle_since", "last_id", "name", "presence_due", "readers", "ready", "ring",
-                 "ring_floor", "start_id")
+    __slots__ = ("channel", "idle_since", "joining", "last_id", "name", "presence_due", "readers", "ready",
+                 "ring", "ring_floor", "start_id")
 
     def __init__(self, name, channel, ring_size):
         self.name = name
@@ -67,6 +70,7 @@ class _Room:
         self.ready = Flag()
         self.idle_since = None
         self.presence_due = 0.0  # when this worker next refreshes its readers' presence here
+        self.joining = None  # readers whose presence join is batched, or None
 
     def restart_at(self, tail):
         self.last_id = self.ring_floor = tail
@@ -136,6 +140,28 @@ class Hub:
             room.readers.discard(reader)
             if not room.readers:
                 room.idle_since = time.monotonic()
+
+    def join_presence(self, reader, member):
+        """Count ``reader`` in its room's presence (announced within ``JOIN_BATCH_SECS``)."""
+        reader.presence_member = member
+        room = self._rooms.get(reader.channel)
+        if room is None:
+            return
+        if room.joining is None:
+            room.joining = []
+            gevent.spawn_later(JOIN_BATCH_SECS, self._flush_joins, room)
+        room.joining.append(reader)
+
+    def _flush_joins(self, room):
+        joining, room.joining = room.joining, None
+        members = [r.presence_member for r in joining if r in room.readers]  # not those gone already
+        if not members:
+            return
+        try:
+            self.presence.join_many(room.name, members)
+        except REDIS_ERRORS as exc:
+            room.presence_due = 0.0  # the next sweep adds them
+            log.info("hub: presence join in %s deferred (%s)", room.name, exc)
 
     def _count_delivered(self, readers):
         total = 0

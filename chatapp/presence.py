@@ -47,7 +47,10 @@ class Presence:
         return f"{user}:{connection or uuid.uuid4().hex}"
 
     def join(self, room, member):
-        return self._run(room, "join", self.ttl_ms, [member])
+        return self.join_many(room, [member])
+
+    def join_many(self, room, members):
+        return self._run(room, "join", self.ttl_ms, members)
 
     def leave(self, room, member):
         """Leave after the linger period, unless the user reconnects meanwhile."""

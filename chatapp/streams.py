@@ -109,8 +109,7 @@ def _deliver(reader, member, cursor, backlog, heartbeat):
     # Subscribed now, so "now" is defined: "ready" tells the client the stream is
     # live (and lets it tell a buffering proxy from a quiet room).
     yield sse.Event({"worker": os.getpid()}, event="ready").encode()
-    reader.hub.presence.join(reader.room, member)
-    reader.presence_member = member
+    reader.hub.join_presence(reader, member)
     if initial:
         reader.delivered += len(initial)
         yield b"".join(p.frame for p in initial)

@@ -253,6 +253,7 @@
     const r = await api("GET", `/api/rooms/${room}/presence`);
     if (r.status !== 200 || room !== state.room) return;
     state.online = new Set(r.data.users);
+    state.online.add(state.me); // our own join may still be on its way (they are batched)
     renderPresence();
   }
 

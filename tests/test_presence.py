@@ -100,6 +100,7 @@ def test_a_resumed_reader_that_missed_a_join_gets_the_right_list(app):
     bobs = opened(bob)  # alice is not connected: she misses this join
     gevent.sleep(0.3)
     back = opened(alice)
+    gevent.sleep(0.2)  # joins are announced in batches, within 50 ms
     assert alice.get("/api/rooms/general/presence").json["users"] == ["alice", "bob"]
     back.close()
     bobs.close()
