@@ -13,7 +13,7 @@ from playwright.sync_api import expect  # noqa: E402
 
 from chatapp import create_app  # noqa: E402
 from chatapp.embedded_redis import EmbeddedRedis  # noqa: E402
-from tests.helpers import Api, Gunicorn  # noqa: E402
+from tests.helpers import Api, Gunicorn, gunicorn_with_redis  # noqa: E402
 
 PASSWORD = "correct horse"
 _names = itertools.count()
@@ -158,15 +158,10 @@ PHONE = {"width": 390, "height": 844}
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
     """A server for the browser tests of one module (one test SIGKILLs its workers)."""
-    store = EmbeddedRedis(tmp_path_factory.mktemp("web-redis"))
-    store.start()
     # A closed tab is noticed at the next heartbeat write: keep it short here.
-    server = Gunicorn(store.url, workers=2, env={**GENEROUS_LIMITS, "CHAT_RETRY_MS": "500",
-                                                 "CHAT_HEARTBEAT_SECS": "2", "CHAT_PRESENCE_LINGER_SECS": "1"})
-    server.start()
-    yield server
-    server.stop()
-    store.stop()
+    env = {**GENEROUS_LIMITS, "CHAT_RETRY_MS": "500", "CHAT_HEARTBEAT_SECS": "2", "CHAT_PRESENCE_LINGER_SECS": "1"}
+    with gunicorn_with_redis(tmp_path_factory.mktemp("web"), env=env) as (server, _):
+        yield server
 
 
 @pytest.fixture

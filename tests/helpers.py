@@ -1,6 +1,7 @@
 """Test clients that speak real HTTP: a small JSON client, an SSE reader, a gunicorn runner."""
 
 import base64
+import contextlib
 import http.client
 import itertools
 import json
@@ -360,3 +361,38 @@ def assert_exactly_once_in_order(received, expected, who="reader"):
     raise AssertionError(f"{who}: {len(received)} received, {len(expected)} expected; "
                          f"missing {missing[:10]}, duplicates {duplicates[:10]}, "
                          f"out of order {backwards[:10]}")
+
+
+def all_ids(api, room):
+    """Every id in the room's history, oldest first, paging forwards."""
+    ids, cursor = [], "0"
+    while True:
+        page = api.get(f"/api/rooms/{room}/messages?after={cursor}&limit=200").json
+        ids += [m["id"] for m in page["messages"]]
+        if not page["more"]:
+            return ids
+        cursor = ids[-1]
+
+
+def kill_pubsub_repeatedly(client, times=20, every=0.05):
+    """CLIENT KILL TYPE pubsub again and again while messages flow: one kill often
+    passes even a hub that doesn't backfill (it resubscribes before the next message)."""
+    for _ in range(times):
+        client.client_kill_filter(_type="pubsub")
+        gevent.sleep(every)
+
+
+@contextlib.contextmanager
+def gunicorn_with_redis(folder, workers=2, env=None):
+    """A gunicorn and an embedded Redis of their own, under ``folder``; yields (server, redis)."""
+    from chatapp.embedded_redis import EmbeddedRedis
+
+    store = EmbeddedRedis(Path(folder) / "redis")
+    store.start()
+    server = Gunicorn(store.url, workers=workers, env=env)
+    try:
+        server.start()
+        yield server, store
+    finally:
+        server.stop()
+        store.stop()

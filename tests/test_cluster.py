@@ -8,26 +8,22 @@ import psutil
 import pytest
 import redis
 
-from chatapp.embedded_redis import EmbeddedRedis
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
-from tests.helpers import Api, Gunicorn, ResumingReader, assert_exactly_once_in_order, parse_id
+from tests.helpers import (
+    Api,
+    ResumingReader,
+    all_ids,
+    assert_exactly_once_in_order,
+    gunicorn_with_redis,
+    kill_pubsub_repeatedly,
+    parse_id,
+)
 
 
 def post(api, room, text, **extra):
     response = api.post(f"/api/rooms/{room}/messages", {"text": text, **extra})
     assert response.status == 201, response.body
     return response
-
-
-def all_ids(api, room):
-    """Every id in the room's history, oldest first, paging forwards."""
-    ids, cursor = [], "0"
-    while True:
-        page = api.get(f"/api/rooms/{room}/messages?after={cursor}&limit=200").json
-        ids += [m["id"] for m in page["messages"]]
-        if not page["more"]:
-            return ids
-        cursor = ids[-1]
 
 
 def readers_on_both_workers(user, room, server, want=2, most=40, **kw):
@@ -106,14 +102,7 @@ def test_race_50_readers_join_with_old_cursors_during_500_concurrent_posts(serve
 def test_pubsub_cut_during_a_burst_loses_and_repeats_nothing(server, cluster_redis, user, room):
     readers = readers_on_both_workers(user, room, server)
     gevent.sleep(0.3)
-    control = redis.Redis.from_url(cluster_redis.url)
-
-    def killer():
-        for _ in range(20):
-            control.client_kill_filter(_type="pubsub")
-            gevent.sleep(0.05)
-
-    killing = gevent.spawn(killer)
+    killing = gevent.spawn(kill_pubsub_repeatedly, redis.Redis.from_url(cluster_redis.url))
     sent = []
     while not killing.dead or len(sent) < 100:
         sent.append(post(user, room, f"m{len(sent)}").json["id"])
@@ -144,13 +133,8 @@ def test_curl_streams_and_posts(server, user, room):
 @pytest.fixture
 def own_server(tmp_path):
     """A gunicorn and Redis of this test's own, for tests that restart Redis."""
-    store = EmbeddedRedis(tmp_path / "redis")
-    store.start()
-    gunicorn = Gunicorn(store.url, workers=2, env={"CHAT_HEARTBEAT_SECS": "1", **GENEROUS_LIMITS})
-    gunicorn.start()
-    yield gunicorn, store
-    gunicorn.stop()
-    store.stop()
+    with gunicorn_with_redis(tmp_path, env={"CHAT_HEARTBEAT_SECS": "1", **GENEROUS_LIMITS}) as pair:
+        yield pair
 
 
 def test_redis_restart_loses_no_acknowledged_message_and_readers_resume(own_server):

@@ -13,7 +13,7 @@ import redis
 
 from deploy.cluster import Cluster, free_port
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
-from tests.helpers import Api, PollReader, ResumingReader, assert_exactly_once_in_order, parse_id
+from tests.helpers import Api, PollReader, ResumingReader, all_ids, assert_exactly_once_in_order, parse_id
 
 ROOMS = 3
 SSE_READERS_PER_ROOM = 47
@@ -29,16 +29,6 @@ def cluster(tmp_path_factory):
     cluster.start()
     yield cluster
     cluster.stop()
-
-
-def all_ids(api, room):
-    ids, cursor = [], "0"
-    while True:
-        page = api.get(f"/api/rooms/{room}/messages?after={cursor}&limit=200").json
-        ids += [m["id"] for m in page["messages"]]
-        if not page["more"]:
-            return ids
-        cursor = ids[-1]
 
 
 class Poster:

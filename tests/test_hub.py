@@ -8,7 +8,7 @@ import gevent
 import redis
 
 from tests.conftest import AuthActions
-from tests.helpers import LocalStream, SSEParser
+from tests.helpers import LocalStream, SSEParser, kill_pubsub_repeatedly
 
 
 def publish(app, text, room="general"):
@@ -57,13 +57,7 @@ def test_hub_heals_after_repeated_pubsub_kills_without_gap_or_duplicate(alice, a
     stream = LocalStream(alice, "/api/rooms/general/events")
     stream.next_event()
     gevent.sleep(0.2)
-
-    def killer():
-        for _ in range(20):
-            redis_client.client_kill_filter(_type="pubsub")
-            gevent.sleep(0.05)
-
-    killing = gevent.spawn(killer)
+    killing = gevent.spawn(kill_pubsub_repeatedly, redis_client)
     sent = []
     while not killing.dead:
         sent.append(str(publish(app, f"m{len(sent)}").id))

@@ -11,9 +11,8 @@ import gevent
 import pytest
 from playwright.sync_api import expect
 
-from chatapp.embedded_redis import EmbeddedRedis
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions, unique
-from tests.helpers import Api, Gunicorn, LocalStream
+from tests.helpers import Api, LocalStream, gunicorn_with_redis
 
 
 @pytest.fixture
@@ -149,14 +148,10 @@ def test_long_poll_gets_presence_and_typing_as_events(app):
 
 @pytest.fixture(scope="module")
 def crowd(tmp_path_factory):
-    store = EmbeddedRedis(tmp_path_factory.mktemp("presence-redis"))
-    store.start()
-    server = Gunicorn(store.url, workers=2, env={**GENEROUS_LIMITS, "CHAT_PRESENCE_TTL_SECS": "4",
-                                                 "CHAT_PRESENCE_LINGER_SECS": "0.5", "CHAT_HEARTBEAT_SECS": "1"})
-    server.start()
-    yield server
-    server.stop()
-    store.stop()
+    env = {**GENEROUS_LIMITS, "CHAT_PRESENCE_TTL_SECS": "4", "CHAT_PRESENCE_LINGER_SECS": "0.5",
+           "CHAT_HEARTBEAT_SECS": "1"}
+    with gunicorn_with_redis(tmp_path_factory.mktemp("presence"), env=env) as (server, _):
+        yield server
 
 
 class Watcher:
