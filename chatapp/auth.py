@@ -61,7 +61,7 @@ def _start_session(user):
     session.permanent = True
     # A new id at login, so an id planted before it (fixation) is useless.
     current_app.session_interface.regenerate(session)
-    sessions.remember(_redis(), user, session.sid, current_app.config["CHAT_SESSION_LIFETIME_SECS"])
+    sessions.remember(_redis(), user, session.sid)
     g.user = user
     g.pop("csrf_token", None)  # the token cached for the old session would not validate
     return jsonify(user=user, csrf_token=generate_csrf())

@@ -106,8 +106,8 @@ class Hub:
 
     # -- readers --------------------------------------------------------------
 
-    def reader(self, room, user, sid=None, session_secs=None):
-        return Reader(self, room, user, sid, session_secs)
+    def reader(self, room, user, sid=None):
+        return Reader(self, room, user, sid)
 
     def readers(self):
         return [reader for room in self._rooms.values() for reader in room.readers]

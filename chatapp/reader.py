@@ -12,6 +12,8 @@ from gevent.event import Event as Flag
 
 from .broker import room_keys
 
+FIRST_SESSION_CHECK_SECS = 1.0
+
 
 class ReaderClosed(Exception):
     """The hub closed this reader (shutdown, kick, logout); the client should reconnect or stop."""
@@ -33,15 +35,15 @@ class Reader:
     __slots__ = ("_behind", "_queue", "_wake", "channel", "closed_reason", "delivered", "expires_at", "hub",
                  "last_id", "presence_member", "room", "sid", "user")
 
-    def __init__(self, hub, room, user, sid=None, session_secs=None):
+    def __init__(self, hub, room, user, sid=None):
         self.hub = hub
         self.room = room
         self.channel = room_keys(room)[1].encode()
         self.user = user.lower()
         self.sid = sid  # the session it reads under; None for HTTP Basic
-        # Opening the stream just refreshed the session's TTL in Redis: it can't
-        # expire before this, and the hub checks it again then.
-        self.expires_at = time.monotonic() + session_secs if sid else None
+        # The hub checks the session soon after opening (a logout or kick that raced
+        # the stream's start must still end it), then whenever its TTL runs out.
+        self.expires_at = time.monotonic() + FIRST_SESSION_CHECK_SECS if sid else None
         self.last_id = None
         self.presence_member = None  # set while this stream counts in the room's presence
         # Written but not yet counted in chat_messages_delivered: a multiprocess
@@ -111,7 +113,7 @@ class Reader:
         self.hub.metrics.catchups.labels("stream").inc()
         if reset:
             self.last_id = reset.latest
-            self._queue = [p for p in self._queue if p.id > reset.latest]
+            self._queue = [p for p in self._queue if p.id is None or p.id > reset.latest]
             raise ReaderReset(reset)
         if len(page) == page_size or self._behind:
             self._behind = True  # more in the stream, or the queue overflowed again meanwhile

@@ -49,12 +49,25 @@ def _index_key(user):
     return f"chat:user-sessions:{user.lower()}"
 
 
-def remember(redis, user, sid, lifetime_secs):
+def remember(redis, user, sid):
     """Index a session under its user: flask-session has no per-user list, and
-    "log out everywhere" and kicking need one."""
+    "log out everywhere" and kicking need one.
+
+    The index has no expiry of its own (sessions are renewed by use, so any TTL
+    set here could run out under a live session and hide it from a kick or a
+    ban); sessions that expired are pruned from it here, at each login.
+    """
+    key = _index_key(user)
+    known = [sid.decode() for sid in redis.smembers(key)]
     pipe = redis.pipeline(transaction=False)
-    pipe.sadd(_index_key(user), sid)
-    pipe.expire(_index_key(user), lifetime_secs)
+    for other in known:
+        pipe.exists(SESSION_KEY_PREFIX + other)
+    alive = pipe.execute() if known else []
+    pipe = redis.pipeline(transaction=False)
+    gone = [other for other, exists in zip(known, alive) if not exists]
+    if gone:
+        pipe.srem(key, *gone)
+    pipe.sadd(key, sid)
     pipe.execute()
 
 

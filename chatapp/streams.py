@@ -55,8 +55,7 @@ def _open_reader(room):
     current_rooms().require(room)
     user = current_user()
     enforce("CHAT_RATE_STREAMS", user)
-    return current_hub().reader(room, user, current_sid(),
-                                current_app.config["CHAT_SESSION_LIFETIME_SECS"])
+    return current_hub().reader(room, user, current_sid())
 
 
 @bp.get("/<room>/events")

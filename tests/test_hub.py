@@ -270,3 +270,27 @@ def test_readers_that_fall_behind_catch_up_from_the_ring_sharing_objects(alice, 
     assert hub_of(app).stats["ring_catchups"] >= 20
     for response, _ in streams:
         response.close()
+
+
+def test_reset_with_a_live_signal_queued_does_not_crash_the_reader(alice, app):
+    """Regression: a typing/presence signal (no id) in the queue made the reset path
+    compare None with a stream id (TypeError: the stream died, a long-poll got a 500)."""
+    from chatapp.broker import Signal
+    from chatapp.reader import ReaderReset
+
+    broker = app.extensions["chat.broker"]
+    broker.maxlen = 10
+    first = publish(app, "first")
+    for i in range(300):
+        publish(app, str(i))
+    reader = hub_of(app).reader("general", "alice")
+    reader.open(cursor=first.id)
+    typing = Signal(b'{"type":"typing","room":"general","user":"bob"}')
+    reader.offer(typing)
+    try:
+        reader.next_batch(0)
+        raise AssertionError("expected a reset")
+    except ReaderReset:
+        pass
+    assert reader.next_batch(0) == [typing]
+    hub_of(app).detach(reader)

@@ -163,3 +163,26 @@ def test_long_poll_finishing_after_logout_does_not_resurrect_the_session(alice, 
     alice.post("/api/auth/logout")
     waiting.get(timeout=3)
     assert not redis_client.exists(f"chat:session:{sid}")
+
+
+def test_session_index_never_expires_under_a_live_session_and_is_pruned_at_login(auth, client, redis_client):
+    """Regression: the per-user index expired after one lifetime while the session,
+    renewed by use, lived on; a later ban or kick then found nothing to end."""
+    auth.register("alice")
+    first = client.get_cookie("chat_session").value
+    assert redis_client.ttl("chat:user-sessions:alice") == -1
+    redis_client.delete(f"chat:session:{first}")  # that session expired
+    auth.login("alice")
+    assert redis_client.smembers("chat:user-sessions:alice") == {client.get_cookie("chat_session").value.encode()}
+
+
+def test_stream_whose_session_ends_as_it_opens_stops_within_2_seconds(alice, redis_client):
+    """Regression: a stream attaching just after its session was ended (a kick racing
+    the open) missed the control message and lived for the whole session lifetime."""
+    sid = alice.get_cookie("chat_session").value
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    stream.next_event()
+    redis_client.delete(f"chat:session:{sid}")  # ended with no control message reaching the hub
+    events = [stream.next_event(timeout=2.5) for _ in range(4)]
+    assert any(e and e.get("event") == "retry" and "session_expired" in e["data"] for e in events)
+    stream.close()
