@@ -366,6 +366,16 @@ class _HeadParser:
         self.status = 0
         self.headers = {}
 
+    def _head_or_abort(self, data):
+        """Feed response-head bytes; the body bytes that follow, None for "need more",
+        or False when the head was malformed (the connection is already aborted)."""
+        try:
+            return self._feed_head(data)
+        except HTTPError as exc:
+            self._failed(exc)
+            self.transport.abort()
+            return False
+
     def _feed_head(self, data):
         """Return body bytes after the head, or None while the head is incomplete."""
         head = self.head + data
@@ -446,13 +456,8 @@ class SSEReader(_HeadParser, BaseReader):
     def data_received(self, data):
         self.tally.bytes += len(data)
         if not self.in_body:
-            try:
-                data = self._feed_head(data)
-            except HTTPError as exc:
-                self._failed(exc)
-                self.transport.abort()
-                return
-            if data is None:
+            data = self._head_or_abort(data)
+            if data is None or data is False:
                 return
             if self.status != 200:
                 self.tally.error(f"status:{self.status}")
@@ -513,13 +518,8 @@ class PollReader(_HeadParser, BaseReader):
         self.tally.bytes += len(data)
         while data:
             if not self.in_body:
-                try:
-                    data = self._feed_head(data)
-                except HTTPError as exc:
-                    self._failed(exc)
-                    self.transport.abort()
-                    return
-                if data is None:
+                data = self._head_or_abort(data)
+                if data is None or data is False:
                     return
             if self.chunked:
                 part = self._dechunk(data)
