@@ -102,7 +102,6 @@ class Hub:
         self._greenlets = []
         self._last_heard = 0.0
         self.closed = False
-        self.stats = {"reconnects": 0, "catchup_reads": 0, "ring_catchups": 0, "dispatched": 0}
 
     # -- readers --------------------------------------------------------------
 
@@ -177,7 +176,6 @@ class Hub:
         if room is None or room.ring_floor is None \
                 or not room.ring_floor <= reader.last_id <= room.last_id:
             return None
-        self.stats["ring_catchups"] += 1
         self.metrics.catchups.labels("ring").inc()
         newer = []
         for publication in reversed(room.ring):
@@ -250,7 +248,6 @@ class Hub:
                 self._disconnect(conn)
             gevent.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_SECS)
-            self.stats["reconnects"] += 1
             self.metrics.hub_reconnects.inc()
 
     def _connect(self):
@@ -351,7 +348,6 @@ class Hub:
             room.ring_floor = room.ring[0].id
         room.ring.append(publication)
         room.last_id = publication.id
-        self.stats["dispatched"] += 1
         for reader in room.readers:
             reader.offer(publication)
 
@@ -382,8 +378,9 @@ class Hub:
                 if now >= next_sweep:
                     next_sweep = now + PRESENCE_SWEEP_SECS
                     self._tick_presence(now)
-                self._expire_sessions(now)
-                self._count_delivered(self.readers())
+                readers = self.readers()
+                self._expire_sessions(readers, now)
+                self._count_delivered(readers)
                 self._prune(now)
             except REDIS_ERRORS as exc:
                 log.info("hub: housekeeping skipped (%s)", exc)
@@ -402,9 +399,9 @@ class Hub:
                 members = [r.presence_member for r in room.readers if r.presence_member]
             self.presence.tick(room.name, members)
 
-    def _expire_sessions(self, now):
+    def _expire_sessions(self, readers, now):
         """Readers whose session may have expired: ask Redis (one pipeline) and close the dead."""
-        due = [r for r in self.readers() if r.expires_at is not None and r.expires_at <= now]
+        due = [r for r in readers if r.expires_at is not None and r.expires_at <= now]
         if not due:
             return
         pipe = self.broker.redis.pipeline(transaction=False)

@@ -6,6 +6,7 @@ from flask import Blueprint, Response, current_app, request
 
 from .auth import current_user, login_required
 from .errors import BadRequest, PayloadTooLarge
+from .metrics import current_metrics
 from .params import query_cursor, query_number, request_fields, string_field
 from .ratelimit import enforce
 from .rooms import current_rooms
@@ -56,7 +57,7 @@ def send(room):
     publication, created = broker.publish(room, current_user(), text, idempotency_key(fields))
     response = json_response(publication.json, 201)
     if created:
-        current_app.extensions["chat.metrics"].accepted.inc()
+        current_metrics().accepted.inc()
     else:
         response.headers["Idempotent-Replayed"] = "true"
     return response

@@ -53,6 +53,10 @@ class Metrics:
         self.request_seconds = Histogram("chat_request_seconds", "Time to the response (streams: to the headers)",
                                          ["endpoint", "method"], registry=registry)
 
+    def value(self, name, **labels):
+        """This process's value of a sample (tests; single-process mode)."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
     def exposition(self):
         if MULTIPROCESS:
             registry = CollectorRegistry()

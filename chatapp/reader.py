@@ -109,7 +109,6 @@ class Reader:
             return self._advance(recent + self._take())
         page_size = self.hub.catchup_page
         page, reset = self.hub.broker.catch_up(self.room, self.last_id, page_size)
-        self.hub.stats["catchup_reads"] += 1
         self.hub.metrics.catchups.labels("stream").inc()
         if reset:
             self.last_id = reset.latest

@@ -23,6 +23,14 @@ def hub_of(app):
     return app.extensions["chat.hub"]
 
 
+def reconnects(app):
+    return app.extensions["chat.metrics"].value("chat_hub_reconnects_total")
+
+
+def catchups(app, source):
+    return app.extensions["chat.metrics"].value("chat_reader_catchups_total", source=source)
+
+
 def test_readers_joining_during_a_burst_get_everything_after_their_cursor_once(alice, app):
     """Subscribe, then backfill: readers that connect while messages flow miss nothing."""
     broker = app.extensions["chat.broker"]
@@ -66,7 +74,7 @@ def test_hub_heals_after_repeated_pubsub_kills_without_gap_or_duplicate(alice, a
     got = stream.messages(len(sent), timeout=15)
     assert ids(got) == sent
     assert stream.messages(1, timeout=0.5) == []
-    assert hub_of(app).stats["reconnects"] >= 5
+    assert reconnects(app) >= 5
     stream.close()
 
 
@@ -74,10 +82,10 @@ def test_hub_drops_a_silent_link_and_reconnects(alice, app, redis_client):
     stream = LocalStream(alice, "/api/rooms/general/events")
     stream.next_event()
     gevent.sleep(0.2)
-    before = hub_of(app).stats["reconnects"]
+    before = reconnects(app)
     redis_client.execute_command("CLIENT", "PAUSE", "2500", "ALL")
     gevent.sleep(3)
-    assert hub_of(app).stats["reconnects"] > before  # pings unanswered for 3 pings of 0.5 s
+    assert reconnects(app) > before  # pings unanswered for 3 pings of 0.5 s
     sent = publish(app, "after the pause")
     assert ids(stream.messages(1)) == [str(sent.id)]
     stream.close()
@@ -111,22 +119,27 @@ def test_slow_reader_queue_is_bounded_and_it_catches_up_in_order(alice, app, con
                 if event.get("event") == "message":
                     got.append(json.loads(event["data"])["id"])
     assert got == sent
-    stats = hub_of(app).stats
-    assert stats["catchup_reads"] + stats["ring_catchups"] >= 10
+    assert catchups(app, "stream") + catchups(app, "ring") >= 10
     response.close()
 
 
-def test_one_encoding_shared_by_all_readers_and_queued_frames_written_in_one_chunk(alice, app):
-    streams = [paused_stream(alice, "/api/rooms/general/events") for _ in range(3)]
+def stalled_streams(client, app, count):
+    """``count`` paused streams that each wrote one message and now wait at a yield,
+    as if their sockets were slow: whatever comes next queues up."""
+    streams = [paused_stream(client, "/api/rooms/general/events") for _ in range(count)]
     for _, body in streams:
         next(body)  # the preamble
         next(body)  # "ready": registered and subscribed
     waiting = [gevent.spawn(next, body) for _, body in streams]
-    gevent.sleep(0.2)
+    gevent.sleep(0.3)
     first = publish(app, "first")
     assert all(g.get(timeout=5) == first.frame for g in waiting)
-    # Every generator now waits at a yield, as if its socket were slow: frames queue up.
-    readers = [r for room in hub_of(app)._rooms.values() for r in room.readers]
+    return streams
+
+
+def test_one_encoding_shared_by_all_readers_and_queued_frames_written_in_one_chunk(alice, app):
+    streams = stalled_streams(alice, app, 3)
+    readers = hub_of(app).readers()
     for i in range(10):
         publish(app, f"m{i}")
     gevent.sleep(0.2)
@@ -252,22 +265,15 @@ def test_readers_that_fall_behind_catch_up_from_the_ring_sharing_objects(alice, 
     """Readers whose queues overflow catch up from the hub's ring: no XRANGE each (a
     thundering herd at 10k streams), and the catch-up shares one encoding."""
     hub_of(app).queue_limit = 5
-    streams = [paused_stream(alice, "/api/rooms/general/events") for _ in range(20)]
-    for _, body in streams:
-        next(body)  # the preamble
-        next(body)  # "ready": registered and subscribed
-    waiting = [gevent.spawn(next, body) for _, body in streams]
-    gevent.sleep(0.3)
-    before = hub_of(app).stats["catchup_reads"]
-    first = publish(app, "first")
-    assert all(g.get(timeout=5) == first.frame for g in waiting)
+    before = catchups(app, "stream")
+    streams = stalled_streams(alice, app, 20)
     sent = [publish(app, f"m{i}") for i in range(100)]  # every queue overflows
     gevent.sleep(0.2)  # the hub has dispatched all of them
     chunks = [next(body) for _, body in streams]
     expected = b"".join(p.frame for p in sent)
     assert all(chunk == expected for chunk in chunks)
-    assert hub_of(app).stats["catchup_reads"] == before
-    assert hub_of(app).stats["ring_catchups"] >= 20
+    assert catchups(app, "stream") == before
+    assert catchups(app, "ring") >= 20
     for response, _ in streams:
         response.close()
 
