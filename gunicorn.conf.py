@@ -21,8 +21,9 @@ from chatapp.embedded_redis import EmbeddedRedis
 bind = os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gevent"
-# Every open stream holds a connection slot: 10,000 streams per worker plus
-# headroom, or POSTs would queue behind streams.
+# A stream holds a connection slot only until it is live (then chatapp.direct
+# takes its socket out of gunicorn's pool); a burst of 10,000 opening at once
+# still needs the slots.
 worker_connections = int(os.environ.get("CHAT_WORKER_CONNECTIONS", "11000"))
 # Streams end themselves on SIGTERM (see post_worker_init); this only bounds stragglers.
 graceful_timeout = 10

@@ -9,6 +9,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from . import (
     admin,
     auth,
+    direct,
     errors,
     health,
     logs,
@@ -60,5 +61,6 @@ def create_app(test_config=None):
         response.headers["X-Worker-Pid"] = str(os.getpid())
         return response
 
+    direct.init_app(app)  # outermost: it sees the finished response
     return app
 

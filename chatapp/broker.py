@@ -11,7 +11,7 @@ from importlib import resources
 from typing import NamedTuple
 
 from .errors import BadRequest
-from .sse import Event
+from .sse import Event, http_chunk
 
 _CURSOR_RE = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
 _U64 = 2**64 - 1
@@ -52,12 +52,13 @@ ZERO = StreamId(0, 0)
 class Publication:
     """One message at its stream position, encoded once for every reader."""
 
-    __slots__ = ("_frame", "id", "json")
+    __slots__ = ("_chunk", "_frame", "id", "json")
 
     def __init__(self, id, json_bytes):
         self.id = id
         self.json = json_bytes
         self._frame = None
+        self._chunk = None
 
     @classmethod
     def from_payload(cls, payload):
@@ -81,12 +82,19 @@ class Publication:
             self._frame = Event(self.json, event="message", id=str(self.id)).encode()
         return self._frame
 
+    @property
+    def chunk(self):
+        """The frame as an HTTP chunk, for streams the hub writes directly; also built once."""
+        if self._chunk is None:
+            self._chunk = http_chunk(self.frame)
+        return self._chunk
+
 
 class Signal:
     """A live-only event (presence, typing): never stored, no stream position, not
     sent to the user it is about."""
 
-    __slots__ = ("frame", "id", "json", "user")
+    __slots__ = ("chunk", "frame", "id", "json", "user")
 
     def __init__(self, json_bytes):
         fields = json.loads(json_bytes)
@@ -94,6 +102,7 @@ class Signal:
         self.json = json_bytes
         self.user = fields["user"].lower()
         self.frame = Event(json_bytes, event=fields["type"]).encode()
+        self.chunk = http_chunk(self.frame)
 
 
 class Reset(NamedTuple):

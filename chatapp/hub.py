@@ -39,6 +39,7 @@ from .broker import CONTROL_CHANNEL, Publication, Signal
 from .errors import REDIS_ERRORS, StoreUnavailable
 from .reader import Reader
 from .sessions import SESSION_KEY_PREFIX
+from .sse import PING, http_chunk
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ PRESENCE_SWEEP_SECS = 2.0  # how soon after expiry a dead worker's users are ann
 # Joins arriving within this window share one presence call: 10,000 streams
 # opening at once cost about a hundred Redis calls, not 10,000.
 JOIN_BATCH_SECS = 0.05
+PING_CHUNK = http_chunk(PING)
 HUB_READ_CONNECTIONS = 4  # the listener's own reads (tails, backfills) never queue behind requests
 _CONTROL = CONTROL_CHANNEL.encode()
 _SIGNAL = b'{"type":'  # live-only events; publications start with {"id":
@@ -87,6 +89,7 @@ class Hub:
         self.subscribe_timeout = config["CHAT_SUBSCRIBE_TIMEOUT_SECS"]
         self.ping_secs = config["CHAT_HUB_PING_SECS"]
         self.linger_secs = config["CHAT_ROOM_LINGER_SECS"]
+        self.heartbeat_secs = config["CHAT_HEARTBEAT_SECS"]
         # RESP2 on the Pub/Sub link: replies are plain [kind, channel, data] lists.
         self._pubsub_client = redis.Redis.from_url(redis_url, protocol=2, socket_timeout=None,
                                                    socket_connect_timeout=2)
@@ -101,6 +104,7 @@ class Hub:
         self._pid = None
         self._greenlets = []
         self._last_heard = 0.0
+        self._leaving = {}  # room name -> presence members whose streams ended, flushed in batches
         self.closed = False
 
     # -- readers --------------------------------------------------------------
@@ -162,6 +166,24 @@ class Hub:
             room.presence_due = 0.0  # the next sweep adds them
             log.info("hub: presence join in %s deferred (%s)", room.name, exc)
 
+    def leave_presence(self, reader):
+        """Stop counting ``reader`` in its room's presence; leaves are batched like joins."""
+        member, reader.presence_member = reader.presence_member, None
+        if member is None:
+            return
+        if not self._leaving:
+            gevent.spawn_later(JOIN_BATCH_SECS, self._flush_leaves)
+        self._leaving.setdefault(reader.room, []).append(member)
+
+    def _flush_leaves(self):
+        leaving, self._leaving = self._leaving, {}
+        for room, members in leaving.items():
+            try:
+                self.presence.leave_many(room, members)
+            except REDIS_ERRORS as exc:
+                log.info("hub: %d presence leaves in %s not recorded (%s); they will expire",
+                         len(members), room, exc)
+
     def _count_delivered(self, readers):
         total = 0
         for reader in readers:
@@ -201,6 +223,7 @@ class Hub:
             reader.close(reason)
         gevent.killall(self._greenlets, block=False)
         self._disconnect(self._conn)
+        self._flush_leaves()  # now: the worker may exit before a batch timer fires
 
     @property
     def listening(self):
@@ -331,7 +354,7 @@ class Hub:
         try:
             if payload.startswith(_SIGNAL):
                 signal = Signal(payload)
-                for reader in room.readers:
+                for reader in tuple(room.readers):  # a failed direct write detaches its reader
                     if reader.user != signal.user:
                         reader.offer(signal)
                 return
@@ -348,7 +371,7 @@ class Hub:
             room.ring_floor = room.ring[0].id
         room.ring.append(publication)
         room.last_id = publication.id
-        for reader in room.readers:
+        for reader in tuple(room.readers):  # a failed direct write detaches its reader
             reader.offer(publication)
 
     # -- housekeeping ------------------------------------------------------------
@@ -370,15 +393,20 @@ class Hub:
 
     def _housekeeping(self):
         """End streams of expired sessions, keep presence fresh, drop rooms nobody reads."""
-        next_sweep = 0.0
+        next_sweep = next_ping = 0.0
         while not self.closed:
             gevent.sleep(WATCH_TICK_SECS)
             now = time.monotonic()
             try:
+                readers = self.readers()
+                if now >= next_ping:
+                    next_ping = now + self.heartbeat_secs
+                    for reader in readers:
+                        if reader.sink is not None:
+                            reader.sink.heartbeat(PING_CHUNK)
                 if now >= next_sweep:
                     next_sweep = now + PRESENCE_SWEEP_SECS
                     self._tick_presence(now)
-                readers = self.readers()
                 self._expire_sessions(readers, now)
                 self._count_delivered(readers)
                 self._prune(now)

@@ -14,7 +14,6 @@ from flask import Blueprint, current_app, jsonify
 
 from .auth import current_user, login_required
 from .broker import lua_script, room_keys
-from .errors import REDIS_ERRORS
 from .ratelimit import enforce
 from .rooms import current_rooms
 
@@ -52,9 +51,9 @@ class Presence:
     def join_many(self, room, members):
         return self._run(room, "join", self.ttl_ms, members)
 
-    def leave(self, room, member):
+    def leave_many(self, room, members):
         """Leave after the linger period, unless the user reconnects meanwhile."""
-        return self._run(room, "leave", self.linger_ms, [member])
+        return self._run(room, "leave", self.linger_ms, members)
 
     def tick(self, room, members=()):
         """Expire dead connections (announcing leaves) and refresh ``members``; return who is online."""
@@ -63,14 +62,6 @@ class Presence:
 
 def current_presence():
     return current_app.extensions["chat.presence"]
-
-
-def leave_quietly(presence, room, member):
-    """Called as a stream ends: a Redis failure here must not mask why it ended."""
-    try:
-        presence.leave(room, member)
-    except REDIS_ERRORS as exc:
-        log.info("presence: leave of %s in %s not recorded (%s); it will expire", member, room, exc)
 
 
 @bp.get("/<room>/presence")

@@ -4,6 +4,13 @@ The hub offers it publications; the reader delivers only ids after the last one
 it delivered (invariant 3). When its queue overflows, or when it starts from a
 cursor, it catches up: from the hub's ring of recent publications when that
 covers its cursor (shared objects, no Redis call), else from the stream.
+
+A reader is consumed in one of two ways: a greenlet waits in
+:meth:`Reader.next_batch` (long-poll, and SSE under a plain WSGI server), or,
+once an SSE stream has a socket of its own (:mod:`chatapp.direct`), the hub
+writes each publication straight to that socket while the reader has nothing
+queued, and the socket's drainer takes :meth:`Reader.take_ready` batches when
+it has.
 """
 
 import time
@@ -33,7 +40,7 @@ class ReaderReset(Exception):
 
 class Reader:
     __slots__ = ("_behind", "_queue", "_wake", "channel", "closed_reason", "delivered", "expires_at", "hub",
-                 "last_id", "presence_member", "room", "sid", "user")
+                 "last_id", "presence_member", "room", "sid", "sink", "user")
 
     def __init__(self, hub, room, user, sid=None):
         self.hub = hub
@@ -50,7 +57,8 @@ class Reader:
         # counter increment per write cost 4% of a fan-out worker's CPU.
         self.delivered = 0
         self._queue = []
-        self._wake = Flag()
+        self._wake = Flag()  # or, once direct, the socket sink (its set() starts its drainer)
+        self.sink = None
         self._behind = False
         self.closed_reason = None
 
@@ -71,9 +79,26 @@ class Reader:
             return []
         return self._advance(self.hub.broker.read_before(self.room, None, backlog), force=True)
 
+    def go_direct(self, sink):
+        """From now on the hub writes to ``sink`` itself whenever nothing is queued."""
+        self.sink = self._wake = sink
+        if self._queue or self._behind or self.closed_reason:
+            sink.set()
+
     def offer(self, publication):
-        """Queue a publication (called by the listener; never blocks)."""
-        if len(self._queue) >= self.hub.queue_limit:
+        """Write or queue a publication (called by the listener; never blocks)."""
+        sink = self.sink
+        if sink is not None and sink.idle:
+            # Nothing queued (the sink's drainer only stops when the queue is
+            # empty), so the cursor check is all that stands between the
+            # publication and the socket.
+            if publication.id is not None:
+                if publication.id <= self.last_id:
+                    return
+                self.last_id = publication.id
+                self.delivered += 1
+            sink.write_now(publication.chunk)
+        elif len(self._queue) >= self.hub.queue_limit:
             self.fall_behind()
         else:
             self._queue.append(publication)
@@ -98,6 +123,17 @@ class Reader:
                 return None
             if self.closed_reason:
                 raise ReaderClosed(self.closed_reason)
+        return self._ready()
+
+    def take_ready(self):
+        """What :meth:`next_batch` would return, without waiting: ``None`` if nothing is pending."""
+        if self.closed_reason:
+            raise ReaderClosed(self.closed_reason)
+        if not (self._queue or self._behind):
+            return None
+        return self._ready()
+
+    def _ready(self):
         if self._behind:
             return self._catch_up()
         return self._advance(self._take())
@@ -125,7 +161,6 @@ class Reader:
 
     def _take(self):
         queue, self._queue = self._queue, []
-        self._wake.clear()
         return queue
 
     def _advance(self, publications, force=False):

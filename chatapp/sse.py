@@ -10,6 +10,12 @@ HEADERS = {
 MIMETYPE = "text/event-stream"
 
 PING = b": ping\n\n"
+LAST_CHUNK = b"0\r\n\r\n"  # ends a chunked HTTP/1.1 body
+
+
+def http_chunk(data: bytes) -> bytes:
+    """``data`` framed as one HTTP/1.1 chunk, for streams written to the socket directly."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 class Event:

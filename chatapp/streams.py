@@ -9,10 +9,11 @@ from flask import Blueprint, Response, current_app, request
 from . import sse
 from .auth import current_sid, current_user, login_required
 from .broker import StreamId
+from .direct import SocketSink
 from .errors import REDIS_ERRORS, RateLimited, StoreUnavailable, Unauthorized, count_redis_error, error_response
 from .messages import json_response
 from .params import query_cursor, query_number
-from .presence import POLL_CONNECTION, current_presence, leave_quietly
+from .presence import POLL_CONNECTION, current_presence
 from .ratelimit import enforce
 from .reader import ReaderClosed, ReaderReset
 from .rooms import current_rooms
@@ -67,67 +68,109 @@ def events(room):
     config = current_app.config
     backlog = query_number("backlog", 0, 0, config["CHAT_BACKLOG_MAX"])
     reader = _open_reader(room)
-    stream = _event_stream(reader, current_presence().member(current_user()), cursor, backlog,
-                           config["CHAT_HEARTBEAT_SECS"], config["CHAT_RETRY_MS"])
-    return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS)
+    stream = EventStream(reader, current_presence().member(current_user()), cursor, backlog, config)
+    return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
 
 
-def _event_stream(reader, member, cursor, backlog, heartbeat, retry_ms):  # noqa: PLR0917
-    opened = time.monotonic()
-    metrics = reader.hub.metrics
-    metrics.streams_open.inc()
-    log.info("stream opened room=%s user=%s", reader.room, reader.user,
-             extra={"room": reader.room, "user": reader.user})
-    reason = "client_gone"  # unless something below says otherwise
-    try:
-        # First bytes at once: headers get past proxies that wait for a body.
-        yield sse.Event(retry=retry_ms, comment="stream open").encode()
-        yield from _deliver(reader, member, cursor, backlog, heartbeat)  # ends only by an exception
-    except ReaderClosed as closed:
-        reason = closed.reason
-    except StoreUnavailable as exc:
-        reason = exc.code
-    except REDIS_ERRORS as exc:
-        reason = "store_unavailable"
-        metrics.redis_errors.labels("stream").inc()
-        log.warning("stream room=%s: redis unavailable (%s: %s)", reader.room, type(exc).__name__, exc)
-    finally:
-        reader.hub.detach(reader)
-        if reader.presence_member:
-            leave_quietly(reader.hub.presence, reader.room, reader.presence_member)
-        metrics.streams_open.dec()
-        seconds = time.monotonic() - opened
-        log.info("stream closed room=%s user=%s after %.1fs reason=%s", reader.room, reader.user, seconds,
-                 reason, extra={"room": reader.room, "user": reader.user, "seconds": round(seconds, 1),
-                                "reason": reason})
-    yield sse.Event({"reason": reason}, event="retry").encode()
+class EventStream:
+    """An SSE response body. A WSGI server iterates it (a greenlet waits for each
+    batch); under gunicorn's gevent worker :mod:`chatapp.direct` calls
+    :meth:`take_over` with the socket instead, and the hub writes to it."""
 
+    def __init__(self, reader, member, cursor, backlog, config):
+        self.reader = reader
+        self.member = member
+        self.cursor = cursor
+        self.backlog = backlog
+        self.heartbeat = config["CHAT_HEARTBEAT_SECS"]
+        self.retry_ms = config["CHAT_RETRY_MS"]
+        self.opened = None
 
-def _deliver(reader, member, cursor, backlog, heartbeat):
-    initial = reader.open(cursor, backlog)
-    # Subscribed now, so "now" is defined: "ready" tells the client the stream is
-    # live (and lets it tell a buffering proxy from a quiet room).
-    yield sse.Event({"worker": os.getpid()}, event="ready").encode()
-    reader.hub.join_presence(reader, member)
-    if initial:
-        reader.delivered += len(initial)
-        yield b"".join(p.frame for p in initial)
-    while True:
+    def __iter__(self):
+        reason = "client_gone"  # unless something below says otherwise
         try:
-            batch = reader.next_batch(heartbeat)
-        except ReaderReset as stale:
-            yield _reset_event(stale.reset)
-            continue
-        if batch is None:
-            yield sse.PING
-        elif batch:
-            reader.delivered += len(batch)  # the hub adds these to the metric in bulk
-            yield b"".join(p.frame for p in batch)
+            yield from self._start()
+            while True:  # ends only by an exception
+                yield self._next_frame()
+        except (ReaderClosed, StoreUnavailable, *REDIS_ERRORS) as exc:
+            reason = self.ending_reason(exc)
+        finally:
+            farewell = self.closed(reason)
+        yield farewell
 
+    def take_over(self, sock, head):
+        """Write the head and the start on ``sock`` (this greenlet), then hand it to the hub."""
+        sink = SocketSink(sock, self.reader, self)
+        frames = self._start()
+        try:
+            sink.write_blocking(head + sse.http_chunk(next(frames)))  # before waiting for anything
+            for frame in frames:
+                sink.write_blocking(sse.http_chunk(frame))
+        except (ReaderClosed, StoreUnavailable, *REDIS_ERRORS) as exc:
+            sink.finish(self.ending_reason(exc))
+        except OSError:
+            sink.finish("client_gone")
+        else:
+            self.reader.go_direct(sink)
 
-def _reset_event(reset):
-    data = {"oldest": str(reset.oldest) if reset.oldest else None, "latest": str(reset.latest)}
-    return sse.Event(data, event="reset", id=str(reset.latest)).encode()
+    def _start(self):
+        """The frames before live delivery: preamble, ``ready`` once subscribed, the backlog."""
+        reader = self.reader
+        self.opened = time.monotonic()
+        reader.hub.metrics.streams_open.inc()
+        log.info("stream opened room=%s user=%s", reader.room, reader.user,
+                 extra={"room": reader.room, "user": reader.user})
+        # First bytes at once: headers get past proxies that wait for a body.
+        yield sse.Event(retry=self.retry_ms, comment="stream open").encode()
+        initial = reader.open(self.cursor, self.backlog)
+        # Subscribed now, so "now" is defined: "ready" tells the client the stream is
+        # live (and lets it tell a buffering proxy from a quiet room).
+        yield sse.Event({"worker": os.getpid()}, event="ready").encode()
+        reader.hub.join_presence(reader, self.member)
+        if initial:
+            reader.delivered += len(initial)
+            yield b"".join(p.frame for p in initial)
+
+    def _next_frame(self):
+        reader = self.reader
+        while True:
+            try:
+                batch = reader.next_batch(self.heartbeat)
+            except ReaderReset as stale:
+                return self.reset_frame(stale.reset)
+            if batch is None:
+                return sse.PING
+            if batch:
+                reader.delivered += len(batch)  # the hub adds these to the metric in bulk
+                return b"".join(p.frame for p in batch)
+
+    def ending_reason(self, exc):
+        """Why an exception ended the stream, as told to the client."""
+        if isinstance(exc, ReaderClosed):
+            return exc.reason
+        if isinstance(exc, StoreUnavailable):
+            return exc.code
+        self.reader.hub.metrics.redis_errors.labels("stream").inc()
+        log.warning("stream room=%s: redis unavailable (%s: %s)", self.reader.room, type(exc).__name__, exc)
+        return "store_unavailable"
+
+    @staticmethod
+    def reset_frame(reset):
+        data = {"oldest": str(reset.oldest) if reset.oldest else None, "latest": str(reset.latest)}
+        return sse.Event(data, event="reset", id=str(reset.latest)).encode()
+
+    def closed(self, reason):
+        """Settle the stream's books (hub, presence, metrics, log); return the last frame to send."""
+        reader = self.reader
+        reader.hub.detach(reader)
+        reader.hub.leave_presence(reader)
+        if self.opened is not None:
+            reader.hub.metrics.streams_open.dec()
+            seconds = time.monotonic() - self.opened
+            log.info("stream closed room=%s user=%s after %.1fs reason=%s", reader.room, reader.user, seconds,
+                     reason, extra={"room": reader.room, "user": reader.user, "seconds": round(seconds, 1),
+                                    "reason": reason})
+        return sse.Event({"reason": reason}, event="retry").encode()
 
 
 @bp.get("/<room>/poll")

@@ -115,11 +115,9 @@ def cluster_redis(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server(cluster_redis):
     """gunicorn with 2 gevent workers, shared by the tests of a session."""
-    gunicorn = Gunicorn(cluster_redis.url, workers=2,
-                        env={"CHAT_HEARTBEAT_SECS": "1", "CHAT_READER_QUEUE": "100", **GENEROUS_LIMITS})
-    gunicorn.start()
-    yield gunicorn
-    gunicorn.stop()
+    env = {"CHAT_HEARTBEAT_SECS": "1", "CHAT_READER_QUEUE": "100", **GENEROUS_LIMITS}
+    with Gunicorn(cluster_redis.url, workers=2, env=env) as gunicorn:
+        yield gunicorn
 
 
 @pytest.fixture

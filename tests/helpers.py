@@ -179,6 +179,8 @@ class SSEStream:
         return got
 
     def close(self):
+        # With "Connection: close" http.client hands the socket to the response.
+        self.response.close()
         self.conn.close()
 
     def abort(self):
@@ -198,6 +200,13 @@ class Gunicorn:
         self.extra_env = env or {}
         self.proc = None
         self.url = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
 
     def start(self, timeout=30):
         env = {**os.environ, "REDIS_URL": self.redis_url, "WEB_CONCURRENCY": str(self.workers),
@@ -389,10 +398,8 @@ def gunicorn_with_redis(folder, workers=2, env=None):
 
     store = EmbeddedRedis(Path(folder) / "redis")
     store.start()
-    server = Gunicorn(store.url, workers=workers, env=env)
     try:
-        server.start()
-        yield server, store
+        with Gunicorn(store.url, workers=workers, env=env) as server:
+            yield server, store
     finally:
-        server.stop()
         store.stop()

@@ -15,10 +15,8 @@ def guarded(cluster_redis):
     """gunicorn (2 workers) with an admin and small message / stream limits."""
     env = {**GENEROUS_LIMITS, "CHAT_ADMINS": "boss", "CHAT_RATE_MESSAGES": "10 per minute",
            "CHAT_HEARTBEAT_SECS": "1"}
-    server = Gunicorn(cluster_redis.url, workers=2, env=env)
-    server.start()
-    yield server
-    server.stop()
+    with Gunicorn(cluster_redis.url, workers=2, env=env) as server:
+        yield server
 
 
 def account(server, name=None):

@@ -1,0 +1,118 @@
+"""Streams written by the hub straight to their sockets (chatapp.direct), under real gunicorn."""
+
+import base64
+import re
+import socket
+import time
+
+import gevent
+import pytest
+
+from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
+from tests.helpers import Api, Gunicorn, assert_exactly_once_in_order
+
+
+@pytest.fixture(scope="module")
+def quiet(cluster_redis):
+    """gunicorn whose heartbeat is a minute away, so nothing here is noticed by a ping;
+    an admin, and a small reader queue so a stuck stream falls behind quickly."""
+    env = {**GENEROUS_LIMITS, "CHAT_ADMINS": "boss", "CHAT_HEARTBEAT_SECS": "60", "CHAT_READER_QUEUE": "20"}
+    with Gunicorn(cluster_redis.url, workers=2, env=env) as server:
+        yield server
+
+
+def account(server, name=None):
+    name = name or unique("d")
+    assert Api(server.url).post("/api/auth/register", {"username": name, "password": PASSWORD}).status == 201
+    return Api(server.url, name, PASSWORD)
+
+
+def metric(server, name, labels=""):
+    text = Api(server.url).get("/metrics").body.decode()
+    match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(match[1]) if match else 0.0
+
+
+def wait_until(check, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not check() and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+    return check()
+
+
+class RawStream:
+    """An SSE request on a bare socket with a tiny receive buffer: it reads only when told."""
+
+    def __init__(self, server, api, room):
+        host, port = server.url.split("//")[1].rstrip("/").split(":")
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.sock.connect((host, int(port)))
+        token = base64.b64encode(f"{api.auth_user}:{PASSWORD}".encode()).decode()
+        self.sock.sendall(f"GET /api/rooms/{room}/events HTTP/1.1\r\nHost: {host}\r\n"
+                          f"Authorization: Basic {token}\r\n\r\n".encode())
+        self.received = b""
+        self.read_until(b"event: ready")
+
+    def read_until(self, marker, timeout=10):
+        self.sock.settimeout(timeout)
+        while marker not in self.received:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                break
+            self.received += chunk
+        return marker in self.received
+
+    def read_to_end(self, timeout=20):
+        self.sock.settimeout(timeout)
+        while chunk := self.sock.recv(65536):
+            self.received += chunk
+
+    def close(self):
+        self.sock.close()
+
+
+def test_live_stream_is_handed_to_the_hub_and_pinged_when_idle(server, user, room):
+    """Under gunicorn the stream leaves the request loop ("Connection: close", chunked by us)
+    and the hub's housekeeping keeps it alive (the shared server pings every second)."""
+    raw = RawStream(server, user, room)
+    head = raw.received.split(b"\r\n\r\n", 1)[0].lower()
+    assert b"connection: close" in head and b"transfer-encoding: chunked" in head
+    assert b"content-security-policy" in head  # Flask's after_request headers are kept
+    assert raw.read_until(b": ping", timeout=5)
+    sent = [user.post(f"/api/rooms/{room}/messages", {"text": f"m{i}"}).json["id"] for i in range(3)]
+    assert raw.read_until(sent[-1].encode())
+    got = re.findall(rb"^id: (\S+)$", raw.received, re.M)
+    assert_exactly_once_in_order([i.decode() for i in got], sent)
+    raw.close()
+
+
+def test_client_hanging_up_is_noticed_at_once_not_at_the_next_heartbeat(quiet):
+    """Regression: with no greenlet per stream nothing reads the socket; a read watcher must,
+    or a closed tab would count as open (and present) until the next ping, a minute later."""
+    api = account(quiet)
+    baseline = metric(quiet, "chat_streams_open")
+    streams = [api.stream("/api/rooms/general/events") for _ in range(4)]
+    assert wait_until(lambda: metric(quiet, "chat_streams_open") == baseline + 4)
+    for stream in streams:
+        stream.close()
+    assert wait_until(lambda: metric(quiet, "chat_streams_open") == baseline, timeout=15)
+
+
+def test_kick_ends_a_stream_stuck_on_a_full_socket(quiet):
+    """Regression: the drainer of a client that reads nothing waits on its socket; a kick
+    must interrupt that wait instead of leaving the stream open for the write-stall timeout."""
+    victim, boss = account(quiet), account(quiet, "boss")
+    room = unique("r")
+    assert victim.post("/api/rooms", {"name": room}).status == 201
+    baseline = metric(quiet, "chat_streams_open")
+    raw = RawStream(quiet, victim, room)
+    text = "x" * 3000
+    # 6 MB: more than the server's largest send buffer (4 MB here) plus the client's 4 KiB.
+    for i in range(2000):
+        assert victim.post(f"/api/rooms/{room}/messages", {"text": f"{i} {text}"}).status == 201
+    assert metric(quiet, "chat_streams_open") == baseline + 1
+    assert boss.post(f"/api/admin/users/{victim.auth_user}/kick").status == 200
+    assert wait_until(lambda: metric(quiet, "chat_streams_open") == baseline, timeout=10)
+    raw.read_to_end()  # what was in flight, then the end: the server closed the connection
+    raw.close()
