@@ -52,7 +52,7 @@ PRESENCE_SWEEP_SECS = 2.0  # how soon after expiry a dead worker's users are ann
 # opening at once cost about a hundred Redis calls, not 10,000.
 JOIN_BATCH_SECS = 0.05
 PING_CHUNK = http_chunk(PING)
-HUB_READ_CONNECTIONS = 4  # the listener's own reads (tails, backfills) never queue behind requests
+HUB_READ_CONNECTIONS = 4  # for the listener's own reads (tails, backfills)
 _CONTROL = CONTROL_CHANNEL.encode()
 _SIGNAL = b'{"type":'  # live-only events; publications start with {"id":
 
@@ -93,9 +93,7 @@ class Hub:
         # RESP2 on the Pub/Sub link: replies are plain [kind, channel, data] lists.
         self._pubsub_client = redis.Redis.from_url(redis_url, protocol=2, socket_timeout=None,
                                                    socket_connect_timeout=2)
-        self.broker = broker.bound_to(redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
-            redis_url, max_connections=HUB_READ_CONNECTIONS, timeout=config["CHAT_REDIS_TIMEOUT_SECS"],
-            socket_timeout=config["CHAT_REDIS_TIMEOUT_SECS"], socket_connect_timeout=2)))
+        self.broker = broker  # on a pool of its own (HUB_READ_CONNECTIONS), see chatapp.store
         self.presence = presence
         self.metrics = metrics
         self._rooms = {}

@@ -1,0 +1,40 @@
+"""The Redis pools: a connection handed out must be clean, checked without gevent's poll()."""
+
+import pytest
+import redis
+
+from chatapp.store import connection_pool
+
+
+@pytest.fixture
+def pool(redis_server):
+    pool = connection_pool(redis_server.url, max_connections=1, timeout=2)
+    yield pool
+    pool.disconnect()
+
+
+def test_connection_with_an_unread_reply_is_replaced_on_checkout(pool, redis_client):
+    redis_client.set("k", "v")
+    conn = pool.get_connection()
+    conn.send_command("PING")  # its reply is never read
+    pool.release(conn)
+    assert redis.Redis(connection_pool=pool).get("k") == b"v"  # not the stray PONG
+
+
+def test_connection_closed_by_the_server_is_replaced_on_checkout(pool, redis_client):
+    conn = pool.get_connection()
+    conn.send_command("CLIENT", "ID")
+    client_id = conn.read_response()
+    pool.release(conn)
+    redis_client.client_kill_filter(_id=client_id)
+    again = pool.get_connection()  # no retry involved: the check itself must notice
+    again.send_command("PING")
+    assert again.read_response() in (b"PONG", "PONG", True)
+    pool.release(again)
+
+
+def test_clean_connection_is_kept(pool):
+    conn = pool.get_connection()
+    pool.release(conn)
+    assert not conn.can_read()
+    assert pool.get_connection() is conn
