@@ -77,10 +77,11 @@ def when_ready(server):
 
 def tune_gc():
     """Fewer, cheaper cyclic-GC passes. A worker holds thousands of long-lived
-    streams (greenlets, sockets, readers); every full collection walks all of
-    them and stalls every stream at once. Freezing what start-up built and
-    collecting less often cut scenario (a)'s p99 from 99 to 50 ms
-    (docs/benchmarks.md). Reference counting still frees almost everything."""
+    streams (readers, sinks, sockets); every full collection walks all of them
+    and stalls every stream at once. Freezing what start-up built and
+    collecting less often cut scenario (a)'s p99 from 99 to 50 ms when each
+    stream was still a greenlet (docs/benchmarks.md). Reference counting
+    still frees almost everything."""
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 1000)

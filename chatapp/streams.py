@@ -110,6 +110,9 @@ class EventStream:
             sink.finish(self.ending_reason(exc))
         except OSError:
             sink.finish("client_gone")
+        except Exception:
+            log.exception("stream room=%s: failed while starting", self.reader.room)
+            sink.finish("server_error")  # the socket is ours now: nobody else would close it
         else:
             self.reader.go_direct(sink)
 
