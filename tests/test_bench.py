@@ -124,3 +124,10 @@ def test_smoke_run_against_the_peers(tmp_path):
             assert r["deliveries"] == r["expected"] > 0, r
         else:
             assert r["kib_per_stream"] is not None, r
+
+
+def test_flask_floor_runs(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "flask_floor.py"), "--seconds", "0.5", "--connections", "4"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "requests/s" in proc.stdout
