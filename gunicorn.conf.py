@@ -96,9 +96,18 @@ def post_worker_init(worker):
     def handle_exit(sig, frame):
         stop_accepting(sig, frame)
         # Not in the signal handler itself: closing takes a gevent lock.
-        gevent.spawn(hub.close, "draining")
+        worker.chat_closing = gevent.spawn(hub.close, "draining")
 
     signal.signal(signal.SIGTERM, handle_exit)
+
+
+def worker_exit(server, worker):
+    """Live streams no longer hold gunicorn's connection pool, so gunicorn would not wait
+    for them: let the hub finish closing them (farewells, presence leaves) first."""
+    closing = getattr(worker, "chat_closing", None)  # set only in a worker that got SIGTERM
+    if closing is not None:
+        closing.join(timeout=5)
+        gevent.sleep(0.1)  # drainers interrupted by the close finish on their own
 
 
 def child_exit(server, worker):

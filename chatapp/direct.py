@@ -22,8 +22,10 @@ gunicorn, HTTP/1.0) keeps the WSGI generator, which delivers the same bytes.
 """
 
 import _socket  # the C socket: gevent's monkey-patched one would wait instead of saying "full"
+import email.utils
 import logging
 import ssl
+import time
 
 import gevent
 from gevent import socket as gsocket
@@ -37,13 +39,14 @@ log = logging.getLogger(__name__)
 # A client that takes no byte for this long is gone; TCP alone would take many minutes to say so.
 WRITE_STALL_SECS = 60.0
 READ_DISCARD_BYTES = 4096  # clients don't talk on an SSE connection; whatever they send is dropped
-_HOP_BY_HOP = {"connection", "transfer-encoding", "content-length", "keep-alive"}
+_HOP_BY_HOP = {"connection", "transfer-encoding", "content-length", "keep-alive", "date"}
 
 
 class SocketSink:
     """One live stream's socket: written by the hub while idle, by its drainer while behind."""
 
-    __slots__ = ("_drainer", "_pending", "_sock", "_watcher", "_writing", "quiet", "reader", "stream")
+    __slots__ = ("_drainer", "_partial", "_pending", "_sock", "_watcher", "_writing", "last_write", "reader",
+                 "stream")
 
     def __init__(self, sock, reader, stream):
         self._sock = sock
@@ -52,7 +55,8 @@ class SocketSink:
         self._pending = b""
         self._drainer = None
         self._writing = False  # the drainer is waiting for the socket to drain
-        self.quiet = False  # nothing written since the last heartbeat tick
+        self._partial = False  # a chunk is partly sent: nothing else may be written into it
+        self.last_write = time.monotonic()
         self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
         self._watcher.start(self._readable)
 
@@ -62,8 +66,8 @@ class SocketSink:
         return self._drainer is None and self._sock is not None
 
     def write_now(self, data):
-        """Send without blocking; what the socket can't take now goes to the drainer."""
-        self.quiet = False
+        """Send one chunk without blocking; what the socket can't take now goes to the drainer."""
+        self.last_write = time.monotonic()
         try:
             sent = self._sock.send(data)
         except BlockingIOError:
@@ -72,14 +76,14 @@ class SocketSink:
             self.reader.close("client_gone")
             return
         if sent < len(data):
+            self._partial = sent > 0
             self._pending = data[sent:]
             self._drainer = gevent.spawn(self._drain)
 
-    def heartbeat(self, ping):
-        """Called every heartbeat interval: ping a stream that was quiet through all of it."""
-        if self.idle and self.quiet:
+    def heartbeat(self, ping, due):
+        """Ping the stream if nothing was written to it since ``due`` (and the hub may write)."""
+        if self.idle and self.last_write <= due:
             self.write_now(ping)
-        self.quiet = True
 
     def set(self):
         """The reader's wake-up: something was queued, it fell behind, or it was closed."""
@@ -100,13 +104,17 @@ class SocketSink:
         view = memoryview(data)
         while view:
             try:
-                view = view[self._sock.send(view):]
+                sent = self._sock.send(view)
             except BlockingIOError:
                 self._writing = True
                 try:
                     gsocket.wait_write(self._sock.fileno(), WRITE_STALL_SECS, TimeoutError)
                 finally:
                     self._writing = False
+                continue
+            view = view[sent:]
+            self._partial = bool(view)
+        self.last_write = time.monotonic()
 
     def _drain(self):
         reason = None
@@ -118,6 +126,10 @@ class SocketSink:
             reason = "client_gone"
         except (StoreUnavailable, *REDIS_ERRORS) as exc:
             reason = self.stream.ending_reason(exc)
+        except Exception:
+            # Never leave an open stream behind a drainer that died: its cursor would skip ahead.
+            log.exception("stream room=%s: drainer failed", self.reader.room)
+            reason = "server_error"
         finally:
             self._drainer = None
         if reason:
@@ -153,19 +165,26 @@ class SocketSink:
         gevent.spawn(self.reader.close, "client_gone")
 
     def finish(self, reason):
-        """Say goodbye (unless the client is gone), close the socket, then the stream's books."""
+        """Say goodbye (unless the client is gone or a chunk is half sent), close the socket,
+        settle the stream's books."""
         sock, self._sock = self._sock, None
         if sock is None:
             return
         self._watcher.stop()
         self._watcher.close()
         farewell = self.stream.closed(reason)
-        if reason != "client_gone":
+        # Inside a half-sent chunk the farewell would corrupt it; a client that sees
+        # the connection end mid-event drops that event and resumes before it.
+        if reason != "client_gone" and not self._partial:
             try:
                 sock.send(http_chunk(farewell) + LAST_CHUNK)  # best effort; it is closing anyway
             except OSError:
                 pass
         sock.close()
+        # Reader, sink and stream refer to each other; let reference counting free them
+        # now rather than at a full collection, which tune_gc makes rare.
+        self.reader.close_queue()
+        self.reader = self.stream = None
 
 
 class SocketTakeover:
@@ -195,7 +214,8 @@ class SocketTakeover:
         if take_over is None or not started[0].startswith("200"):
             start_response(*started)
             return body
-        take_over(_detach(sock), _response_head(started[0], started[1]))
+        head = _response_head(started[0], started[1])
+        take_over(_detach(sock), head)
         raise StopIteration  # gunicorn: "close this connection" (it no longer has one)
 
 
@@ -211,7 +231,7 @@ def _detach(sock):
 
 
 def _response_head(status, headers):
-    lines = [f"HTTP/1.1 {status}"]
+    lines = [f"HTTP/1.1 {status}", f"Date: {email.utils.formatdate(usegmt=True)}"]
     lines.extend(f"{name}: {value}" for name, value in headers if name.lower() not in _HOP_BY_HOP)
     lines += ["Transfer-Encoding: chunked", "Connection: close", "", ""]
     return "\r\n".join(lines).encode("latin-1")

@@ -391,17 +391,13 @@ class Hub:
 
     def _housekeeping(self):
         """End streams of expired sessions, keep presence fresh, drop rooms nobody reads."""
-        next_sweep = next_ping = 0.0
+        next_sweep = 0.0
         while not self.closed:
             gevent.sleep(WATCH_TICK_SECS)
             now = time.monotonic()
             try:
                 readers = self.readers()
-                if now >= next_ping:
-                    next_ping = now + self.heartbeat_secs
-                    for reader in readers:
-                        if reader.sink is not None:
-                            reader.sink.heartbeat(PING_CHUNK)
+                self._ping_quiet(readers, now)
                 if now >= next_sweep:
                     next_sweep = now + PRESENCE_SWEEP_SECS
                     self._tick_presence(now)
@@ -412,6 +408,14 @@ class Hub:
                 log.info("hub: housekeeping skipped (%s)", exc)
             except Exception:
                 log.exception("hub: housekeeping failed")
+
+    def _ping_quiet(self, readers, now):
+        """``: ping`` to direct streams with nothing written for a heartbeat (invariant 10);
+        WSGI-served streams ping themselves."""
+        due = now - self.heartbeat_secs
+        for reader in readers:
+            if reader.sink is not None:
+                reader.sink.heartbeat(PING_CHUNK, due)
 
     def _tick_presence(self, now):
         """Sweep expired presence in every room read here, refreshing our own streams' entries

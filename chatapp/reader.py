@@ -88,10 +88,10 @@ class Reader:
     def offer(self, publication):
         """Write or queue a publication (called by the listener; never blocks)."""
         sink = self.sink
-        if sink is not None and sink.idle:
+        if sink is not None and sink.idle and not self._queue and not self._behind:
             # Nothing queued (the sink's drainer only stops when the queue is
-            # empty), so the cursor check is all that stands between the
-            # publication and the socket.
+            # empty; if it ever didn't, queueing below restarts it), so the
+            # cursor check is all that stands between the publication and the socket.
             if publication.id is not None:
                 if publication.id <= self.last_id:
                     return
@@ -144,7 +144,11 @@ class Reader:
         if recent is not None:
             return self._advance(recent + self._take())
         page_size = self.hub.catchup_page
-        page, reset = self.hub.broker.catch_up(self.room, self.last_id, page_size)
+        try:
+            page, reset = self.hub.broker.catch_up(self.room, self.last_id, page_size)
+        except BaseException:
+            self._behind = True  # still behind: whoever retries must not skip ahead
+            raise
         self.hub.metrics.catchups.labels("stream").inc()
         if reset:
             self.last_id = reset.latest
@@ -158,6 +162,11 @@ class Reader:
     def close(self, reason):
         self.closed_reason = reason
         self._wake.set()
+
+    def close_queue(self):
+        """Drop what is queued and the sink: the stream has ended."""
+        self._queue = []
+        self.sink = None
 
     def _take(self):
         queue, self._queue = self._queue, []

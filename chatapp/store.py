@@ -27,7 +27,9 @@ class _PeekOnCheckout:
             return True  # data, or b"" for a connection the server closed: either way not clean
         except BlockingIOError:
             reader = getattr(self._parser, "_reader", None)  # hiredis may hold bytes already read
-            return bool(reader is not None and reader.has_data())
+            if reader is None:
+                return super().can_read(timeout)  # another parser: let it look at its own buffer
+            return reader.has_data()
         except OSError:
             return True
 
@@ -40,12 +42,17 @@ class _UnixConnection(_PeekOnCheckout, redis.UnixDomainSocketConnection):
     pass
 
 
+_PEEKING = {"redis": _TCPConnection, "unix": _UnixConnection}  # not rediss: a peek would see TLS records
+
+
 def connection_pool(url, max_connections, timeout):
     """A bounded pool: waiting longer for a pooled connection than for Redis itself makes no sense."""
-    connection_class = _UnixConnection if url.startswith("unix://") else _TCPConnection
+    options = {}
+    if url.partition("://")[0] in _PEEKING:
+        options["connection_class"] = _PEEKING[url.partition("://")[0]]
     return redis.BlockingConnectionPool.from_url(
-        url, connection_class=connection_class, max_connections=max_connections, timeout=timeout,
-        socket_timeout=timeout, socket_connect_timeout=2)
+        url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout, socket_connect_timeout=2,
+        **options)
 
 
 def init_app(app):

@@ -113,6 +113,9 @@ class EventStream:
         except Exception:
             log.exception("stream room=%s: failed while starting", self.reader.room)
             sink.finish("server_error")  # the socket is ours now: nobody else would close it
+        except BaseException:  # a worker stopping (GreenletExit): still close what we own
+            sink.finish("draining")
+            raise
         else:
             self.reader.go_direct(sink)
 

@@ -38,3 +38,8 @@ def test_clean_connection_is_kept(pool):
     pool.release(conn)
     assert not conn.can_read()
     assert pool.get_connection() is conn
+
+
+def test_tls_urls_keep_redis_pys_ssl_connection():
+    """Regression: the peeking class replaced SSLConnection, so rediss:// went out in plaintext."""
+    assert connection_pool("rediss://localhost:6380/0", 1, 1).connection_class is redis.SSLConnection
