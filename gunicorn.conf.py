@@ -22,8 +22,8 @@ bind = os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.env
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gevent"
 # A stream holds a connection slot only until it is live (then chatapp.direct
-# takes its socket out of gunicorn's pool); a burst of 10,000 opening at once
-# still needs the slots.
+# takes its socket out of gunicorn's pool; CHAT_MAX_STREAMS caps live ones); a
+# burst of 10,000 opening at once still needs the slots.
 worker_connections = int(os.environ.get("CHAT_WORKER_CONNECTIONS", "11000"))
 # Streams end themselves on SIGTERM (see post_worker_init); this only bounds stragglers.
 graceful_timeout = 10

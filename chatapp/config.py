@@ -80,6 +80,8 @@ SETTINGS = (
     Setting("CHAT_POLL_MAX_TIMEOUT_SECS", float, 60.0, "Cap on the long-poll `timeout`.", 0, 600),
     Setting("CHAT_HISTORY_MAX_LIMIT", int, 200, "Cap on history `limit`.", 1, 10_000),
     Setting("CHAT_BACKLOG_MAX", int, 200, "Cap on SSE `backlog`.", 0, 10_000),
+    Setting("CHAT_MAX_STREAMS", int, 10_000, "Streams and long-polls one worker holds at most; "
+            "past it a stream is told to retry (`event: retry`, reason `busy`), a long-poll gets a 503.", 1),
     Setting("CHAT_READER_QUEUE", int, 128, "Frames queued per reader before it is switched "
             "to catching up (bounds a slow reader's memory).", 1),
     Setting("CHAT_HUB_RING", int, 512, "Recent messages each worker keeps per active room, so "

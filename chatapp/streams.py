@@ -56,7 +56,11 @@ def _open_reader(room):
     current_rooms().require(room)
     user = current_user()
     enforce("CHAT_RATE_STREAMS", user)
-    return current_hub().reader(room, user, current_sid())
+    hub = current_hub()
+    # Live streams don't hold gunicorn's connection slots (chatapp.direct), so this is the cap.
+    if hub.reader_count() >= current_app.config["CHAT_MAX_STREAMS"]:
+        raise StoreUnavailable("This worker holds as many streams as it may; retry shortly.", code="busy")
+    return hub.reader(room, user, current_sid())
 
 
 @bp.get("/<room>/events")

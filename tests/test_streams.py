@@ -153,3 +153,20 @@ def test_long_poll_uses_the_hub_not_a_connection_per_request(alice, app, redis_c
     assert not [c for c in clients if "b" in c["flags"]]  # nobody blocks in XREAD
     later = send(alice, "wakes them all")
     assert all(g.get().json["messages"] == [later] for g in waiting)
+
+
+def test_worker_at_its_stream_cap_tells_streams_to_retry_and_polls_to_come_back(alice, app):
+    app.config["CHAT_MAX_STREAMS"] = 2
+    held = [LocalStream(alice, "/api/rooms/general/events") for _ in range(2)]
+    for stream in held:
+        stream.next_event()
+        stream.next_event()  # "ready": registered with the hub
+    refused = LocalStream(alice, "/api/rooms/general/events")
+    assert refused.status == 200  # EventSource would give up for good on anything else
+    event = refused.next_event()
+    assert event["event"] == "retry" and json.loads(event["data"])["reason"] == "busy"
+    poll = alice.get("/api/rooms/general/poll?timeout=0")
+    assert poll.status_code == 503 and poll.json["error"] == "busy"
+    held[0].close()
+    gevent.sleep(0.1)
+    assert LocalStream(alice, "/api/rooms/general/events").next_event(timeout=1)["comments"] == ["stream open"]
