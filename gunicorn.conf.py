@@ -103,11 +103,14 @@ def post_worker_init(worker):
 
 def worker_exit(server, worker):
     """Live streams no longer hold gunicorn's connection pool, so gunicorn would not wait
-    for them: let the hub finish closing them (farewells, presence leaves) first."""
-    closing = getattr(worker, "chat_closing", None)  # set only in a worker that got SIGTERM
+    for them: let the hub finish closing them (farewells, presence leaves) first, also
+    when the worker ends without a SIGTERM (max_requests, a lost parent)."""
+    closing = getattr(worker, "chat_closing", None)
+    app = getattr(worker, "wsgi", None)
+    if closing is None and hasattr(app, "extensions"):  # in a worker; the arbiter calls this too
+        closing = gevent.spawn(app.extensions["chat.hub"].close, "draining")
     if closing is not None:
         closing.join(timeout=5)
-        gevent.sleep(0.1)  # drainers interrupted by the close finish on their own
 
 
 def child_exit(server, worker):

@@ -61,6 +61,11 @@ class SocketSink:
         self._watcher.start(self._readable)
 
     @property
+    def drainer(self):
+        """The greenlet writing for this stream while it is behind, or None."""
+        return self._drainer
+
+    @property
     def idle(self):
         """True while the hub may write to the socket itself."""
         return self._drainer is None and self._sock is not None
@@ -172,19 +177,21 @@ class SocketSink:
             return
         self._watcher.stop()
         self._watcher.close()
-        farewell = self.stream.closed(reason)
-        # Inside a half-sent chunk the farewell would corrupt it; a client that sees
-        # the connection end mid-event drops that event and resumes before it.
-        if reason != "client_gone" and not self._partial:
-            try:
-                sock.send(http_chunk(farewell) + LAST_CHUNK)  # best effort; it is closing anyway
-            except OSError:
-                pass
-        sock.close()
-        # Reader, sink and stream refer to each other; let reference counting free them
-        # now rather than at a full collection, which tune_gc makes rare.
-        self.reader.close_queue()
-        self.reader = self.stream = None
+        try:
+            farewell = self.stream.closed(reason)
+            # Inside a half-sent chunk the farewell would corrupt it; a client that sees
+            # the connection end mid-event drops that event and resumes before it.
+            if reason != "client_gone" and not self._partial:
+                try:
+                    sock.send(http_chunk(farewell) + LAST_CHUNK)  # best effort; it is closing anyway
+                except OSError:
+                    pass
+        finally:
+            sock.close()
+            # Reader, sink and stream refer to each other; let reference counting free them
+            # now rather than at a full collection, which tune_gc makes rare.
+            self.reader.close_queue()
+            self.reader = self.stream = None
 
 
 class SocketTakeover:

@@ -52,6 +52,7 @@ PRESENCE_SWEEP_SECS = 2.0  # how soon after expiry a dead worker's users are ann
 # opening at once cost about a hundred Redis calls, not 10,000.
 JOIN_BATCH_SECS = 0.05
 PING_CHUNK = http_chunk(PING)
+CLOSE_WAIT_SECS = 3.0  # for drainers to end their streams at shutdown (a Redis read is at most 5 s)
 HUB_READ_CONNECTIONS = 4  # for the listener's own reads (tails, backfills)
 _CONTROL = CONTROL_CHANNEL.encode()
 _SIGNAL = b'{"type":'  # live-only events; publications start with {"id":
@@ -90,6 +91,8 @@ class Hub:
         self.ping_secs = config["CHAT_HUB_PING_SECS"]
         self.linger_secs = config["CHAT_ROOM_LINGER_SECS"]
         self.heartbeat_secs = config["CHAT_HEARTBEAT_SECS"]
+        self.max_readers = config["CHAT_MAX_STREAMS"]
+        self._reader_count = 0
         # RESP2 on the Pub/Sub link: replies are plain [kind, channel, data] lists.
         self._pubsub_client = redis.Redis.from_url(redis_url, protocol=2, socket_timeout=None,
                                                    socket_connect_timeout=2)
@@ -114,19 +117,30 @@ class Hub:
         return [reader for room in self._rooms.values() for reader in room.readers]
 
     def reader_count(self):
-        return sum(len(room.readers) for room in self._rooms.values())
+        return self._reader_count
+
+    def check_capacity(self):
+        """Refuse a reader past ``CHAT_MAX_STREAMS``: live streams don't hold gunicorn's
+        connection slots (chatapp.direct), so this is what bounds them."""
+        if self._reader_count >= self.max_readers:
+            raise StoreUnavailable("This worker holds as many streams as it may; retry shortly.", code="busy")
 
     def attach(self, reader):
         """Register ``reader`` and wait for its room's subscription; return "now"."""
         if self.closed:
             raise StoreUnavailable("This worker is shutting down; reconnect.", code="draining")
+        self.check_capacity()  # then count it before anything can yield: a burst can't overshoot
         self._ensure_started()
         room = self._rooms.get(reader.channel)
-        if room is None:
+        subscribe = room is None
+        if subscribe:
             room = self._rooms[reader.channel] = _Room(reader.room, reader.channel, self.ring_size)
-            self._send("SUBSCRIBE", reader.channel)
-        room.readers.add(reader)
+        if reader not in room.readers:
+            room.readers.add(reader)
+            self._reader_count += 1
         room.idle_since = None
+        if subscribe:
+            self._send("SUBSCRIBE", reader.channel)
         if room.ready.is_set():
             return room.last_id
         if not room.ready.wait(self.subscribe_timeout):
@@ -137,8 +151,9 @@ class Hub:
     def detach(self, reader):
         self._count_delivered([reader])
         room = self._rooms.get(reader.channel)
-        if room is not None:
-            room.readers.discard(reader)
+        if room is not None and reader in room.readers:
+            room.readers.remove(reader)
+            self._reader_count -= 1
             if not room.readers:
                 room.idle_since = time.monotonic()
 
@@ -217,10 +232,14 @@ class Hub:
     def close(self, reason="draining"):
         """Close every reader (their clients resume elsewhere) and stop listening."""
         self.closed = True
-        for reader in self.readers():
+        readers = self.readers()
+        for reader in readers:
             reader.close(reason)
         gevent.killall(self._greenlets, block=False)
         self._disconnect(self._conn)
+        # Drainers still finishing (a catch-up read in flight) end their streams themselves.
+        gevent.joinall([r.sink.drainer for r in readers if r.sink is not None and r.sink.drainer is not None],
+                       timeout=CLOSE_WAIT_SECS)
         self._flush_leaves()  # now: the worker may exit before a batch timer fires
 
     @property

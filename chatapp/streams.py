@@ -2,6 +2,7 @@
 
 import logging
 import os
+import random
 import time
 
 from flask import Blueprint, Response, current_app, request
@@ -42,6 +43,8 @@ def _come_back_later(error):
     if request.endpoint != "streams.events":
         return error_response(error)
     retry_ms = current_app.config["CHAT_RETRY_MS"]
+    if error.code == "busy":  # spread the crowd a full worker turns away
+        retry_ms = int(retry_ms * random.uniform(1.0, 2.0))
     if "Retry-After" in error.headers:
         retry_ms = max(retry_ms, int(error.headers["Retry-After"]) * 1000)
     return _retry_stream(error.code, retry_ms)
@@ -55,11 +58,9 @@ def _open_reader(room):
     """Checks shared by SSE and long-poll, then a reader bound to who is asking."""
     current_rooms().require(room)
     user = current_user()
-    enforce("CHAT_RATE_STREAMS", user)
     hub = current_hub()
-    # Live streams don't hold gunicorn's connection slots (chatapp.direct), so this is the cap.
-    if hub.reader_count() >= current_app.config["CHAT_MAX_STREAMS"]:
-        raise StoreUnavailable("This worker holds as many streams as it may; retry shortly.", code="busy")
+    hub.check_capacity()  # before the rate limit: a client told "busy" shouldn't pay for it
+    enforce("CHAT_RATE_STREAMS", user)
     return hub.reader(room, user, current_sid())
 
 

@@ -156,7 +156,7 @@ def test_long_poll_uses_the_hub_not_a_connection_per_request(alice, app, redis_c
 
 
 def test_worker_at_its_stream_cap_tells_streams_to_retry_and_polls_to_come_back(alice, app):
-    app.config["CHAT_MAX_STREAMS"] = 2
+    app.extensions["chat.hub"].max_readers = 2
     held = [LocalStream(alice, "/api/rooms/general/events") for _ in range(2)]
     for stream in held:
         stream.next_event()
@@ -170,3 +170,18 @@ def test_worker_at_its_stream_cap_tells_streams_to_retry_and_polls_to_come_back(
     held[0].close()
     gevent.sleep(0.1)
     assert LocalStream(alice, "/api/rooms/general/events").next_event(timeout=1)["comments"] == ["stream open"]
+
+
+def test_a_burst_of_opens_cannot_overshoot_the_stream_cap(alice, app):
+    """Regression: the cap was checked before the request yielded (session save, head
+    write) and counted only at attach, so 8 concurrent opens passed a cap of 2."""
+    hub = app.extensions["chat.hub"]
+    hub.max_readers = 2
+    streams = [gevent.spawn(LocalStream, alice, "/api/rooms/general/events") for _ in range(8)]
+    answers = []
+    for stream in (g.get(timeout=5) for g in streams):
+        stream.next_event()  # the preamble
+        answers.append(stream.next_event())  # "ready", or the retry of a stream turned away
+    assert hub.reader_count() == 2
+    assert sorted(a["event"] for a in answers) == ["ready"] * 2 + ["retry"] * 6
+    assert all(json.loads(a["data"])["reason"] == "busy" for a in answers if a["event"] == "retry")
