@@ -48,8 +48,8 @@ RECONNECT_MAX_SECS = 2.0  # a restarting Redis is back within seconds; don't wai
 SILENT_PINGS = 3  # a Pub/Sub link this many pings without a reply is dead
 WATCH_TICK_SECS = 0.5  # an expired session's streams must stop within 2 s
 PRESENCE_SWEEP_SECS = 2.0  # how soon after expiry a dead worker's users are announced gone
-# Joins arriving within this window share one presence call: 10,000 streams
-# opening at once cost about a hundred Redis calls, not 10,000.
+# Joins (and leaves) arriving within this window share one presence call per room:
+# 10,000 streams opening at once cost about a hundred Redis calls, not 10,000.
 JOIN_BATCH_SECS = 0.05
 PING_CHUNK = http_chunk(PING)
 CLOSE_WAIT_SECS = 3.0  # for drainers to end their streams at shutdown (a Redis read is at most 5 s)
@@ -59,7 +59,7 @@ _SIGNAL = b'{"type":'  # live-only events; publications start with {"id":
 
 
 class _Room:
-    __slots__ = ("channel", "idle_since", "joining", "last_id", "name", "presence_due", "readers", "ready",
+    __slots__ = ("channel", "idle_since", "last_id", "name", "presence_due", "readers", "ready",
                  "ring", "ring_floor", "start_id")
 
     def __init__(self, name, channel, ring_size):
@@ -73,7 +73,6 @@ class _Room:
         self.ready = Flag()
         self.idle_since = None
         self.presence_due = 0.0  # when this worker next refreshes its readers' presence here
-        self.joining = None  # readers whose presence join is batched, or None
 
     def restart_at(self, tail):
         self.last_id = self.ring_floor = tail
@@ -105,7 +104,8 @@ class Hub:
         self._pid = None
         self._greenlets = []
         self._last_heard = 0.0
-        self._leaving = {}  # room name -> presence members whose streams ended, flushed in batches
+        self._joining = {}  # room name -> readers whose presence join waits for its batch
+        self._leaving = {}  # room name -> presence members whose streams ended, likewise
         self.closed = False
 
     # -- readers --------------------------------------------------------------
@@ -160,33 +160,34 @@ class Hub:
     def join_presence(self, reader, member):
         """Count ``reader`` in its room's presence (announced within ``JOIN_BATCH_SECS``)."""
         reader.presence_member = member
-        room = self._rooms.get(reader.channel)
-        if room is None:
-            return
-        if room.joining is None:
-            room.joining = []
-            gevent.spawn_later(JOIN_BATCH_SECS, self._flush_joins, room)
-        room.joining.append(reader)
-
-    def _flush_joins(self, room):
-        joining, room.joining = room.joining, None
-        members = [r.presence_member for r in joining if r in room.readers]  # not those gone already
-        if not members:
-            return
-        try:
-            self.presence.join_many(room.name, members)
-        except REDIS_ERRORS as exc:
-            room.presence_due = 0.0  # the next sweep adds them
-            log.info("hub: presence join in %s deferred (%s)", room.name, exc)
+        if reader.channel in self._rooms:
+            self._batch(self._joining, reader.room, reader, self._flush_joins)
 
     def leave_presence(self, reader):
         """Stop counting ``reader`` in its room's presence; leaves are batched like joins."""
         member, reader.presence_member = reader.presence_member, None
-        if member is None:
-            return
-        if not self._leaving:
-            gevent.spawn_later(JOIN_BATCH_SECS, self._flush_leaves)
-        self._leaving.setdefault(reader.room, []).append(member)
+        if member is not None:
+            self._batch(self._leaving, reader.room, member, self._flush_leaves)
+
+    @staticmethod
+    def _batch(pending, room, item, flush):
+        if not pending:
+            gevent.spawn_later(JOIN_BATCH_SECS, flush)
+        pending.setdefault(room, []).append(item)
+
+    def _flush_joins(self):
+        joining, self._joining = self._joining, {}
+        for name, readers in joining.items():
+            members = [r.presence_member for r in readers if r.presence_member]  # not those gone already
+            if not members:
+                continue
+            try:
+                self.presence.join_many(name, members)
+            except REDIS_ERRORS as exc:
+                room = self._rooms.get(readers[0].channel)
+                if room is not None:
+                    room.presence_due = 0.0  # the next sweep adds them
+                log.info("hub: presence join in %s deferred (%s)", name, exc)
 
     def _flush_leaves(self):
         leaving, self._leaving = self._leaving, {}

@@ -47,9 +47,8 @@ _PEEKING = {"redis": _TCPConnection, "unix": _UnixConnection}  # not rediss: a p
 
 def connection_pool(url, max_connections, timeout):
     """A bounded pool: waiting longer for a pooled connection than for Redis itself makes no sense."""
-    options = {}
-    if url.partition("://")[0] in _PEEKING:
-        options["connection_class"] = _PEEKING[url.partition("://")[0]]
+    scheme = url.partition("://")[0]
+    options = {"connection_class": _PEEKING[scheme]} if scheme in _PEEKING else {}
     return redis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=timeout, socket_timeout=timeout, socket_connect_timeout=2,
         **options)
