@@ -23,18 +23,14 @@ gunicorn, HTTP/1.0) keeps the WSGI generator, which delivers the same bytes.
 
 import _socket  # the C socket: gevent's monkey-patched one would wait instead of saying "full"
 import email.utils
-import logging
 import ssl
 import time
 
 import gevent
 from gevent import socket as gsocket
 
-from .errors import REDIS_ERRORS, StoreUnavailable
 from .reader import ReaderClosed, ReaderReset
 from .sse import LAST_CHUNK, http_chunk
-
-log = logging.getLogger(__name__)
 
 # A client that takes no byte for this long is gone; TCP alone would take many minutes to say so.
 WRITE_STALL_SECS = 60.0
@@ -125,16 +121,9 @@ class SocketSink:
         reason = None
         try:
             self._drain_until_idle()
-        except ReaderClosed as closed:
-            reason = closed.reason
-        except OSError:  # includes the write-stall timeout
-            reason = "client_gone"
-        except (StoreUnavailable, *REDIS_ERRORS) as exc:
+        except Exception as exc:
+            # Whatever it was, end the stream: left open behind a dead drainer, its cursor would skip ahead.
             reason = self.stream.ending_reason(exc)
-        except Exception:
-            # Never leave an open stream behind a drainer that died: its cursor would skip ahead.
-            log.exception("stream room=%s: drainer failed", self.reader.room)
-            reason = "server_error"
         finally:
             self._drainer = None
         if reason:
@@ -154,8 +143,7 @@ class SocketSink:
             if batch is None:
                 return  # caught up: the hub writes again
             if batch:
-                reader.delivered += len(batch)
-                self._pending = http_chunk(b"".join(p.frame for p in batch))
+                self._pending = http_chunk(reader.encode(batch))
 
     def _readable(self):
         """The client sent something or hung up (runs in gevent's hub: nothing here may block)."""

@@ -111,13 +111,8 @@ class EventStream:
             sink.write_blocking(head + sse.http_chunk(next(frames)))  # before waiting for anything
             for frame in frames:
                 sink.write_blocking(sse.http_chunk(frame))
-        except (ReaderClosed, StoreUnavailable, *REDIS_ERRORS) as exc:
+        except Exception as exc:  # the socket is ours now: nobody else would close it
             sink.finish(self.ending_reason(exc))
-        except OSError:
-            sink.finish("client_gone")
-        except Exception:
-            log.exception("stream room=%s: failed while starting", self.reader.room)
-            sink.finish("server_error")  # the socket is ours now: nobody else would close it
         except BaseException:  # a worker stopping (GreenletExit): still close what we own
             sink.finish("draining")
             raise
@@ -139,8 +134,7 @@ class EventStream:
         yield sse.Event({"worker": os.getpid()}, event="ready").encode()
         reader.hub.join_presence(reader, self.member)
         if initial:
-            reader.delivered += len(initial)
-            yield b"".join(p.frame for p in initial)
+            yield reader.encode(initial)
 
     def _next_frame(self):
         reader = self.reader
@@ -152,18 +146,22 @@ class EventStream:
             if batch is None:
                 return sse.PING
             if batch:
-                reader.delivered += len(batch)  # the hub adds these to the metric in bulk
-                return b"".join(p.frame for p in batch)
+                return reader.encode(batch)
 
     def ending_reason(self, exc):
-        """Why an exception ended the stream, as told to the client."""
+        """Why an exception ended the stream, as told to the client (logged if unexpected)."""
         if isinstance(exc, ReaderClosed):
             return exc.reason
         if isinstance(exc, StoreUnavailable):
             return exc.code
-        self.reader.hub.metrics.redis_errors.labels("stream").inc()
-        log.warning("stream room=%s: redis unavailable (%s: %s)", self.reader.room, type(exc).__name__, exc)
-        return "store_unavailable"
+        if isinstance(exc, REDIS_ERRORS):
+            self.reader.hub.metrics.redis_errors.labels("stream").inc()
+            log.warning("stream room=%s: redis unavailable (%s: %s)", self.reader.room, type(exc).__name__, exc)
+            return "store_unavailable"
+        if isinstance(exc, OSError):  # the client's socket, including a write stall
+            return "client_gone"
+        log.error("stream room=%s failed", self.reader.room, exc_info=exc)
+        return "server_error"
 
     @staticmethod
     def reset_frame(reset):
