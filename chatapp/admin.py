@@ -75,6 +75,21 @@ def _cli_user(name):
     return name
 
 
+@bp.cli.command("create")
+@click.argument("name")
+@click.password_option(help="The password (asked for, twice, when not given).")
+def create_command(name, password):
+    """Create user NAME, also one reserved by CHAT_ADMINS."""
+    from .errors import ChatError
+
+    try:
+        current_users().create(name, password, reserved_ok=True)
+    except ChatError as exc:
+        raise click.ClickException(exc.message) from None
+    admin = " (an admin)" if current_users().is_admin(name) else ""
+    click.echo(f"created {name}{admin}")
+
+
 @bp.cli.command("kick")
 @click.argument("name")
 def kick_command(name):

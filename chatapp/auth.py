@@ -8,7 +8,7 @@ from flask_wtf.csrf import generate_csrf
 from . import sessions
 from .errors import StoreUnavailable, Unauthorized
 from .params import request_fields, string_field
-from .ratelimit import enforce
+from .ratelimit import check, count, enforce
 from .users import USERNAME_RE, current_users
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
@@ -31,11 +31,27 @@ def current_sid():
     return None if request.authorization else getattr(session, "sid", None)
 
 
+class GuessLimits:
+    """HTTP Basic failures count against the login limits: per client IP and per name."""
+
+    def __init__(self, name):
+        self.keys = (("CHAT_RATE_LOGIN_IP", None), ("CHAT_RATE_LOGIN_USER", f"login:{name}"))
+
+    def check(self):
+        """429 (before any hash is spent) once either limit is used up."""
+        for setting, key in self.keys:
+            check(setting, key)
+
+    def failed(self):
+        for setting, key in self.keys:
+            count(setting, key)
+
+
 def _basic_user():
     auth = request.authorization
     if auth.type != "basic" or not auth.username or auth.password is None:
         return None
-    return current_users().authenticate_basic(auth.username, auth.password)
+    return current_users().authenticate_basic(auth.username, auth.password, GuessLimits(auth.username))
 
 
 def login_required(view):

@@ -139,6 +139,7 @@ class Broker:
         self.maxlen = maxlen
         self.idempotency_ttl = idempotency_ttl
         self._append_publish = redis.register_script(lua_script("append_publish"))
+        self._count_after = redis.register_script(lua_script("count_after"))
 
     def publish(self, room, user, text, idempotency_key=None):
         """Append and publish a message; return ``(Publication, created)``.
@@ -193,6 +194,14 @@ class Broker:
         for room in rooms:
             pipe.xrevrange(room_keys(room)[0], "+", "-", count=1)
         return [StreamId.from_bytes(e[0][0]) if e else ZERO for e in pipe.execute()]
+
+    def count_after(self, cursors, cap):
+        """For each ``{room: cursor}``, how many messages follow the cursor (at most ``cap``), in
+        one round trip; the entries are counted inside Redis, never sent."""
+        pipe = self.redis.pipeline(transaction=False)
+        for room, cursor in cursors.items():
+            self._count_after([room_keys(room)[0]], [str(cursor), cap], client=pipe)
+        return pipe.execute() if cursors else []
 
     def catch_up(self, room, cursor, count):
         """Up to ``count`` publications after ``cursor``, and a :class:`Reset` if it is stale.

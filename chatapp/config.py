@@ -93,9 +93,17 @@ SETTINGS = (
             "pings is dropped and reconnected.", 0.05, 60),
     Setting("CHAT_ROOM_LINGER_SECS", float, 5.0, "Keep a room subscribed this long after its last "
             "local reader leaves, so reconnects don't churn subscriptions.", 0, 3600),
+    Setting("CHAT_MAX_ROOMS", int, 1000, "Rooms the server holds at most (each is a stream in "
+            "Redis and a line in every room list); past it creating one is a 403 `rooms_full`.", 1),
+    Setting("CHAT_MAX_ROOMS_PER_USER", int, 20, "Rooms one account may create; past it a 403 "
+            "`room_quota`.", 0),
     Setting("CHAT_REDIS_POOL", int, 64, "Redis connections per worker for commands.", 1, 10_000),
     Setting("CHAT_REDIS_TIMEOUT_SECS", float, 5.0, "Socket timeout for Redis commands.", 0.1, 120),
     Setting("CHAT_SESSION_LIFETIME_SECS", int, 14 * 24 * 3600, "Session cookie lifetime.", 60),
+    Setting("CHAT_HASH_THREADS", int, 1, "Threads per worker that hash passwords (scrypt, ~100 ms of "
+            "CPU each), so sign-ins never stall a worker's streams.", 1, 64),
+    Setting("CHAT_HASH_QUEUE", int, 16, "Sign-ins that may wait for a hashing thread; past it a "
+            "503 `busy` with Retry-After.", 0, 10_000),
     Setting("CHAT_AUTH_CACHE_SECS", float, 300.0, "How long a verified HTTP Basic credential skips "
             "the password hash (the account and ban are still checked every request).", 0, 86400),
     Setting("CHAT_PRESENCE_TTL_SECS", float, 45.0, "A user held only by a dead worker leaves the "
@@ -111,11 +119,13 @@ SETTINGS = (
     Setting("CHAT_ADMINS", name_list, "", "Comma-separated usernames allowed to kick and ban."),
     Setting("CHAT_HTTPS", bool, False, "Served over HTTPS: session cookies get the Secure flag."),
     Setting("CHAT_RATE_MESSAGES", rate, "20 per 10 seconds", "Messages each user may send."),
-    Setting("CHAT_RATE_LOGIN_IP", rate, "10 per minute", "Login attempts per client IP."),
+    Setting("CHAT_RATE_LOGIN_IP", rate, "10 per minute", "Login attempts per client IP "
+            "(and failed HTTP Basic attempts)."),
     Setting("CHAT_RATE_LOGIN_USER", rate, "10 per minute", "Login attempts per username "
-            "(also password changes)."),
+            "(also password changes and failed HTTP Basic attempts)."),
     Setting("CHAT_RATE_REGISTER_IP", rate, "10 per hour", "Registrations per client IP."),
     Setting("CHAT_RATE_TYPING", rate, "30 per minute", "Typing notices each user may send."),
+    Setting("CHAT_RATE_ROOMS", rate, "10 per hour", "Rooms each user may create."),
     Setting("CHAT_RATE_STREAMS", rate, "60 per minute", "New SSE streams and long-polls each user "
             "may open (a long-poll client makes about 3 a minute)."),
 )

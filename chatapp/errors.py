@@ -57,6 +57,10 @@ class StoreUnavailable(ChatError):
     status, code, message = 503, "store_unavailable", "The message store is unavailable; retry shortly."
 
 
+class Busy(ChatError):
+    status, code, message = 503, "busy", "The server is busy; retry shortly."
+
+
 # Errors that mean "Redis can't serve us right now" (down, restarting, loading its AOF,
 # a read-only replica after failover): the client should retry, so they are 503s.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)

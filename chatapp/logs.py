@@ -2,11 +2,13 @@
 
 ``CHAT_LOG_FORMAT=json`` writes one JSON object per line (for log shippers).
 Request lines carry method, path (no query string), status, duration and the
-client address; credentials, cookies and message text are never logged.
+client address; credentials, cookies and message text are never logged. Text
+lines escape control characters, so no request can forge a line.
 """
 
 import json
 import logging
+import re
 import time
 
 from flask import g, request
@@ -14,6 +16,23 @@ from flask import g, request
 access = logging.getLogger("chatapp.access")
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s pid=%(process)d %(name)s: %(message)s"
+# Anything that could end a line or fool a terminal: a client's "%0A" in a path
+# must not start a line of its own that reads like ours.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text):
+    """``text`` with line breaks and other control characters as visible escapes."""
+    return _UNSAFE.sub(lambda m: m[0].encode("unicode_escape").decode("ascii"), text)
+
+
+class TextFormatter(logging.Formatter):
+    """The text format, one line per message whatever the message contains (a traceback,
+    which only the server writes, still follows on its own lines)."""
+
+    def formatMessage(self, record):
+        record.message = escape(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -33,7 +52,7 @@ def configure(log_format):
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(logging.StreamHandler())
-    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JsonFormatter() if log_format == "json" else TextFormatter(TEXT_FORMAT)
     for handler in root.handlers:
         handler.setFormatter(formatter)
     root.setLevel(logging.INFO)

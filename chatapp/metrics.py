@@ -26,6 +26,18 @@ from .errors import Forbidden
 bp = Blueprint("metrics", __name__)
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+# Label values come from fixed sets, never from the request as sent: an invented
+# method or path would otherwise add a series (a file per worker, a line in every
+# scrape) per request.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+OTHER = "other"
+
+
+def request_labels():
+    """``(endpoint, method)`` of this request, each from a fixed set."""
+    endpoint = request.endpoint if request.url_rule is not None else OTHER
+    method = request.method if request.method in METHODS else OTHER
+    return endpoint or OTHER, method
 
 
 class Metrics:
@@ -83,7 +95,7 @@ def init_app(app):
     @app.after_request
     def observe(response):
         if "started" in g:
-            metrics.request_seconds.labels(request.endpoint or "none", request.method).observe(
+            metrics.request_seconds.labels(*request_labels()).observe(
                 time.perf_counter() - g.started)
         return response
 

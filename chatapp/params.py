@@ -15,7 +15,10 @@ def request_fields():
     body is refused rather than guessed at.
     """
     if request.is_json:
-        data = request.get_json(silent=True)
+        try:
+            data = request.get_json(silent=True)
+        except RecursionError:  # "[[[[..." within the body cap: the parser gives up, not a 500
+            raise BadRequest("The JSON body is nested too deeply.", code="bad_json") from None
         if not isinstance(data, dict):
             raise BadRequest("The body must be a JSON object.", code="bad_json")
         return data

@@ -16,7 +16,7 @@ from limits.strategies import SlidingWindowCounterRateLimiter
 from .errors import RateLimited
 
 LIMITS = ("CHAT_RATE_MESSAGES", "CHAT_RATE_LOGIN_IP", "CHAT_RATE_LOGIN_USER", "CHAT_RATE_REGISTER_IP",
-          "CHAT_RATE_STREAMS", "CHAT_RATE_TYPING")
+          "CHAT_RATE_STREAMS", "CHAT_RATE_TYPING", "CHAT_RATE_ROOMS")
 
 
 class RateLimits:
@@ -30,18 +30,43 @@ class RateLimits:
 
     def hit(self, setting, key):
         """Count one hit of ``setting`` for ``key``; raise RateLimited past the limit."""
+        if not self._limiter.hit(self._limits[setting], setting, key):
+            self._refuse(setting, key)
+
+    def check(self, setting, key):
+        """Raise RateLimited if ``key`` has no hit of ``setting`` left, without counting one."""
+        if not self._limiter.test(self._limits[setting], setting, key):
+            self._refuse(setting, key)
+
+    def count(self, setting, key):
+        """Count one hit, whether or not it is over the limit (a failure already answered)."""
+        self._limiter.hit(self._limits[setting], setting, key)
+
+    def _refuse(self, setting, key):
         item = self._limits[setting]
-        if self._limiter.hit(item, setting, key):
-            return
         reset_at = self._limiter.get_window_stats(item, setting, key).reset_time
         retry_after = max(1, math.ceil(reset_at - time.time()))
         raise RateLimited(f"Rate limit of {item} exceeded; retry in {retry_after}s.",
                           headers={"Retry-After": str(retry_after)})
 
 
+def _key(key):
+    return (key or request.remote_addr or "-").lower()
+
+
 def enforce(setting, key=None):
     """Apply the limit named ``setting`` to ``key`` (default: the client's IP)."""
-    current_app.extensions["chat.ratelimits"].hit(setting, (key or request.remote_addr or "-").lower())
+    current_app.extensions["chat.ratelimits"].hit(setting, _key(key))
+
+
+def check(setting, key=None):
+    """:func:`enforce` without counting: a 429 if nothing is left."""
+    current_app.extensions["chat.ratelimits"].check(setting, _key(key))
+
+
+def count(setting, key=None):
+    """Count one against ``setting`` without refusing anything (a failure already answered)."""
+    current_app.extensions["chat.ratelimits"].count(setting, _key(key))
 
 
 def init_app(app):

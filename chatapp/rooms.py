@@ -2,17 +2,26 @@
 
 import re
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
-from .auth import login_required
-from .errors import BadRequest, NotFound
-from .params import request_fields, string_field
+from .auth import current_user, login_required
+from .broker import StreamId, lua_script
+from .errors import BadRequest, Forbidden, NotFound
+from .params import query_number, request_fields, string_field
+from .ratelimit import enforce
 
 bp = Blueprint("rooms", __name__, url_prefix="/api/rooms")
 
 ROOM_RE = re.compile(r"\A[a-z0-9_-]{1,64}\Z")
 DEFAULT_ROOM = "general"
-ROOMS_KEY = "chat:rooms"
+ROOMS_KEY = "chat:room-names"  # sorted set, every score 0: ZRANGE BYLEX pages it by name
+LEGACY_ROOMS_KEY = "chat:rooms"  # the plain set earlier releases kept; migrated at start
+ROOMS_PAGE_DEFAULT = 100
+ROOMS_PAGE_MAX = 500
+# The page asks for unread counts of every room it lists in one request; past this
+# many unread it shows "99+", so counting further would only cost Redis time.
+UNREAD_CAP = 100
+UNREAD_MAX_ROOMS = ROOMS_PAGE_MAX
 
 
 def validate_room_name(name):
@@ -22,18 +31,36 @@ def validate_room_name(name):
     return name
 
 
-class RoomRegistry:
-    """Room names in a Redis set; ``general`` always exists."""
+def created_count_key(user):
+    return f"chat:user-rooms:{user.lower()}"
 
-    def __init__(self, redis):
+
+class RoomRegistry:
+    """Room names in a Redis sorted set (paged by name); ``general`` always exists.
+
+    Creating rooms is bounded twice: ``CHAT_MAX_ROOMS`` in total (each room costs
+    memory in every listing and a stream in Redis) and ``CHAT_MAX_ROOMS_PER_USER``
+    per creator (so one account can't use up the total).
+    """
+
+    def __init__(self, redis, max_rooms, max_per_user):
         self.redis = redis
-        # Rooms are never deleted, so a name seen once needs no second lookup.
+        self.max_rooms = max_rooms
+        self.max_per_user = max_per_user
+        self._create = redis.register_script(lua_script("create_room"))
+        self._migrate = redis.register_script(lua_script("migrate_rooms"))
+        # Rooms are never deleted, so a name seen once needs no second lookup; the
+        # total cap bounds this set.
         self._known = {DEFAULT_ROOM}
+
+    def migrate(self):
+        """Bring the index up to date (idempotent; run by every worker at start)."""
+        return self._migrate([LEGACY_ROOMS_KEY, ROOMS_KEY], [DEFAULT_ROOM])
 
     def exists(self, name):
         if name in self._known:
             return True
-        if ROOM_RE.match(name) and self.redis.sismember(ROOMS_KEY, name):
+        if ROOM_RE.match(name) and self.redis.zscore(ROOMS_KEY, name) is not None:
             self._known.add(name)
             return True
         return False
@@ -44,20 +71,48 @@ class RoomRegistry:
             raise NotFound(f"No room named {name[:64]!r}.", code="unknown_room")
         return name
 
-    def create(self, name):
-        """Create a room; return True if it is new."""
-        validate_room_name(name)
-        created = name != DEFAULT_ROOM and bool(self.redis.sadd(ROOMS_KEY, name))
-        self._known.add(name)
-        return created
+    def require_many(self, names):
+        """``names`` if every room exists (one round trip for those not seen yet); a 404 otherwise."""
+        unseen = [name for name in names if name not in self._known]
+        if unseen:
+            scores = self.redis.zmscore(ROOMS_KEY, unseen)
+            for name, score in zip(unseen, scores):
+                if score is None:
+                    raise NotFound(f"No room named {name[:64]!r}.", code="unknown_room")
+                self._known.add(name)
+        return names
 
-    def names(self):
-        stored = {member.decode() for member in self.redis.smembers(ROOMS_KEY)}
-        return sorted(stored | {DEFAULT_ROOM})
+    def create(self, name, user):
+        """Create a room for ``user``; return True if it is new. Raises Forbidden at a cap."""
+        validate_room_name(name)
+        if self.exists(name):
+            return False
+        enforce("CHAT_RATE_ROOMS", user)  # only attempts to create count: opening one is free
+        outcome = self._create([ROOMS_KEY, created_count_key(user)], [name, self.max_rooms, self.max_per_user])
+        if outcome == -1:
+            raise Forbidden(f"This server holds its maximum of {self.max_rooms} rooms.", code="rooms_full")
+        if outcome == -2:
+            raise Forbidden(f"You have created the {self.max_per_user} rooms an account may create.",
+                            code="room_quota")
+        self._known.add(name)
+        return outcome == 1
+
+    def page(self, after, limit):
+        """Up to ``limit`` names after ``after`` (exclusive) by name, and whether more follow."""
+        start = f"({after}" if after else "-"
+        names = [n.decode() for n in self.redis.zrange(ROOMS_KEY, start, "+", bylex=True, offset=0,
+                                                        num=limit + 1)]
+        return names[:limit], len(names) > limit
 
 
 def init_app(app):
-    app.extensions["chat.rooms"] = RoomRegistry(app.extensions["chat.redis"])
+    registry = RoomRegistry(app.extensions["chat.redis"], app.config["CHAT_MAX_ROOMS"],
+                            app.config["CHAT_MAX_ROOMS_PER_USER"])
+    app.extensions["chat.rooms"] = registry
+    try:
+        registry.migrate()
+    except Exception as exc:  # Redis down at start: the first request that needs it says so
+        app.logger.warning("rooms: index not migrated at start (%s); will retry at the next start", exc)
 
 
 def current_rooms():
@@ -67,10 +122,16 @@ def current_rooms():
 @bp.get("")
 @login_required
 def list_rooms():
-    """Every room with the id of its newest message (clients derive unread counts)."""
-    names = current_rooms().names()
+    """A page of rooms by name, each with the id of its newest message (clients derive unread
+    counts). ``after=<name>`` continues where ``next`` of the previous page pointed."""
+    after = request.args.get("after") or None
+    if after is not None:
+        validate_room_name(after)
+    limit = query_number("limit", ROOMS_PAGE_DEFAULT, 1, ROOMS_PAGE_MAX)
+    names, more = current_rooms().page(after, limit)
     tails = current_app.extensions["chat.broker"].tails(names)
-    return jsonify(rooms=[{"name": name, "last_id": str(tail)} for name, tail in zip(names, tails)])
+    return jsonify(rooms=[{"name": name, "last_id": str(tail)} for name, tail in zip(names, tails)],
+                   next=names[-1] if more else None)
 
 
 @bp.post("")
@@ -78,6 +139,24 @@ def list_rooms():
 def create_room():
     """Create a room (201), or return the existing one (200)."""
     name = string_field(request_fields(), "name")
-    created = current_rooms().create(name)
+    created = current_rooms().create(name, current_user())
     return jsonify(room={"name": name}), 201 if created else 200
 
+
+@bp.post("/unread")
+@login_required
+def unread():
+    """Unread counts for many rooms in one request: ``{"rooms": {"<room>": "<last seen id>"}}``
+    gives ``{"unread": {"<room>": n}}``, n capped at ``UNREAD_CAP`` (means "that many or more")."""
+    rooms = request_fields().get("rooms")
+    if not isinstance(rooms, dict) or len(rooms) > UNREAD_MAX_ROOMS:
+        raise BadRequest(f"'rooms' must map at most {UNREAD_MAX_ROOMS} room names to message ids.",
+                         code="bad_field")
+    cursors = {}
+    for name, cursor in rooms.items():
+        if not isinstance(cursor, str):
+            raise BadRequest("Each room's value must be a message id.", code="bad_cursor")
+        cursors[validate_room_name(name)] = StreamId.parse(cursor)
+    current_rooms().require_many(list(cursors))
+    counts = current_app.extensions["chat.broker"].count_after(cursors, UNREAD_CAP)
+    return jsonify(unread=dict(zip(cursors, counts)), cap=UNREAD_CAP)

@@ -11,7 +11,15 @@ from . import sse
 from .auth import current_sid, current_user, login_required
 from .broker import StreamId
 from .direct import SocketSink
-from .errors import REDIS_ERRORS, RateLimited, StoreUnavailable, Unauthorized, count_redis_error, error_response
+from .errors import (
+    REDIS_ERRORS,
+    Busy,
+    RateLimited,
+    StoreUnavailable,
+    Unauthorized,
+    count_redis_error,
+    error_response,
+)
 from .messages import json_response
 from .params import query_cursor, query_number
 from .presence import POLL_CONNECTION, current_presence
@@ -50,7 +58,7 @@ def _come_back_later(error):
     return _retry_stream(error.code, retry_ms)
 
 
-for _error in (StoreUnavailable, RateLimited, *REDIS_ERRORS):
+for _error in (StoreUnavailable, RateLimited, Busy, *REDIS_ERRORS):
     bp.register_error_handler(_error, _come_back_later)
 
 

@@ -6,9 +6,10 @@ import re
 import time
 
 from flask import current_app
-from werkzeug.security import check_password_hash, generate_password_hash
+from werkzeug.security import generate_password_hash
 
 from .errors import BadRequest, Conflict, Forbidden
+from .passwords import Hasher
 
 USERNAME_RE = re.compile(r"\A[A-Za-z0-9._-]{2,32}\Z")
 PASSWORD_MIN_CHARS = 8
@@ -42,17 +43,25 @@ def _banned_key(name):
 class UserStore:
     """Accounts under ``chat:user:<lowercased name>`` (JSON), bans under ``chat:banned:<name>``."""
 
-    def __init__(self, redis, cache_secs):
+    def __init__(self, redis, hasher, cache_secs):
         self.redis = redis
+        self.hasher = hasher  # every hash runs in its threads, never on the event loop
         self.cache_secs = cache_secs
         # Hashed once so an unknown user costs the same hash as a wrong password.
         self._dummy_hash = generate_password_hash("not a real password")
         self._cache = {}
 
-    def create(self, name, password):
+    def create(self, name, password, *, reserved_ok=False):
+        """Create an account. Names in ``CHAT_ADMINS`` are reserved for the operator (the
+        ``flask users create`` command passes ``reserved_ok``): otherwise whoever registered
+        an admin's name first would get an admin's rights."""
         validate_username(name)
         validate_password(password)
-        record = {"name": name, "password": generate_password_hash(password),
+        if self.is_admin(name) and not reserved_ok:
+            raise Conflict("That username is reserved.", code="username_reserved")
+        if self.redis.exists(user_key(name)):  # don't spend a hash on a name that is taken
+            raise Conflict("That username is taken.", code="username_taken")
+        record = {"name": name, "password": self.hasher.hash(password),
                   "created": int(time.time())}
         if not self.redis.set(user_key(name), json.dumps(record), nx=True):
             raise Conflict("That username is taken.", code="username_taken")
@@ -71,7 +80,7 @@ class UserStore:
         """
         if not isinstance(name, str) or not isinstance(password, str) \
                 or not USERNAME_RE.match(name) or len(password) > PASSWORD_MAX_CHARS:
-            check_password_hash(self._dummy_hash, "x")
+            self.hasher.check(self._dummy_hash, "x")
             return None
         record, banned = self._load(name)
         if not self._verify(record, password):
@@ -82,27 +91,33 @@ class UserStore:
 
     def _verify(self, record, password):
         stored = record["password"] if record else self._dummy_hash
-        return check_password_hash(stored, password) and record is not None
+        return self.hasher.check(stored, password) and record is not None
 
-    def authenticate_basic(self, name, password):
+    def authenticate_basic(self, name, password, guard):
         """:meth:`authenticate` for HTTP Basic, which sends the password with every request.
 
         The account and its ban are read every time (one MGET), but the scrypt
         hash is skipped when this process already verified the same password
         against the same stored hash: a password change or a deleted account
         takes effect at once, without paying tens of ms of CPU per request.
+
+        Every other attempt is a guess until proven right: ``guard.check()`` runs
+        before the hash (a 429 once the login limits are used up) and
+        ``guard.failed()`` counts a wrong one. A credential already verified here
+        skips both, so a stranger guessing at a name can't lock its owner's
+        working client out.
         """
         if not USERNAME_RE.match(name) or len(password) > PASSWORD_MAX_CHARS:
+            guard.failed()
             return None
         digest = hashlib.sha256(f"{name.lower()}\0{password}".encode()).digest()
         record, banned = self._load(name)
-        if record is None:
-            check_password_hash(self._dummy_hash, password)
-            return None
-        cached = self._cache.get(digest)
+        cached = self._cache.get(digest) if record else None
         now = time.monotonic()
         if not (cached and cached[0] == record["password"] and cached[1] > now):
-            if not check_password_hash(record["password"], password):
+            guard.check()
+            if not self._verify(record, password):
+                guard.failed()
                 return None
             if len(self._cache) >= _AUTH_CACHE_MAX:
                 self._cache.clear()
@@ -116,7 +131,7 @@ class UserStore:
         record, _ = self._load(name)
         if not self._verify(record, current if isinstance(current, str) else ""):
             raise Forbidden("The current password is wrong.", code="bad_credentials")
-        record["password"] = generate_password_hash(new)
+        record["password"] = self.hasher.hash(new)
         self.redis.set(user_key(name), json.dumps(record), xx=True)
 
     def exists(self, name):
@@ -133,7 +148,8 @@ class UserStore:
 
 
 def init_app(app):
-    app.extensions["chat.users"] = UserStore(app.extensions["chat.redis"],
+    hasher = Hasher(app.config["CHAT_HASH_THREADS"], app.config["CHAT_HASH_QUEUE"])
+    app.extensions["chat.users"] = UserStore(app.extensions["chat.redis"], hasher,
                                              app.config["CHAT_AUTH_CACHE_SECS"])
 
 

@@ -7,6 +7,10 @@
   const FIRST_BYTE_TIMEOUT_MS = 5000; // no "ready" event by then: a proxy buffers the stream
   const POLL_TIMEOUT_SECS = 25;
   const ROOMS_REFRESH_MS = 10000; // unread counts come from polling the room list, never extra streams
+  const ROOMS_PAGE = 500; // rooms per GET /api/rooms (the server's maximum)
+  const ROOMS_MAX_PAGES = 10; // a refresh reads at most this many pages of the room list
+  const UNREAD_BATCH = 500; // rooms per POST /api/rooms/unread (the server's maximum)
+  const ROOM_NAME = /^[a-z0-9_-]{1,64}$/; // the server's rule for room names
   const MAX_BACKOFF_MS = 15000;
   const SEND_ATTEMPTS = 6; // then the message is shown as failed, with a retry button
   const TYPING_SHOWN_MS = 4000; // "X is typing…" lasts this long after the last notice
@@ -117,7 +121,11 @@
 
   // ---- rooms ----
   function loadSeen() {
-    try { state.seen = JSON.parse(localStorage.getItem(`chat.seen.${state.me}`)) || {}; } catch (_) { state.seen = {}; }
+    let stored = {};
+    try { stored = JSON.parse(localStorage.getItem(`chat.seen.${state.me}`)) || {}; } catch (_) { /* none */ }
+    // Only well-formed ids: one bad value would fail the unread request of every room.
+    state.seen = Object.fromEntries(Object.entries(stored).filter(
+      ([name, id]) => ROOM_NAME.test(name) && typeof id === "string" && /^\d{1,20}-\d{1,20}$/.test(id)));
   }
   function markSeen(room, id) {
     if (!state.seen[room] || cmpId(id, state.seen[room]) > 0) {
@@ -126,13 +134,29 @@
     }
   }
 
+  // The whole room list, page by page (bounded), or null if it can't be read now.
+  async function fetchRooms() {
+    const rooms = [];
+    let after = null;
+    for (let page = 0; page < ROOMS_MAX_PAGES; page += 1) {
+      const query = after === null ? "" : `&after=${encodeURIComponent(after)}`;
+      const r = await api("GET", `/api/rooms?limit=${ROOMS_PAGE}${query}`);
+      if (r.status === 401) { showSignIn("Your session ended; sign in again."); return null; }
+      if (r.status !== 200) return null;
+      rooms.push(...r.data.rooms);
+      after = r.data.next;
+      if (!after) break;
+    }
+    return rooms;
+  }
+
   async function refreshRooms() {
-    const r = await api("GET", "/api/rooms");
-    if (r.status === 401) return showSignIn("Your session ended; sign in again.");
-    if (r.status !== 200) return;
+    const rooms = await fetchRooms();
+    if (!rooms) return;
     const firstLook = !state.roomsLoaded;
     state.roomsLoaded = true;
-    state.rooms = r.data.rooms;
+    state.rooms = rooms;
+    const behind = {}; // room -> the last id seen, for rooms with newer messages
     for (const room of state.rooms) {
       if (room.name === state.room) continue;
       if (!state.seen[room.name]) {
@@ -140,15 +164,33 @@
         // while you are here is unread from its first message.
         markSeen(room.name, firstLook ? room.last_id : "0-0");
       }
-      if (cmpId(room.last_id, state.seen[room.name]) > 0) await countUnread(room.name);
+      if (cmpId(room.last_id, state.seen[room.name]) > 0) behind[room.name] = state.seen[room.name];
       else state.unread[room.name] = 0;
     }
+    await countUnread(behind);
     renderRooms();
   }
 
-  async function countUnread(room) {
-    const r = await api("GET", `/api/rooms/${room}/messages?after=${state.seen[room]}&limit=100`);
-    if (r.status === 200) state.unread[room] = r.data.more ? "99+" : r.data.messages.length;
+  // Unread counts of many rooms in one request (per UNREAD_BATCH rooms), never one per room.
+  async function countUnread(behind) {
+    const names = Object.keys(behind);
+    for (let i = 0; i < names.length; i += UNREAD_BATCH) {
+      const rooms = {};
+      for (const name of names.slice(i, i + UNREAD_BATCH)) rooms[name] = behind[name];
+      let r = await api("POST", "/api/rooms/unread", { rooms });
+      if (r.status === 403 && r.data && r.data.error === "csrf_failed") {
+        await refreshCsrf();
+        r = await api("POST", "/api/rooms/unread", { rooms });
+      }
+      if (r.status === 401) return showSignIn("Your session ended; sign in again.");
+      if (r.status !== 200) continue; // keep the counts shown; the next refresh tries again
+      const { unread, cap } = r.data;
+      for (const [name, count] of Object.entries(unread)) {
+        // Opened (or read) while we asked: that answer is stale.
+        if (name === state.room || state.seen[name] !== rooms[name]) continue;
+        state.unread[name] = count >= cap ? "99+" : count;
+      }
+    }
   }
 
   function renderRooms() {
@@ -649,6 +691,14 @@
   }
 
   // ---- start-up ----
+  // The room named by the URL fragment, or "" when there is none or it isn't a room
+  // name (a fragment that doesn't decode, e.g. "#%E0%A4%A", must not stop the page).
+  function roomFromHash() {
+    let name;
+    try { name = decodeURIComponent(location.hash.slice(1)); } catch (_) { return ""; }
+    return ROOM_NAME.test(name) ? name : "";
+  }
+
   async function enterChat(user) {
     state.me = user;
     state.roomsLoaded = false;
@@ -658,7 +708,7 @@
     loadSeen();
     loadOutbox();
     await refreshRooms();
-    const wanted = decodeURIComponent(location.hash.slice(1)) || localStorage.getItem("chat.room") || "general";
+    const wanted = roomFromHash() || localStorage.getItem("chat.room") || "general";
     await openRoom(wanted);
     drainOutbox();
     $("text").focus();
@@ -676,7 +726,7 @@
     window.addEventListener("online", () => { drainOutbox(); if (state.me) startLive(); });
     window.addEventListener("offline", () => setConn("offline", "offline"));
     window.addEventListener("hashchange", () => {
-      const room = decodeURIComponent(location.hash.slice(1));
+      const room = roomFromHash();
       if (state.me && room && room !== state.room) openRoom(room);
     });
     setInterval(() => { if (state.me) refreshRooms().catch(() => {}); }, ROOMS_REFRESH_MS);

@@ -208,9 +208,22 @@ class Gunicorn:
     def __exit__(self, *exc):
         self.stop()
 
+    def _env(self):
+        return {**os.environ, "REDIS_URL": self.redis_url, "WEB_CONCURRENCY": str(self.workers),
+                "SECRET_KEY": "test-secret", "BIND": "127.0.0.1:0", **self.extra_env}
+
+    def create_user(self, name, password):
+        """Create an account the operator's way (``flask users create``), as admins must be;
+        an existing account is left as it is. Returns an :class:`Api` signed in as it."""
+        result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi:app", "users", "create", name,
+                                 "--password", password], cwd=ROOT, env=self._env(), capture_output=True,
+                                text=True, check=False)
+        if result.returncode != 0 and "taken" not in result.stderr:
+            raise RuntimeError(f"flask users create {name} failed: {result.stderr}")
+        return Api(self.url, name, password)
+
     def start(self, timeout=30):
-        env = {**os.environ, "REDIS_URL": self.redis_url, "WEB_CONCURRENCY": str(self.workers),
-               "SECRET_KEY": "test-secret", "BIND": "127.0.0.1:0", **self.extra_env}
+        env = self._env()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -15,8 +15,11 @@ def config(config):
 
 @pytest.fixture
 def root(app):
+    """An admin, created the way an operator does (admin names can't be registered)."""
+    result = app.test_cli_runner().invoke(args=["users", "create", "root", "--password", PASSWORD])
+    assert result.exit_code == 0 and "created root (an admin)" in result.output
     client = app.test_client()
-    AuthActions(client).register("root")
+    assert AuthActions(client).login("root").status_code == 200
     return client
 
 
@@ -77,3 +80,17 @@ def test_cli_kick_ban_unban(app, bob):
     assert AuthActions(app.test_client()).login("bob").status_code == 200
     missing = runner.invoke(args=["users", "ban", "nobody"])
     assert missing.exit_code != 0 and "no user named" in missing.output
+
+
+def test_admin_names_are_reserved_until_the_operator_creates_them(app):
+    """Regression: anyone could register a name listed in CHAT_ADMINS and administer."""
+    for name in ("root", "OPS", "Ops"):
+        response = AuthActions(app.test_client()).register(name)
+        assert response.status_code == 409 and response.json["error"] == "username_reserved", name
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["users", "create", "ops"], input=f"{PASSWORD}\n{PASSWORD}\n").exit_code == 0
+    again = runner.invoke(args=["users", "create", "ops", "--password", PASSWORD])
+    assert again.exit_code != 0 and "taken" in again.output
+    ops = app.test_client()
+    assert AuthActions(ops).login("ops").status_code == 200
+    assert ops.get("/api/auth/me").json == {"user": "ops", "admin": True}

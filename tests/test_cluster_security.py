@@ -37,7 +37,7 @@ def session_client(server, name):
 def test_kick_closes_live_streams_on_both_workers_within_2_seconds(guarded, cluster_redis):
     name = unique("victim")
     account(guarded, name)
-    boss = account(guarded, "boss")
+    boss = guarded.create_user("boss", PASSWORD)
     api, cookie = session_client(guarded, name)
     streams = []
     while len({s.pid for s in streams}) < 2 and len(streams) < 30:

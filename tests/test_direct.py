@@ -109,7 +109,7 @@ def test_client_hanging_up_is_noticed_at_once_not_at_the_next_heartbeat(quiet):
 def test_kick_ends_a_stream_stuck_on_a_full_socket(quiet):
     """Regression: the drainer of a client that reads nothing waits on its socket; a kick
     must interrupt that wait instead of leaving the stream open for the write-stall timeout."""
-    victim, boss = account(quiet), account(quiet, quiet.admin)
+    victim, boss = account(quiet), quiet.create_user(quiet.admin, PASSWORD)
     room = unique("r")
     assert victim.post("/api/rooms", {"name": room}).status == 201
     baseline = metric(quiet, "chat_streams_open")

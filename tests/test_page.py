@@ -1,6 +1,9 @@
 """The chat page in a real headless Chromium against real gunicorn (2 gevent workers)."""
 
+import json
+import math
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -216,3 +219,94 @@ def test_unread_counts_and_switching_rooms_swaps_the_stream(person):
     wait_for_texts(bob, ["live in the side room"])
     say(bob, "bob answers")
     wait_for_texts(alice, ["bob answers"])
+
+
+def test_a_malformed_fragment_falls_back_to_general_without_a_page_error(person, web):
+    # Errors thrown before a listener could be attached (during the sign-in of person())
+    # are recorded by the page itself.
+    record = ("window.__errors = [];"
+              "addEventListener('error', (e) => window.__errors.push(String(e.message)));"
+              "addEventListener('unhandledrejection', (e) => window.__errors.push(String(e.reason)));")
+    name = unique("frag")
+    page = person(name=name, query="#%E0%A4%A", init_script=record)  # decodeURIComponent throws on it
+    expect(page.locator("#room-title")).to_have_text("#general")
+    assert page.evaluate("window.__errors") == []
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    # Changed while the page runs (hashchange), next to fragments that decode but name no room ...
+    for fragment in ("%C3%A9t%C3%A9", "no%20spaces", "x" * 65, "%E0%A4%A"):
+        page.evaluate(f"location.hash = {json.dumps(fragment)}")
+        assert page.evaluate("location.hash") == f"#{fragment}"
+        page.wait_for_timeout(100)
+        expect(page.locator("#room-title")).to_have_text("#general")
+    # ... and read at start-up by a page opened while signed in.
+    page.reload()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15000)
+    expect(page.locator("#room-title")).to_have_text("#general")
+    expect(page.locator("#signin")).to_be_hidden()
+    room = unique("frag")
+    assert Api(web.url, name, PASSWORD).post("/api/rooms", {"name": room}).status == 201
+    page.fill("#new-room-name", "general")  # refreshes the room list, stays in #general
+    page.click("#new-room button[type=submit]")
+    expect(page.locator(f"#room-list button[data-room='{room}']")).to_have_count(1)
+    page.evaluate(f"location.hash = {json.dumps(room)}")  # the listener still works
+    expect(page.locator("#room-title")).to_have_text(f"#{room}")
+    assert errors == []
+    assert page.evaluate("window.__errors") == []
+
+
+def test_a_room_list_refresh_asks_for_unread_counts_in_one_request(person, web):
+    writer_name = unique("writer")
+    Api(web.url).post("/api/auth/register", {"username": writer_name, "password": PASSWORD})
+    writer = Api(web.url, writer_name, PASSWORD)
+    rooms = [unique("a") for _ in range(5)]  # "a…": listed on the first pages
+    for room in rooms:
+        assert writer.post("/api/rooms", {"name": room}).status == 201
+        assert writer.post(f"/api/rooms/{room}/messages", {"text": "before"}).status == 201
+    page = person()  # rooms there when the page opens start as read
+    expect(page.locator(f"#room-list button[data-room='{rooms[0]}']")).to_have_count(1)
+    wanted = dict(zip(rooms, [0, 1, 2, 3, 101]))
+    for room, count in wanted.items():
+        for i in range(count):
+            assert writer.post(f"/api/rooms/{room}/messages", {"text": f"unread {i}"}).status == 201
+
+    # Small pages, so the page has to follow "next" through several of them.
+    page.route(re.compile(r"/api/rooms\?"),
+               lambda route: route.continue_(url=route.request.url.replace("limit=500", "limit=2")))
+    requests = []
+
+    def note(request):  # a named function: Playwright can't wrap a bound builtin like list.append
+        requests.append(request)
+
+    page.on("request", note)
+    page.reload()
+    expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15000)
+    expect(page.locator("#room-title")).to_have_text("#general")
+    for room, count in wanted.items():
+        badge = page.locator(f"#room-list button[data-room='{room}'] .badge")
+        if count:
+            expect(badge).to_have_text("99+" if count >= 100 else str(count))
+        else:
+            expect(badge).to_have_count(0)
+    sent = list(requests)  # before the periodic refresh (10 s) could add its own
+
+    paths = [request.url.split("/", 3)[3] for request in sent]
+    assert not [p for p in paths if re.match(r"api/rooms/[^/?]+/messages\?after=", p)], paths
+    assert not [p for p in paths if any(p.startswith(f"api/rooms/{room}/") for room in rooms)], paths
+    unread = [r for r in sent if r.method == "POST" and r.url.endswith("/api/rooms/unread")]
+    assert len(unread) == 1, paths
+    assert unread[0].headers.get("x-csrftoken")
+    asked = unread[0].post_data_json["rooms"]
+    assert set(asked) == {room for room, count in wanted.items() if count}  # only rooms with news
+
+    names, after = [], None
+    while True:
+        listing = writer.get("/api/rooms?limit=500" + (f"&after={after}" if after else "")).json
+        names += [room["name"] for room in listing["rooms"]]
+        after = listing["next"]
+        if not after:
+            break
+    listed = [p for p in paths if p.startswith("api/rooms?")]
+    assert len(listed) == min(math.ceil(len(names) / 2), 10), listed
+    shown = page.locator("#room-list button").evaluate_all("buttons => buttons.map((b) => b.dataset.room)")
+    assert shown == names[:20]

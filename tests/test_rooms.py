@@ -1,6 +1,10 @@
+import pytest
+
+from tests.conftest import GENEROUS_LIMITS
+
+
 def test_general_always_exists(alice):
-    rooms = alice.get("/api/rooms").json["rooms"]
-    assert rooms == [{"name": "general", "last_id": "0-0"}]
+    assert alice.get("/api/rooms").json == {"rooms": [{"name": "general", "last_id": "0-0"}], "next": None}
 
 
 def test_create_and_list_rooms_with_last_id(alice):
@@ -25,3 +29,88 @@ def test_unknown_room_is_404_everywhere(alice):
         response = getattr(alice, method)(url, json={"text": "x"} if method == "post" else None)
         assert response.status_code == 404, url
         assert response.json["error"] == "unknown_room"
+
+
+@pytest.mark.parametrize("config", [{"CHAT_MAX_ROOMS_PER_USER": 3, "CHAT_MAX_ROOMS": 100,
+                                     **GENEROUS_LIMITS}])
+def test_one_account_can_create_only_its_quota_of_rooms(alice, auth):
+    for i in range(3):
+        assert alice.post("/api/rooms", json={"name": f"mine-{i}"}).status_code == 201
+    refused = alice.post("/api/rooms", json={"name": "one-too-many"})
+    assert refused.status_code == 403 and refused.json["error"] == "room_quota"
+    assert alice.post("/api/rooms", json={"name": "mine-0"}).status_code == 200  # opening one is free
+    auth.register("bob")  # the same client, now signed in as bob: a quota of his own
+    assert alice.post("/api/rooms", json={"name": "bobs"}).status_code == 201
+
+
+@pytest.mark.parametrize("config", [{"CHAT_MAX_ROOMS": 4, **GENEROUS_LIMITS}])
+def test_the_server_holds_at_most_its_total_of_rooms(alice, redis_client):
+    # general counts: three more fit
+    for i in range(3):
+        assert alice.post("/api/rooms", json={"name": f"r{i}"}).status_code == 201
+    refused = alice.post("/api/rooms", json={"name": "r3"})
+    assert refused.status_code == 403 and refused.json["error"] == "rooms_full"
+    assert redis_client.zcard("chat:room-names") == 4
+
+
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_RATE_ROOMS": "2 per hour"}])
+def test_creating_rooms_is_rate_limited_per_user(alice):
+    assert alice.post("/api/rooms", json={"name": "a1"}).status_code == 201
+    assert alice.post("/api/rooms", json={"name": "a2"}).status_code == 201
+    refused = alice.post("/api/rooms", json={"name": "a3"})
+    assert refused.status_code == 429 and refused.json["error"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert alice.post("/api/rooms", json={"name": "a1"}).status_code == 200  # existing rooms still open
+
+
+def test_room_list_is_paged_by_name(alice):
+    names = sorted(f"p{i:02d}" for i in range(7))
+    for name in names:
+        alice.post("/api/rooms", json={"name": name})
+    seen, after, pages = [], None, 0
+    while True:
+        page = alice.get("/api/rooms", query_string={"limit": 3, **({"after": after} if after else {})}).json
+        pages += 1
+        assert len(page["rooms"]) <= 3
+        seen += [room["name"] for room in page["rooms"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert seen == sorted([*names, "general"]) and pages == 3
+    assert alice.get("/api/rooms?limit=501").status_code == 400
+    assert alice.get("/api/rooms?after=Not*A*Room").status_code == 400
+
+
+def test_rooms_kept_by_an_older_release_are_migrated(app, redis_client):
+    redis_client.sadd("chat:rooms", "old-one", "old-two")
+    app.extensions["chat.rooms"].migrate()
+    assert redis_client.exists("chat:rooms") == 0
+    names = [n.decode() for n in redis_client.zrange("chat:room-names", 0, -1)]
+    assert names == ["general", "old-one", "old-two"]
+
+
+def test_unread_counts_for_many_rooms_in_one_request(alice):
+    alice.post("/api/rooms", json={"name": "busy"})
+    first = alice.post("/api/rooms/busy/messages", json={"text": "m0"}).json["id"]
+    for i in range(4):
+        alice.post("/api/rooms/busy/messages", json={"text": f"m{i + 1}"})
+    response = alice.post("/api/rooms/unread", json={"rooms": {"busy": first, "general": "0-0"}})
+    assert response.status_code == 200
+    assert response.json == {"unread": {"busy": 4, "general": 0}, "cap": 100}
+
+
+def test_unread_counts_stop_at_the_cap(alice):
+    for i in range(101):
+        alice.post("/api/rooms/general/messages", json={"text": f"m{i}"})
+    assert alice.post("/api/rooms/unread", json={"rooms": {"general": "0"}}).json["unread"]["general"] == 100
+
+
+def test_unread_refuses_bad_input(alice):
+    for body, status, code in [({"rooms": {"nope": "0-0"}}, 404, "unknown_room"),
+                               ({"rooms": {"general": "x"}}, 400, "bad_cursor"),
+                               ({"rooms": {"general": 5}}, 400, "bad_cursor"),
+                               ({"rooms": ["general"]}, 400, "bad_field"),
+                               ({"rooms": {f"r{i}": "0" for i in range(501)}}, 400, "bad_field"),
+                               ({"rooms": {"Bad Name": "0"}}, 400, "bad_room")]:
+        response = alice.post("/api/rooms/unread", json=body)
+        assert (response.status_code, response.json["error"]) == (status, code), body

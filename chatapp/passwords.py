@@ -1,0 +1,52 @@
+"""Password hashing off the event loop.
+
+A scrypt hash costs about 100 ms of CPU. Run on a gevent worker's only thread,
+every hash would stall every stream that worker holds; run in threads, the hash
+(hashlib releases the GIL) overlaps with the event loop. The threads are few
+and the queue in front of them is bounded: past it a request is refused with a
+503 ``busy`` at once, so a flood of guesses costs at most those threads' CPU and
+never piles up waiting greenlets.
+"""
+
+import os
+
+from gevent.threadpool import ThreadPool
+from werkzeug.security import check_password_hash, generate_password_hash
+
+from .errors import Busy
+
+BUSY_RETRY_SECS = 1
+
+
+class Hasher:
+    """Hash and check passwords on ``threads`` OS threads, with at most ``queue`` waiting."""
+
+    def __init__(self, threads, queue):
+        self.threads = threads
+        self.capacity = threads + queue
+        self._waiting = 0
+        self._pool = None
+        self._pid = None
+
+    @property
+    def waiting(self):
+        """Hashes running or queued in this process now."""
+        return self._waiting
+
+    def _run(self, function, *args):
+        if self._waiting >= self.capacity:
+            raise Busy("Too many sign-ins are being checked right now; retry shortly.",
+                       headers={"Retry-After": str(BUSY_RETRY_SECS)})
+        if self._pid != os.getpid():  # threads don't survive a fork: one pool per worker
+            self._pool, self._pid = ThreadPool(self.threads), os.getpid()
+        self._waiting += 1
+        try:
+            return self._pool.apply(function, args)
+        finally:
+            self._waiting -= 1
+
+    def hash(self, password):
+        return self._run(generate_password_hash, password)
+
+    def check(self, stored_hash, password):
+        return self._run(check_password_hash, stored_hash, password)
