@@ -66,26 +66,21 @@ def login_required(view):
     return wrapped
 
 
-def _redis():
-    return current_app.extensions["chat.redis"]
-
-
-def _start_session(user):
-    """Sign ``user`` in on this browser with a brand-new session id."""
-    session.clear()
-    session["user"] = user
-    session.permanent = True
-    # A new id at login, so an id planted before it (fixation) is useless.
-    current_app.session_interface.regenerate(session)
-    sessions.remember(_redis(), user, session.sid)
-    g.user = user
+def _start_session(account):
+    """Sign ``account`` in on this browser with a brand-new session id."""
+    interface = current_app.session_interface
+    ended = interface.begin(session, account.name, account.record, current_app.permanent_session_lifetime)
+    broker = current_app.extensions["chat.broker"]
+    for sid in ended:  # past CHAT_MAX_SESSIONS_PER_USER the oldest sessions end
+        broker.publish_control("logged_out", sid=sid)
+    g.user = account.name
     g.pop("csrf_token", None)  # the token cached for the old session would not validate
-    return jsonify(user=user, csrf_token=generate_csrf())
+    return jsonify(user=account.name, csrf_token=generate_csrf())
 
 
 def end_user_sessions(user, reason):
     """End every session of ``user`` and close their streams on every worker and host."""
-    ended = sessions.end_all(_redis(), user)
+    ended = current_app.session_interface.end_all(user)
     current_app.extensions["chat.broker"].publish_control(reason, user=user)
     return ended
 
@@ -95,8 +90,8 @@ def register():
     """Create an account and sign it in."""
     enforce("CHAT_RATE_REGISTER_IP")
     fields = request_fields()
-    user = current_users().create(string_field(fields, "username"), string_field(fields, "password"))
-    return _start_session(user), 201
+    account = current_users().create(string_field(fields, "username"), string_field(fields, "password"))
+    return _start_session(account), 201
 
 
 @bp.post("/login")
@@ -107,10 +102,10 @@ def login():
     name = fields.get("username")
     if isinstance(name, str) and USERNAME_RE.match(name):  # only valid names become keys
         enforce("CHAT_RATE_LOGIN_USER", f"login:{name}")
-    user = current_users().authenticate(fields.get("username"), fields.get("password"))
-    if user is None:
+    account = current_users().authenticate(fields.get("username"), fields.get("password"))
+    if account is None:
         raise Unauthorized("Wrong username or password.", code="bad_credentials")
-    return _start_session(user)
+    return _start_session(account)
 
 
 @bp.post("/logout")
@@ -118,7 +113,7 @@ def logout():
     """End this session (and the streams it holds)."""
     user, sid = session.get("user"), current_sid()
     if user and sid:
-        sessions.forget(_redis(), user, sid)
+        current_app.session_interface.forget(user, sid)
         current_app.extensions["chat.broker"].publish_control("logged_out", sid=sid)
     session.clear()
     return jsonify(ok=True)
@@ -140,12 +135,12 @@ def change_password():
     user = current_user()
     enforce("CHAT_RATE_LOGIN_USER", f"login:{user}")
     fields = request_fields()
-    current_users().change_password(user, fields.get("current_password"),
-                                    string_field(fields, "new_password"))
+    account = current_users().change_password(user, fields.get("current_password"),
+                                              string_field(fields, "new_password"))
     end_user_sessions(user, "password_changed")
     if request.authorization:
         return jsonify(user=user)
-    return _start_session(user)
+    return _start_session(account)
 
 
 @bp.get("/me")

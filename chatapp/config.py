@@ -100,6 +100,11 @@ SETTINGS = (
     Setting("CHAT_REDIS_POOL", int, 64, "Redis connections per worker for commands.", 1, 10_000),
     Setting("CHAT_REDIS_TIMEOUT_SECS", float, 5.0, "Socket timeout for Redis commands.", 0.1, 120),
     Setting("CHAT_SESSION_LIFETIME_SECS", int, 14 * 24 * 3600, "Session cookie lifetime.", 60),
+    Setting("CHAT_MAX_SESSIONS_PER_USER", int, 50, "Sessions (signed-in browsers) one account keeps; "
+            "a login past it ends the oldest.", 1, 100_000),
+    Setting("CHAT_SESSION_RECHECK_SECS", float, 30.0, "Every open stream re-checks its session (or, "
+            "for HTTP Basic, the account and its ban) this often, so it ends within this even if "
+            "the message that should have ended it was missed.", 0.1, 3600),
     Setting("CHAT_HASH_THREADS", int, 1, "Threads per worker that hash passwords (scrypt, ~100 ms of "
             "CPU each), so sign-ins never stall a worker's streams.", 1, 64),
     Setting("CHAT_HASH_QUEUE", int, 16, "Sign-ins that may wait for a hashing thread; past it a "

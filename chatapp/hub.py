@@ -35,10 +35,10 @@ import redis
 from gevent.event import Event as Flag
 from gevent.lock import Semaphore
 
+from . import sessions
 from .broker import CONTROL_CHANNEL, Publication, Signal
 from .errors import REDIS_ERRORS, StoreUnavailable
 from .reader import Reader
-from .sessions import SESSION_KEY_PREFIX
 from .sse import PING, http_chunk
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class Hub:
         self.linger_secs = config["CHAT_ROOM_LINGER_SECS"]
         self.heartbeat_secs = config["CHAT_HEARTBEAT_SECS"]
         self.max_readers = config["CHAT_MAX_STREAMS"]
+        self.recheck_secs = config["CHAT_SESSION_RECHECK_SECS"]
         self._reader_count = 0
         # RESP2 on the Pub/Sub link: replies are plain [kind, channel, data] lists.
         self._pubsub_client = redis.Redis.from_url(redis_url, protocol=2, socket_timeout=None,
@@ -271,10 +272,14 @@ class Hub:
 
     def _listen(self):
         delay = RECONNECT_MIN_SECS
+        connected_before = False
         while not self.closed:
             conn = None
             try:
                 conn = self._connect()
+                if connected_before:
+                    self._recheck_all_sessions()
+                connected_before = True
                 delay = RECONNECT_MIN_SECS
                 self._serve(conn)
             except REDIS_ERRORS as exc:
@@ -450,18 +455,23 @@ class Hub:
             self.presence.tick(room.name, members)
 
     def _expire_sessions(self, readers, now):
-        """Readers whose session may have expired: ask Redis (one pipeline) and close the dead."""
-        due = [r for r in readers if r.expires_at is not None and r.expires_at <= now]
+        """Readers due a session check: ask Redis (one pipeline) and close those whose session
+        ended (or, for HTTP Basic, whose account was banned); the rest are checked again within
+        ``CHAT_SESSION_RECHECK_SECS``, whatever the control channel did or didn't say."""
+        due = [r for r in readers if r.expires_at <= now]
         if not due:
             return
-        pipe = self.broker.redis.pipeline(transaction=False)
-        for reader in due:
-            pipe.pttl(SESSION_KEY_PREFIX + reader.sid)
-        for reader, ttl_ms in zip(due, pipe.execute()):
-            if ttl_ms < 0:
-                reader.close("session_expired")
+        outcomes = sessions.recheck(self.broker.redis, [(r.user, r.sid) for r in due])
+        for reader, (reason, seconds_left) in zip(due, outcomes):
+            if reason:
+                reader.close(reason)
             else:
-                reader.expires_at = now + ttl_ms / 1000
+                reader.expires_at = now + min(seconds_left or self.recheck_secs, self.recheck_secs)
+
+    def _recheck_all_sessions(self):
+        """The link was down: a kick or logout may have been published meanwhile."""
+        for reader in self.readers():
+            reader.expires_at = 0.0
 
     def _prune(self, now):
         for channel, room in list(self._rooms.items()):

@@ -48,9 +48,10 @@ class Reader:
         self.channel = room_keys(room)[1].encode()
         self.user = user.lower()
         self.sid = sid  # the session it reads under; None for HTTP Basic
-        # The hub checks the session soon after opening (a logout or kick that raced
-        # the stream's start must still end it), then whenever its TTL runs out.
-        self.expires_at = time.monotonic() + FIRST_SESSION_CHECK_SECS if sid else None
+        # The hub checks the session (or for HTTP Basic the account) soon after opening,
+        # so a logout or kick that raced the stream's start still ends it, then again
+        # every CHAT_SESSION_RECHECK_SECS at most.
+        self.expires_at = time.monotonic() + FIRST_SESSION_CHECK_SECS
         self.last_id = None
         self.presence_member = None  # set while this stream counts in the room's presence
         # Written but not yet counted in chat_messages_delivered: a multiprocess

@@ -1,22 +1,47 @@
-"""Server-side sessions in Redis (flask-session), so any worker on any host knows you."""
+"""Server-side sessions in Redis (flask-session), so any worker on any host knows you.
+
+Three rules keep them safe:
+
+* Only signed-in users have a session in Redis. An anonymous visitor's CSRF
+  token (needed for the login form) lives in a signed cookie of its own, so
+  anonymous requests leave nothing behind in Redis.
+* Every session is in its user's index from the instant it exists: it is
+  created and indexed in one script (``lua/start_session.lua``), and ending a
+  user's sessions is one script too, so logout-everywhere, password changes,
+  kicks and bans always reach every session. A login whose account changed or
+  was banned after its password was checked is refused by that same script.
+* A stream re-checks its session every ``CHAT_SESSION_RECHECK_SECS`` (see
+  :func:`recheck`), so it ends within that even if the control message that
+  should have ended it was missed.
+"""
 
 import re
+import time
 from datetime import timedelta
 
 from flask import request
 from flask_session.redis import RedisSessionInterface
+from itsdangerous import BadSignature, URLSafeSerializer
 
-from .errors import REDIS_ERRORS
+from .broker import lua_script
+from .errors import REDIS_ERRORS, Forbidden, Unauthorized
+from .users import banned_key, user_key
 
 SESSION_KEY_PREFIX = "chat:session:"
 SESSION_COOKIE_NAME = "chat_session"
+ANON_CSRF_COOKIE = "chat_csrf"  # an anonymous visitor's CSRF token, signed; never in Redis
+CSRF_FIELD = "csrf_token"  # where flask-wtf keeps the raw token in the session
 _SID_RE = re.compile(r"\A[A-Za-z0-9_-]{16,128}\Z")
 UNAVAILABLE = "chat.session_unavailable"
 _LOADED_SID = "chat.session_loaded_sid"
 
 
+def index_key(user):
+    return f"chat:user-sessions:{user.lower()}"
+
+
 class RedisSessions(RedisSessionInterface):
-    """flask-session's Redis interface, with three guards.
+    """flask-session's Redis interface, with these guards.
 
     * A cookie that can't be one of our session ids never reaches Redis as a key.
     * Redis being down yields a null session plus a marker, so the view answers
@@ -24,67 +49,108 @@ class RedisSessions(RedisSessionInterface):
     * A session that existed when the request began is only ever *updated*
       (``SET XX``): a long-poll that outlives a logout or a kick must not write
       the ended session back to life when it finishes.
+    * A session without a user is never stored (see the module docstring).
     """
+
+    def __init__(self, app, client, max_per_user):
+        super().__init__(app, client=client, key_prefix=SESSION_KEY_PREFIX, permanent=True)
+        self.max_per_user = max_per_user
+        self._start = client.register_script(lua_script("start_session"))
+        self._end = client.register_script(lua_script("end_sessions"))
+        self._forget = client.register_script(lua_script("forget_session"))
+        self._anon_signer = URLSafeSerializer(app.secret_key, salt="chat-anonymous-csrf")
 
     def open_session(self, app, req):
         sid = req.cookies.get(app.config["SESSION_COOKIE_NAME"])
         if sid and not _SID_RE.match(sid):
-            return self.session_class(sid=self._generate_sid(self.sid_length), permanent=self.permanent)
-        try:
-            session = super().open_session(app, req)
-        except REDIS_ERRORS as exc:
-            req.environ[UNAVAILABLE] = exc
-            return None
-        if session.sid == sid:
+            session = self.session_class(sid=self._generate_sid(self.sid_length), permanent=self.permanent)
+        else:
+            try:
+                session = super().open_session(app, req)
+            except REDIS_ERRORS as exc:
+                req.environ[UNAVAILABLE] = exc
+                return None
+        if sid and session.sid == sid:
             req.environ[_LOADED_SID] = sid
+        elif "user" not in session:
+            token = self._anonymous_token(req)
+            if token:
+                session[CSRF_FIELD] = token
+                session.modified = False
         return session
+
+    def save_session(self, app, session, response):
+        if session.get("user") is None and session:  # anonymous, with a CSRF token at most
+            token = session.get(CSRF_FIELD)
+            if token and token != self._anonymous_token(request):
+                response.set_cookie(ANON_CSRF_COOKIE, self._anon_signer.dumps(token), httponly=True,
+                                    secure=self.get_cookie_secure(app), samesite=self.get_cookie_samesite(app),
+                                    path=self.get_cookie_path(app), domain=self.get_cookie_domain(app))
+            return
+        super().save_session(app, session, response)
+
+    def _anonymous_token(self, req):
+        signed = req.cookies.get(ANON_CSRF_COOKIE)
+        if not signed:
+            return None
+        try:
+            token = self._anon_signer.loads(signed)
+        except BadSignature:
+            return None
+        return token if isinstance(token, str) else None
 
     def _upsert_session(self, session_lifetime, session, store_id):
         existing = session.sid == request.environ.get(_LOADED_SID)
         self.client.set(store_id, self.serializer.encode(session),
                         ex=int(session_lifetime.total_seconds()), xx=existing)
 
+    def begin(self, session, user, record, lifetime):
+        """Sign ``user`` in on ``session`` under a new id (so an id planted before, fixation, is
+        useless), stored and indexed in one step. ``record`` is the account as read when the
+        password was checked. Returns the sids ended to keep the user within the cap."""
+        session.clear()
+        session["user"] = user
+        session.permanent = True
+        self.regenerate(session)
+        keys = [self._get_store_id(session.sid), index_key(user), user_key(user), banned_key(user)]
+        result = self._start(keys, [self.serializer.encode(session), int(lifetime.total_seconds()), session.sid,
+                                    record, SESSION_KEY_PREFIX, int(time.time() * 1000), self.max_per_user])
+        if result in (-1, -2):
+            session.clear()  # or the response's save would store it after all, unindexed
+            if result == -1:
+                raise Unauthorized("Wrong username or password.", code="bad_credentials")
+            raise Forbidden("This account is banned.", code="banned")
+        request.environ[_LOADED_SID] = session.sid  # stored: this response's save only updates it
+        return [sid.decode() for sid in result]
 
-def _index_key(user):
-    return f"chat:user-sessions:{user.lower()}"
+    def forget(self, user, sid):
+        self._forget([index_key(user)], [sid])
+
+    def end_all(self, user):
+        """Delete every session of ``user``; return how many were live."""
+        return self._end([index_key(user)], [SESSION_KEY_PREFIX])
 
 
-def remember(redis, user, sid):
-    """Index a session under its user: flask-session has no per-user list, and
-    "log out everywhere" and kicking need one.
-
-    The index has no expiry of its own (sessions are renewed by use, so any TTL
-    set here could run out under a live session and hide it from a kick or a
-    ban); sessions that expired are pruned from it here, at each login.
-    """
-    key = _index_key(user)
-    known = [sid.decode() for sid in redis.smembers(key)]
+def recheck(redis, readers):
+    """For each ``(user, sid)`` of a live stream (``sid`` None for HTTP Basic), whether it may go
+    on: ``(None, seconds its session has left)``, or ``(reason, None)`` to end it. One pipeline."""
     pipe = redis.pipeline(transaction=False)
-    for other in known:
-        pipe.exists(SESSION_KEY_PREFIX + other)
-    alive = pipe.execute() if known else []
-    pipe = redis.pipeline(transaction=False)
-    gone = [other for other, exists in zip(known, alive) if not exists]
-    if gone:
-        pipe.srem(key, *gone)
-    pipe.sadd(key, sid)
-    pipe.execute()
-
-
-def forget(redis, user, sid):
-    redis.srem(_index_key(user), sid)
-
-
-def end_all(redis, user):
-    """Delete every session of ``user``; return how many were live."""
-    sids = [sid.decode() for sid in redis.smembers(_index_key(user))]
-    if not sids:
-        return 0
-    pipe = redis.pipeline(transaction=False)
-    for sid in sids:
-        pipe.delete(SESSION_KEY_PREFIX + sid)
-    pipe.delete(_index_key(user))
-    return sum(pipe.execute()[:-1])
+    for user, sid in readers:
+        if sid:
+            pipe.pttl(SESSION_KEY_PREFIX + sid)
+        else:
+            pipe.exists(user_key(user))
+            pipe.exists(banned_key(user))
+    replies = iter(pipe.execute())
+    outcomes = []
+    for _, sid in readers:
+        if sid:
+            ttl_ms = next(replies)
+            outcomes.append(("session_expired", None) if ttl_ms < 0 else (None, ttl_ms / 1000))
+        else:
+            exists, banned = next(replies), next(replies)
+            outcomes.append(("banned" if banned else "account_gone" if not exists else None, None))
+    return outcomes
 
 
 def session_unavailable():
@@ -100,5 +166,4 @@ def init_app(app):
         SESSION_COOKIE_SECURE=app.config["CHAT_HTTPS"],
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=app.config["CHAT_SESSION_LIFETIME_SECS"]),
     )
-    app.session_interface = RedisSessions(
-        app, client=app.extensions["chat.redis"], key_prefix=SESSION_KEY_PREFIX, permanent=True)
+    app.session_interface = RedisSessions(app, app.extensions["chat.redis"], app.config["CHAT_MAX_SESSIONS_PER_USER"])

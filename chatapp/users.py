@@ -4,6 +4,7 @@ import hashlib
 import json
 import re
 import time
+from typing import NamedTuple
 
 from flask import current_app
 from werkzeug.security import generate_password_hash
@@ -36,8 +37,16 @@ def user_key(name):
     return f"chat:user:{name.lower()}"
 
 
-def _banned_key(name):
+def banned_key(name):
     return f"chat:banned:{name.lower()}"
+
+
+class Account(NamedTuple):
+    """A verified account: its canonical name, and its record as read (a login is only
+    accepted if the record is unchanged when the session is stored)."""
+
+    name: str
+    record: bytes
 
 
 class UserStore:
@@ -61,19 +70,19 @@ class UserStore:
             raise Conflict("That username is reserved.", code="username_reserved")
         if self.redis.exists(user_key(name)):  # don't spend a hash on a name that is taken
             raise Conflict("That username is taken.", code="username_taken")
-        record = {"name": name, "password": self.hasher.hash(password),
-                  "created": int(time.time())}
-        if not self.redis.set(user_key(name), json.dumps(record), nx=True):
+        record = json.dumps({"name": name, "password": self.hasher.hash(password),
+                             "created": int(time.time())}).encode()
+        if not self.redis.set(user_key(name), record, nx=True):
             raise Conflict("That username is taken.", code="username_taken")
-        return name
+        return Account(name, record)
 
     def _load(self, name):
-        """``(record or None, banned)`` in one round trip."""
-        raw, banned = self.redis.mget(user_key(name), _banned_key(name))
-        return (json.loads(raw) if raw else None), banned is not None
+        """``(raw record or None, record or None, banned)`` in one round trip."""
+        raw, banned = self.redis.mget(user_key(name), banned_key(name))
+        return raw, (json.loads(raw) if raw else None), banned is not None
 
     def authenticate(self, name, password):
-        """Return the canonical username, or None; raise Forbidden for a banned account.
+        """Return the :class:`Account`, or None; raise Forbidden for a banned account.
 
         An unknown user and a wrong password cost the same scrypt hash, so the
         answer and its timing don't reveal which names exist.
@@ -82,12 +91,12 @@ class UserStore:
                 or not USERNAME_RE.match(name) or len(password) > PASSWORD_MAX_CHARS:
             self.hasher.check(self._dummy_hash, "x")
             return None
-        record, banned = self._load(name)
+        raw, record, banned = self._load(name)
         if not self._verify(record, password):
             return None
         if banned:
             raise Forbidden("This account is banned.", code="banned")
-        return record["name"]
+        return Account(record["name"], raw)
 
     def _verify(self, record, password):
         stored = record["password"] if record else self._dummy_hash
@@ -111,7 +120,7 @@ class UserStore:
             guard.failed()
             return None
         digest = hashlib.sha256(f"{name.lower()}\0{password}".encode()).digest()
-        record, banned = self._load(name)
+        _, record, banned = self._load(name)
         cached = self._cache.get(digest) if record else None
         now = time.monotonic()
         if not (cached and cached[0] == record["password"] and cached[1] > now):
@@ -127,21 +136,24 @@ class UserStore:
         return record["name"]
 
     def change_password(self, name, current, new):
+        """Set a new password; return the :class:`Account` as now stored."""
         validate_password(new)
-        record, _ = self._load(name)
+        _, record, _ = self._load(name)
         if not self._verify(record, current if isinstance(current, str) else ""):
             raise Forbidden("The current password is wrong.", code="bad_credentials")
         record["password"] = self.hasher.hash(new)
-        self.redis.set(user_key(name), json.dumps(record), xx=True)
+        raw = json.dumps(record).encode()
+        self.redis.set(user_key(name), raw, xx=True)
+        return Account(record["name"], raw)
 
     def exists(self, name):
         return bool(USERNAME_RE.match(name)) and bool(self.redis.exists(user_key(name)))
 
     def set_banned(self, name, banned):
         if banned:
-            self.redis.set(_banned_key(name), "1")
+            self.redis.set(banned_key(name), "1")
         else:
-            self.redis.delete(_banned_key(name))
+            self.redis.delete(banned_key(name))
 
     def is_admin(self, name):
         return name is not None and name.lower() in current_app.config["CHAT_ADMINS"]

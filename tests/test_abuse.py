@@ -6,8 +6,9 @@ import re
 
 import pytest
 
-from chatapp.logs import TextFormatter, TEXT_FORMAT
-from tests.conftest import PASSWORD, AuthActions
+from chatapp.logs import TEXT_FORMAT, TextFormatter
+from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
+from tests.helpers import LocalStream
 from tests.test_auth import basic
 
 
@@ -194,3 +195,173 @@ def test_a_flood_of_sign_ins_past_the_hash_queue_is_told_to_retry(guarded, monke
     assert refused.headers["Retry-After"] == "1"
     blocked.release.set()
     assert [g.get(timeout=10).status_code for g in waiting] == [401, 401]
+
+
+# -- anonymous requests ---------------------------------------------------------------
+
+def test_anonymous_requests_leave_no_keys_in_redis(app, redis_client):
+    """Regression: each cookie-less GET /api/auth/csrf stored a session for 14 days."""
+    before = redis_client.dbsize()
+    for _ in range(1000):
+        client = app.test_client()  # a new visitor each time: no cookie
+        assert client.get("/api/auth/csrf").status_code == 200
+        client.get("/api/rooms")
+        client.get("/")
+    assert redis_client.dbsize() == before
+
+
+def test_the_anonymous_csrf_token_works_for_a_login_form(auth, app, redis_client):
+    auth.register("alice")
+    visitor = app.test_client()
+    token = visitor.get("/api/auth/csrf").json["csrf_token"]
+    assert visitor.get_cookie("chat_csrf") is not None and visitor.get_cookie("chat_session") is None
+    form = {"username": "alice", "password": PASSWORD}
+    assert visitor.post("/api/auth/login", data=form).status_code == 403  # no token: login CSRF
+    response = visitor.post("/api/auth/login", data=form, headers={"X-CSRFToken": token})
+    assert response.status_code == 200 and visitor.get("/api/auth/me").json["user"] == "alice"
+
+
+def test_a_forged_anonymous_csrf_cookie_is_refused(auth, app):
+    auth.register("alice")
+    visitor, other = app.test_client(), app.test_client()
+    token = other.get("/api/auth/csrf").json["csrf_token"]
+    visitor.set_cookie("chat_csrf", "forged.value")
+    response = visitor.post("/api/auth/login", data={"username": "alice", "password": PASSWORD},
+                            headers={"X-CSRFToken": token})
+    assert response.status_code == 403 and response.json["error"] == "csrf_failed"
+
+
+# -- sessions can't escape ---------------------------------------------------------------
+
+def indexed(redis_client, user):
+    return {sid.decode() for sid in redis_client.zrange(f"chat:user-sessions:{user}", 0, -1)}
+
+
+def stored_sessions_of(redis_client, app, user):
+    found = set()
+    for key in redis_client.scan_iter("chat:session:*"):
+        data = app.session_interface.serializer.decode(redis_client.get(key))
+        if data.get("user") == user:
+            found.add(key.decode().removeprefix("chat:session:"))
+    return found
+
+
+@pytest.mark.parametrize("config", [{"CHAT_HASH_QUEUE": 32, **GENEROUS_LIMITS}])
+def test_concurrent_logins_all_land_in_the_index(auth, app, redis_client):
+    """Regression: a login pruned another login's session from the index before it was stored."""
+    import gevent
+
+    auth.register("alice")
+    clients = [app.test_client() for _ in range(20)]
+    logins = [gevent.spawn(AuthActions(c).login, "alice") for c in clients]
+    assert [g.get(timeout=30).status_code for g in logins] == [200] * 20
+    sids = {c.get_cookie("chat_session").value for c in clients}
+    assert stored_sessions_of(redis_client, app, "alice") <= indexed(redis_client, "alice")
+    assert sids <= indexed(redis_client, "alice")
+    app.test_cli_runner().invoke(args=["users", "kick", "alice"])
+    assert stored_sessions_of(redis_client, app, "alice") == set()
+    assert all(c.get("/api/auth/me").status_code == 401 for c in clients)
+
+
+def verify_then(monkeypatch, app, action):
+    """Run ``action`` in the instant after a login's password check, before its session exists."""
+    users = app.extensions["chat.users"]
+    original = users.authenticate
+
+    def racing(name, password):
+        account = original(name, password)
+        with app.app_context():
+            action()
+        return account
+
+    monkeypatch.setattr(users, "authenticate", racing)
+
+
+def test_a_login_racing_a_ban_gets_no_session(auth, app, redis_client, monkeypatch):
+    auth.register("alice")
+    auth.logout()
+    from chatapp.admin import set_banned
+
+    verify_then(monkeypatch, app, lambda: set_banned("alice", True))
+    late = app.test_client()
+    response = AuthActions(late).login("alice")
+    assert response.status_code == 403 and response.json["error"] == "banned"
+    assert stored_sessions_of(redis_client, app, "alice") == set()
+
+
+def test_a_login_racing_a_kick_stays_reachable(auth, app, redis_client, monkeypatch):
+    auth.register("alice")
+    from chatapp.admin import kick
+
+    verify_then(monkeypatch, app, lambda: kick("alice"))
+    late = app.test_client()
+    assert AuthActions(late).login("alice").status_code == 200  # logged in after the kick: fine
+    assert stored_sessions_of(redis_client, app, "alice") == indexed(redis_client, "alice") != set()
+    monkeypatch.undo()
+    app.test_cli_runner().invoke(args=["users", "kick", "alice"])
+    assert late.get("/api/auth/me").status_code == 401
+
+
+def test_a_login_racing_a_password_change_is_refused(auth, app, redis_client, monkeypatch):
+    auth.register("alice")
+    users = app.extensions["chat.users"]
+    verify_then(monkeypatch, app, lambda: users.change_password("alice", PASSWORD, "a new password"))
+    response = AuthActions(app.test_client()).login("alice")  # checked against the old password
+    assert response.status_code == 401
+    assert stored_sessions_of(redis_client, app, "alice") <= indexed(redis_client, "alice")
+
+
+def test_a_banned_users_cookie_is_refused_on_its_next_request(auth, client, app):
+    auth.register("alice")
+    assert client.get("/api/auth/me").status_code == 200
+    app.test_cli_runner().invoke(args=["users", "ban", "alice"])
+    assert client.get("/api/auth/me").status_code == 401
+
+
+@pytest.mark.parametrize("config", [{"CHAT_MAX_SESSIONS_PER_USER": 3, **GENEROUS_LIMITS}])
+def test_a_user_keeps_at_most_the_configured_sessions(auth, app, redis_client):
+    auth.register("alice")
+    clients = [app.test_client() for _ in range(4)]
+    for c in clients:
+        assert AuthActions(c).login("alice").status_code == 200
+    assert len(indexed(redis_client, "alice")) == 3
+    assert clients[0].get("/api/auth/me").status_code == 401  # the oldest ended
+    assert all(c.get("/api/auth/me").status_code == 200 for c in clients[1:])
+    assert auth._client.get("/api/auth/me").status_code == 401  # the registration's session too
+
+
+@pytest.mark.parametrize("config", [{"CHAT_SESSION_RECHECK_SECS": 1, "CHAT_HEARTBEAT_SECS": 0.5, **GENEROUS_LIMITS}])
+def test_a_stream_whose_session_ended_silently_closes_within_the_recheck(alice, redis_client):
+    """Regression: once past its first check, a stream whose control message was missed
+    lived on for the session's whole lifetime (14 days)."""
+    import gevent
+
+    sid = alice.get_cookie("chat_session").value
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    stream.next_event()
+    gevent.sleep(1.5)  # past the first check
+    redis_client.delete(f"chat:session:{sid}")  # ended, no control message
+    assert ended_with(stream, "session_expired")
+
+
+@pytest.mark.parametrize("config", [{"CHAT_SESSION_RECHECK_SECS": 1, "CHAT_HEARTBEAT_SECS": 0.5, **GENEROUS_LIMITS}])
+def test_a_basic_auth_stream_of_a_user_banned_silently_closes(auth, app, redis_client):
+    import gevent
+
+    auth.register("bob")
+    curl = app.test_client()
+    stream = LocalStream(curl, "/api/rooms/general/events", headers=basic("bob", PASSWORD))
+    stream.next_event()
+    gevent.sleep(1.5)
+    redis_client.set("chat:banned:bob", "1")  # as a ban whose control message was missed
+    assert ended_with(stream, "banned")
+
+
+def ended_with(stream, reason, within=10):
+    for _ in range(int(within / 0.5) + 2):
+        event = stream.next_event(timeout=0.5)
+        if event and event.get("event") == "retry" and reason in event.get("data", ""):
+            stream.close()
+            return True
+    stream.close()
+    return False

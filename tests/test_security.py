@@ -172,8 +172,11 @@ def test_session_index_never_expires_under_a_live_session_and_is_pruned_at_login
     first = client.get_cookie("chat_session").value
     assert redis_client.ttl("chat:user-sessions:alice") == -1
     redis_client.delete(f"chat:session:{first}")  # that session expired
-    auth.login("alice")
-    assert redis_client.smembers("chat:user-sessions:alice") == {client.get_cookie("chat_session").value.encode()}
+    client.environ_base["HTTP_X_CSRFTOKEN"] = client.get("/api/auth/csrf").json["csrf_token"]
+    assert auth.login("alice").status_code == 200
+    second = client.get_cookie("chat_session").value
+    assert second != first
+    assert redis_client.zrange("chat:user-sessions:alice", 0, -1) == [second.encode()]
 
 
 def test_stream_whose_session_ends_as_it_opens_stops_within_2_seconds(alice, redis_client):
