@@ -15,7 +15,7 @@ from pathlib import Path
 
 import gevent
 
-from chatapp.config import ConfigError, load_settings
+from chatapp.config import ConfigError, load_settings, setting
 from chatapp.embedded_redis import EmbeddedRedis
 
 bind = os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
@@ -48,7 +48,11 @@ def on_starting(server):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         _embedded["metrics_dir"] = metrics_dir
     if not os.environ.get("REDIS_URL"):
-        redis_server = EmbeddedRedis(DATA_DIR / "redis")
+        try:
+            maxmemory = setting("CHAT_REDIS_MAXMEMORY")
+        except ConfigError as exc:
+            raise SystemExit(f"configuration error: {exc}") from None
+        redis_server = EmbeddedRedis(DATA_DIR / "redis", maxmemory=maxmemory)
         os.environ["REDIS_URL"] = redis_server.start()
         _embedded["redis"] = redis_server
     if not os.environ.get("SECRET_KEY"):

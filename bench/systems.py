@@ -209,7 +209,8 @@ class Chat(System):
             "REDIS_URL": self.redis.url, "WEB_CONCURRENCY": str(self.workers), "BIND": "127.0.0.1:0",
             "SECRET_KEY": secrets.token_hex(16), "CHAT_DATA_DIR": str(self.tmp / "var"),
             "CHAT_RATE_MESSAGES": GENEROUS, "CHAT_RATE_STREAMS": GENEROUS, "CHAT_RATE_LOGIN_IP": GENEROUS,
-            "CHAT_RATE_LOGIN_USER": GENEROUS, "CHAT_RATE_REGISTER_IP": GENEROUS,
+            "CHAT_RATE_LOGIN_USER": GENEROUS, "CHAT_RATE_REGISTER_IP": GENEROUS, "CHAT_RATE_ROOMS": GENEROUS,
+            "CHAT_MAX_STREAMS_PER_USER": "1000000",  # bench readers share a few accounts
             "PYTHONUNBUFFERED": "1",
             "CHAT_ACCESS_LOG": "0",  # nchan runs with access_log off too
         })

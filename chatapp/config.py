@@ -30,6 +30,16 @@ def networks(text):
     return tuple(ipaddress.ip_network(part.strip()) for part in text.split(",") if part.strip())
 
 
+def memory_size(text):
+    """A Redis memory size: bytes, or with kb, mb or gb (``0``: no limit)."""
+    import re
+
+    text = str(text).strip().lower()
+    if not re.fullmatch(r"\d+(b|kb|mb|gb)?", text):
+        raise ValueError(f"{text!r} is not a size like 512mb or 2gb")
+    return text
+
+
 def name_list(text):
     """A comma-separated list of usernames, lowercased."""
     return tuple(sorted({part.strip().lower() for part in text.split(",") if part.strip()}))
@@ -66,6 +76,9 @@ class Setting:
 SETTINGS = (
     Setting("REDIS_URL", str, "", "Redis to use, e.g. redis://host:6379/0 or unix:///path.sock. "
             "Unset: `./scripts/serve` starts an embedded Redis under var/."),
+    Setting("CHAT_REDIS_MAXMEMORY", memory_size, "1gb", "Memory cap of the embedded Redis (noeviction: "
+            "past it writes are refused and a POST gets a 507 `storage_full`; nothing stored is dropped). "
+            "See docs/deploy.md for sizing; `0` for no cap. A `REDIS_URL` server keeps its own settings."),
     Setting("SECRET_KEY", str, "", "Signs session cookies. Unset: a random key per process "
             "(`./scripts/serve` keeps one in var/secret_key so all workers share it)."),
     Setting("CHAT_MAX_MESSAGE_CHARS", int, 4000, "Longest message text; longer is a 413.", 1, 1_000_000),
@@ -82,6 +95,11 @@ SETTINGS = (
     Setting("CHAT_BACKLOG_MAX", int, 200, "Cap on SSE `backlog`.", 0, 10_000),
     Setting("CHAT_MAX_STREAMS", int, 10_000, "Streams and long-polls one worker holds at most; "
             "past it a stream is told to retry (`event: retry`, reason `busy`), a long-poll gets a 503.", 1),
+    Setting("CHAT_MAX_STREAMS_PER_USER", int, 20, "Streams and waiting long-polls one account holds "
+            "at most, over all workers and hosts; past it a stream gets `event: retry` with reason "
+            "`too_many_streams` (a long-poll a 429).", 1),
+    Setting("CHAT_STREAM_LEASE_SECS", float, 45.0, "A worker renews its streams' places in their users' "
+            "counts every third of this; those of a worker that died stop counting within it.", 0.3, 3600),
     Setting("CHAT_READER_QUEUE", int, 128, "Frames queued per reader before it is switched "
             "to catching up (bounds a slow reader's memory).", 1),
     Setting("CHAT_HUB_RING", int, 512, "Recent messages each worker keeps per active room, so "
@@ -134,6 +152,13 @@ SETTINGS = (
     Setting("CHAT_RATE_STREAMS", rate, "60 per minute", "New SSE streams and long-polls each user "
             "may open (a long-poll client makes about 3 a minute)."),
 )
+
+
+def setting(name, environ=None):
+    """One setting's value from ``environ`` (the gunicorn master reads a few before the app exists)."""
+    environ = os.environ if environ is None else environ
+    found = next(s for s in SETTINGS if s.name == name)
+    return found.parse(environ.get(name, found.default))
 
 
 def load_settings(environ=None, overrides=None):

@@ -42,9 +42,12 @@ def redis_server_binary():
 class EmbeddedRedis:
     """A redis-server process with its data, socket and pid file under ``data_dir``."""
 
-    def __init__(self, data_dir, port=0):
+    def __init__(self, data_dir, port=0, maxmemory=None):
         self.data_dir = Path(data_dir).resolve()
         self.port = port
+        # With a cap Redis refuses writes past it (noeviction: never drop stored messages);
+        # the app answers those with a 507 storage_full.
+        self.maxmemory = maxmemory
         self.socket_path = self.data_dir / "redis.sock"
         self.pid_file = self.data_dir / "redis.pid"
         self.process = None
@@ -65,6 +68,7 @@ class EmbeddedRedis:
                 "--unixsocket", str(self.socket_path), "--unixsocketperm", "700",
                 "--dir", str(self.data_dir), "--pidfile", str(self.pid_file),
                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                "--maxmemory-policy", "noeviction", *(["--maxmemory", self.maxmemory] if self.maxmemory else []),
                 "--daemonize", "no", "--loglevel", "warning",
                 "--logfile", str(self.data_dir / "redis.log")]
         # A session of its own: Ctrl-C in the terminal goes to gunicorn, which
@@ -83,6 +87,9 @@ class EmbeddedRedis:
         if self._ping():
             log.warning("reusing Redis pid=%d left running by an earlier run", pid)
             self.pid = pid
+            if self.maxmemory:  # this run's settings, not the earlier run's
+                self._command("CONFIG", "SET", "maxmemory", self.maxmemory)
+                self._command("CONFIG", "SET", "maxmemory-policy", "noeviction")
             return True
         log.warning("stopping unresponsive Redis pid=%d left by an earlier run", pid)
         self.pid = pid
@@ -91,13 +98,19 @@ class EmbeddedRedis:
 
     def _ping(self):
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(1)
-                sock.connect(str(self.socket_path))
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
+            return self._command("PING").startswith(b"+PONG")
         except OSError:
             return False
+
+    def _command(self, *args):
+        """Send one command (RESP) and return the start of the raw reply."""
+        request = b"*%d\r\n" % len(args) + b"".join(
+            b"$%d\r\n%b\r\n" % (len(a.encode()), a.encode()) for a in args)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(1)
+            sock.connect(str(self.socket_path))
+            sock.sendall(request)
+            return sock.recv(256)
 
     def _wait_ready(self):
         deadline = time.monotonic() + START_TIMEOUT_SECS

@@ -53,12 +53,36 @@ class RateLimited(ChatError):
     status, code, message = 429, "rate_limited", "Too many requests; slow down."
 
 
+class TooManyStreams(ChatError):
+    status, code, message = 429, "too_many_streams", "You have as many streams open as you may."
+
+
 class StoreUnavailable(ChatError):
     status, code, message = 503, "store_unavailable", "The message store is unavailable; retry shortly."
 
 
 class Busy(ChatError):
     status, code, message = 503, "busy", "The server is busy; retry shortly."
+
+
+class StorageFull(ChatError):
+    status, code, message = 507, "storage_full", ("The message store is full; nothing was written. "
+                                                  "Retry later (the same Idempotency-Key is safe).")
+
+
+STORAGE_FULL_RETRY_SECS = 30
+
+
+def is_out_of_memory(error):
+    """Redis at ``maxmemory`` refused a write (noeviction). From inside a script Redis 6.2
+    reports it as a script error quoting the OOM reply, not as an OOM reply of its own."""
+    return isinstance(error, redis.OutOfMemoryError) or (
+        isinstance(error, redis.ResponseError) and "OOM command not allowed" in str(error))
+
+
+def storage_full():
+    """The error a client gets when Redis refused a write for memory."""
+    return StorageFull(headers={"Retry-After": str(STORAGE_FULL_RETRY_SECS)})
 
 
 # Errors that mean "Redis can't serve us right now" (down, restarting, loading its AOF,
@@ -105,6 +129,11 @@ def init_app(app):
 
     @app.errorhandler(Exception)
     def handle_unexpected(error):
+        if is_out_of_memory(error):
+            log.error("redis refused a write in %s: out of memory (maxmemory); see docs/deploy.md "
+                      "on sizing", request.endpoint)
+            count_redis_error()
+            return error_response(storage_full())
         if isinstance(error, REDIS_ERRORS):
             log.warning("redis unavailable in %s: %s: %s",
                         request.endpoint, type(error).__name__, error)

@@ -82,7 +82,7 @@ class _Room:
 class Hub:
     """Tracks this process's readers and feeds them from one Pub/Sub connection."""
 
-    def __init__(self, redis_url, broker, presence, metrics, config):
+    def __init__(self, redis_url, *, broker, presence, slots, metrics, config):
         self.queue_limit = config["CHAT_READER_QUEUE"]
         self.catchup_page = config["CHAT_CATCHUP_PAGE"]
         self.ring_size = config["CHAT_HUB_RING"]
@@ -98,6 +98,7 @@ class Hub:
                                                    socket_connect_timeout=2)
         self.broker = broker  # on a pool of its own (HUB_READ_CONNECTIONS), see chatapp.store
         self.presence = presence
+        self.slots = slots
         self.metrics = metrics
         self._rooms = {}
         self._conn = None
@@ -107,12 +108,15 @@ class Hub:
         self._last_heard = 0.0
         self._joining = {}  # room name -> readers whose presence join waits for its batch
         self._leaving = {}  # room name -> presence members whose streams ended, likewise
+        self._releasing = {}  # user -> stream leases to give back, likewise
         self.closed = False
 
     # -- readers --------------------------------------------------------------
 
     def reader(self, room, user, sid=None):
-        return Reader(self, room, user, sid)
+        """A reader for ``user`` in ``room``, holding one of the user's stream slots (raises
+        TooManyStreams at ``CHAT_MAX_STREAMS_PER_USER``)."""
+        return Reader(self, room, user, sid, self.slots.acquire(user))
 
     def readers(self):
         return [reader for room in self._rooms.values() for reader in room.readers]
@@ -151,6 +155,9 @@ class Hub:
 
     def detach(self, reader):
         self._count_delivered([reader])
+        lease = reader.take_lease()
+        if lease is not None:  # batched: detach runs in the listener's loop too, which must not wait
+            self._batch(self._releasing, reader.user, lease, self._flush_releases)
         room = self._rooms.get(reader.channel)
         if room is not None and reader in room.readers:
             room.readers.remove(reader)
@@ -184,7 +191,7 @@ class Hub:
                 continue
             try:
                 self.presence.join_many(name, members)
-            except REDIS_ERRORS as exc:
+            except redis.RedisError as exc:
                 room = self._rooms.get(readers[0].channel)
                 if room is not None:
                     room.presence_due = 0.0  # the next sweep adds them
@@ -195,9 +202,25 @@ class Hub:
         for room, members in leaving.items():
             try:
                 self.presence.leave_many(room, members)
-            except REDIS_ERRORS as exc:
+            except redis.RedisError as exc:
                 log.info("hub: %d presence leaves in %s not recorded (%s); they will expire",
                          len(members), room, exc)
+
+    def _flush_releases(self):
+        releasing, self._releasing = self._releasing, {}
+        for user, leases in releasing.items():
+            try:
+                self.slots.release(user, *leases)
+            except redis.RedisError as exc:
+                log.info("hub: %d stream leases of %s not released (%s); they will run out",
+                         len(leases), user, exc)
+
+    def _renew_leases(self, readers):
+        held = {}
+        for reader in readers:
+            if reader.lease is not None:
+                held.setdefault(reader.user, []).append(reader.lease)
+        self.slots.renew(held)
 
     def _count_delivered(self, readers):
         total = 0
@@ -416,7 +439,7 @@ class Hub:
 
     def _housekeeping(self):
         """End streams of expired sessions, keep presence fresh, drop rooms nobody reads."""
-        next_sweep = 0.0
+        next_sweep = next_renewal = 0.0
         while not self.closed:
             gevent.sleep(WATCH_TICK_SECS)
             now = time.monotonic()
@@ -428,9 +451,12 @@ class Hub:
                     self._tick_presence(now)
                 self._expire_sessions(readers, now)
                 self._count_delivered(readers)
+                if now >= next_renewal:
+                    next_renewal = now + self.slots.renew_secs
+                    self._renew_leases(readers)
                 self._prune(now)
-            except REDIS_ERRORS as exc:
-                log.info("hub: housekeeping skipped (%s)", exc)
+            except redis.RedisError as exc:  # down, or full (maxmemory): the next tick tries again
+                log.info("hub: housekeeping skipped (%s: %s)", type(exc).__name__, exc)
             except Exception:
                 log.exception("hub: housekeeping failed")
 

@@ -5,18 +5,27 @@ Built on ``limits`` (the library under Flask-Limiter): views call
 name), and a breach is one of our JSON errors with ``Retry-After``.
 """
 
+import logging
 import math
 import time
 
+import redis
 from flask import current_app, request
 from limits import parse
 from limits.storage import RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-from .errors import RateLimited
+from .errors import RateLimited, is_out_of_memory
+
+log = logging.getLogger(__name__)
 
 LIMITS = ("CHAT_RATE_MESSAGES", "CHAT_RATE_LOGIN_IP", "CHAT_RATE_LOGIN_USER", "CHAT_RATE_REGISTER_IP",
           "CHAT_RATE_STREAMS", "CHAT_RATE_TYPING", "CHAT_RATE_ROOMS")
+
+
+# Reading what is already stored must go on when Redis is full: opening a stream
+# writes only this counter, so a full store doesn't shut every reader out.
+FAIL_OPEN_WHEN_FULL = frozenset({"CHAT_RATE_STREAMS"})
 
 
 class RateLimits:
@@ -30,7 +39,14 @@ class RateLimits:
 
     def hit(self, setting, key):
         """Count one hit of ``setting`` for ``key``; raise RateLimited past the limit."""
-        if not self._limiter.hit(self._limits[setting], setting, key):
+        try:
+            allowed = self._limiter.hit(self._limits[setting], setting, key)
+        except redis.ResponseError as exc:
+            if not (setting in FAIL_OPEN_WHEN_FULL and is_out_of_memory(exc)):
+                raise
+            log.warning("rate limit %s not counted: redis is out of memory", setting)
+            return
+        if not allowed:
             self._refuse(setting, key)
 
     def check(self, setting, key):

@@ -39,11 +39,12 @@ class ReaderReset(Exception):
 
 
 class Reader:
-    __slots__ = ("_behind", "_queue", "_wake", "channel", "closed_reason", "delivered", "expires_at", "hub",
-                 "last_id", "presence_member", "room", "sid", "sink", "user")
+    __slots__ = ("_behind", "_lease", "_queue", "_wake", "channel", "closed_reason", "delivered", "expires_at",
+                 "hub", "last_id", "presence_member", "room", "sid", "sink", "user")
 
-    def __init__(self, hub, room, user, sid=None):
+    def __init__(self, hub, room, user, sid=None, lease=None):
         self.hub = hub
+        self._lease = lease  # this stream's place in the user's count (chatapp.stream_slots)
         self.room = room
         self.channel = room_keys(room)[1].encode()
         self.user = user.lower()
@@ -79,6 +80,15 @@ class Reader:
         if not backlog:
             return []
         return self._advance(self.hub.broker.read_before(self.room, None, backlog), force=True)
+
+    @property
+    def lease(self):
+        return self._lease
+
+    def take_lease(self):
+        """The stream's lease, once: whoever releases it gets it, nobody twice."""
+        lease, self._lease = self._lease, None
+        return lease
 
     def go_direct(self, sink):
         """From now on the hub writes to ``sink`` itself whenever nothing is queued."""

@@ -15,17 +15,21 @@ Three rules keep them safe:
   should have ended it was missed.
 """
 
+import logging
 import re
 import time
 from datetime import timedelta
 
+import redis
 from flask import request
 from flask_session.redis import RedisSessionInterface
 from itsdangerous import BadSignature, URLSafeSerializer
 
 from .broker import lua_script
-from .errors import REDIS_ERRORS, Forbidden, Unauthorized
+from .errors import REDIS_ERRORS, Forbidden, Unauthorized, is_out_of_memory
 from .users import banned_key, user_key
+
+log = logging.getLogger(__name__)
 
 SESSION_KEY_PREFIX = "chat:session:"
 SESSION_COOKIE_NAME = "chat_session"
@@ -101,8 +105,15 @@ class RedisSessions(RedisSessionInterface):
 
     def _upsert_session(self, session_lifetime, session, store_id):
         existing = session.sid == request.environ.get(_LOADED_SID)
-        self.client.set(store_id, self.serializer.encode(session),
-                        ex=int(session_lifetime.total_seconds()), xx=existing)
+        try:
+            self.client.set(store_id, self.serializer.encode(session),
+                            ex=int(session_lifetime.total_seconds()), xx=existing)
+        except redis.ResponseError as exc:
+            if not (existing and is_out_of_memory(exc)):
+                raise
+            # A full store must not turn every signed-in request into an error: the
+            # session stays as stored, only its expiry isn't pushed back this time.
+            log.warning("session not refreshed: redis is out of memory")
 
     def begin(self, session, user, record, lifetime):
         """Sign ``user`` in on ``session`` under a new id (so an id planted before, fixation, is

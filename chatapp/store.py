@@ -10,6 +10,7 @@ from .broker import Broker
 from .hub import HUB_READ_CONNECTIONS, Hub
 from .metrics import Metrics
 from .presence import Presence
+from .stream_slots import StreamSlots
 
 
 class _PeekOnCheckout:
@@ -69,4 +70,6 @@ def init_app(app):
     app.extensions["chat.metrics"] = metrics = Metrics()
     # The hub's own reads (tails, backfills) never queue behind requests.
     hub_broker = broker.bound_to(redis.Redis(connection_pool=connection_pool(url, HUB_READ_CONNECTIONS, timeout)))
-    app.extensions["chat.hub"] = Hub(url, hub_broker, presence, metrics, config)
+    slots = StreamSlots(client, config["CHAT_MAX_STREAMS_PER_USER"], config["CHAT_STREAM_LEASE_SECS"])
+    app.extensions["chat.hub"] = Hub(url, broker=hub_broker, presence=presence, slots=slots, metrics=metrics,
+                                     config=config)

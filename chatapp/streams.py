@@ -5,6 +5,7 @@ import os
 import random
 import time
 
+import redis
 from flask import Blueprint, Response, current_app, request
 
 from . import sse
@@ -14,11 +15,16 @@ from .direct import SocketSink
 from .errors import (
     REDIS_ERRORS,
     Busy,
+    ChatError,
     RateLimited,
+    StorageFull,
     StoreUnavailable,
+    TooManyStreams,
     Unauthorized,
     count_redis_error,
     error_response,
+    is_out_of_memory,
+    storage_full,
 )
 from .messages import json_response
 from .params import query_cursor, query_number
@@ -58,8 +64,18 @@ def _come_back_later(error):
     return _retry_stream(error.code, retry_ms)
 
 
-for _error in (StoreUnavailable, RateLimited, Busy, *REDIS_ERRORS):
+for _error in (StoreUnavailable, RateLimited, Busy, TooManyStreams, StorageFull, *REDIS_ERRORS):
     bp.register_error_handler(_error, _come_back_later)
+
+
+@bp.errorhandler(redis.ResponseError)
+def _refused_by_redis(error):
+    """A full store (maxmemory) refusing a write on the way to a stream: come back later too."""
+    if is_out_of_memory(error):
+        log.warning("redis out of memory in %s", request.endpoint)
+        return _come_back_later(storage_full())
+    log.error("redis error in %s", request.endpoint, exc_info=error)
+    return error_response(ChatError())
 
 
 def _open_reader(room):
@@ -204,7 +220,7 @@ def poll(room):
     extra = b""
     try:
         reader.open(cursor)
-        current_presence().join(room, current_presence().member(current_user(), POLL_CONNECTION))
+        _join_as_poller(room)
         batch = _wait_for_batch(reader, timeout)
     except ReaderReset as stale:
         oldest = stale.reset.oldest
@@ -224,6 +240,16 @@ def poll(room):
         extra += b',"events":[' + b",".join(signals) + b"]"
     body = b'{"messages":[' + b",".join(messages) + b'],"cursor":"' + str(reader.last_id).encode() + b'"'
     return json_response(body + extra + b"}")
+
+
+def _join_as_poller(room):
+    presence = current_presence()
+    try:
+        presence.join(room, presence.member(current_user(), POLL_CONNECTION))
+    except redis.ResponseError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        log.warning("poll in %s not counted in presence: redis is out of memory", room)
 
 
 def _wait_for_batch(reader, timeout):

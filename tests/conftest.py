@@ -42,6 +42,7 @@ def redis_client(redis_server):
 
 # Tests that are not about rate limits must not trip them; the ones that are set their own.
 GENEROUS_LIMITS = {"CHAT_RATE_MESSAGES": "100000 per minute", "CHAT_RATE_ROOMS": "100000 per minute",
+                   "CHAT_MAX_STREAMS_PER_USER": "100000",
                    "CHAT_RATE_STREAMS": "100000 per minute",
                    "CHAT_RATE_LOGIN_IP": "100000 per minute", "CHAT_RATE_LOGIN_USER": "100000 per minute",
                    "CHAT_RATE_REGISTER_IP": "100000 per minute"}

@@ -5,6 +5,7 @@ import logging
 import re
 
 import pytest
+import redis
 
 from chatapp.logs import TEXT_FORMAT, TextFormatter
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
@@ -365,3 +366,159 @@ def ended_with(stream, reason, within=10):
             return True
     stream.close()
     return False
+
+
+# -- storage ------------------------------------------------------------------------
+
+def test_an_idempotency_record_keeps_the_id_not_a_copy(alice, redis_client):
+    """Regression: each record held a full copy of its message for a day."""
+    first = alice.post("/api/rooms/general/messages", json={"text": "x" * 3000, "client_id": "k-1"})
+    key = "chat:{general}:idem:alice:k-1"
+    assert redis_client.get(key) == first.json["id"].encode()
+    replay = alice.post("/api/rooms/general/messages", json={"text": "x" * 3000, "client_id": "k-1"})
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json == first.json
+    assert redis_client.xlen("chat:{general}:log") == 1
+
+
+def test_a_replay_of_a_message_trimmed_since_keeps_its_id(alice, redis_client):
+    first = alice.post("/api/rooms/general/messages", json={"text": "gone soon", "client_id": "k-2"}).json
+    redis_client.xtrim("chat:{general}:log", maxlen=0)
+    replay = alice.post("/api/rooms/general/messages", json={"text": "gone soon", "client_id": "k-2"})
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json == first and redis_client.xlen("chat:{general}:log") == 0
+
+
+def test_a_record_written_by_an_earlier_release_still_replays(alice, redis_client):
+    old = '{"id":"1-0","ts":1,"room":"general","user":"alice","text":"old","client_id":"k-3"}'
+    redis_client.set("chat:{general}:idem:alice:k-3", old)
+    replay = alice.post("/api/rooms/general/messages", json={"text": "old", "client_id": "k-3"})
+    assert replay.headers["Idempotent-Replayed"] == "true" and replay.json["id"] == "1-0"
+
+
+@pytest.fixture
+def full_store(tmp_path):
+    """An app on a Redis of its own with a small maxmemory, and a way to fill and empty it."""
+    from chatapp import create_app
+    from chatapp.embedded_redis import EmbeddedRedis
+
+    server = EmbeddedRedis(tmp_path / "redis", maxmemory="20mb")
+    server.start()
+    client = redis.Redis.from_url(server.url)
+    app = create_app({"REDIS_URL": server.url, "SECRET_KEY": "t", **GENEROUS_LIMITS})
+
+    def fill():
+        for i in range(1000):
+            try:
+                client.set(f"ballast:{i}", b"x" * 100_000)
+            except redis.OutOfMemoryError:
+                return
+        raise AssertionError("the store never filled up")
+
+    def empty():
+        client.delete(*client.keys("ballast:*"))
+
+    yield app, client, fill, empty
+    app.extensions["chat.hub"].close()
+    client.close()
+    server.stop()
+
+
+def test_a_full_store_refuses_posts_with_507_and_loses_nothing(full_store):
+    app, store, fill, empty = full_store
+    assert store.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+    browser, curl = app.test_client(), app.test_client()
+    AuthActions(browser).register("alice")
+    AuthActions(curl).register("bob")
+    acked = [browser.post("/api/rooms/general/messages", json={"text": f"m{i}"}).json["id"] for i in range(5)]
+    fill()
+    refused = browser.post("/api/rooms/general/messages", json={"text": "later", "client_id": "retry-1"})
+    assert refused.status_code == 507 and refused.json["error"] == "storage_full"
+    assert int(refused.headers["Retry-After"]) > 0
+    # Reading goes on: history, the signed-in session, and streams (told "ready", not "retry").
+    history = browser.get("/api/rooms/general/messages").json["messages"]
+    assert [m["id"] for m in history] == acked
+    assert browser.get("/api/auth/me").status_code == 200
+    stream = LocalStream(curl, "/api/rooms/general/events", headers=basic("bob", PASSWORD))
+    assert [stream.next_event().get("event") for _ in range(2)] == [None, "ready"]
+    stream.close()
+    poll = curl.get("/api/rooms/general/poll?timeout=0", headers=basic("bob", PASSWORD))
+    assert poll.status_code == 200
+    empty()
+    retried = browser.post("/api/rooms/general/messages", json={"text": "later", "client_id": "retry-1"})
+    assert retried.status_code == 201 and "Idempotent-Replayed" not in retried.headers
+    again = browser.post("/api/rooms/general/messages", json={"text": "later", "client_id": "retry-1"})
+    assert again.headers["Idempotent-Replayed"] == "true"
+    ids = [m["id"] for m in browser.get("/api/rooms/general/messages").json["messages"]]
+    assert ids == [*acked, retried.json["id"]]
+
+
+# -- streams per user --------------------------------------------------------------------
+
+@pytest.fixture
+def capped(redis_server, redis_client):
+    from chatapp import create_app
+
+    apps = [create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "t", **GENEROUS_LIMITS,
+                        "CHAT_MAX_STREAMS_PER_USER": 3}) for _ in range(2)]  # two workers, one count
+    yield apps
+    for app in apps:
+        app.extensions["chat.hub"].close()
+
+
+def test_streams_per_user_are_capped_across_workers(capped, redis_client):
+    """Regression: one account could hold as many streams as the workers' total capacity."""
+    first, second = capped
+    AuthActions(first.test_client()).register("alice")
+    open_streams = []
+    for app in (first, second, first):
+        stream = LocalStream(app.test_client(), "/api/rooms/general/events", headers=basic("alice", PASSWORD))
+        assert [stream.next_event().get("event") for _ in range(2)] == [None, "ready"]
+        open_streams.append(stream)
+    refused = LocalStream(second.test_client(), "/api/rooms/general/events", headers=basic("alice", PASSWORD))
+    event = refused.next_event()
+    assert refused.status == 200 and event["event"] == "retry" and "too_many_streams" in event["data"]
+    assert int(event["retry"]) >= 10_000
+    poll = second.test_client().get("/api/rooms/general/poll?timeout=0", headers=basic("alice", PASSWORD))
+    assert poll.status_code == 429 and poll.json["error"] == "too_many_streams"
+    AuthActions(second.test_client()).register("bob")  # others are not affected
+    other = LocalStream(second.test_client(), "/api/rooms/general/events", headers=basic("bob", PASSWORD))
+    assert [other.next_event().get("event") for _ in range(2)] == [None, "ready"]
+    other.close()
+    open_streams.pop().close()  # closing one frees its slot
+    import gevent
+
+    for _ in range(50):
+        if redis_client.zcard("chat:user-streams:alice") == 2:
+            break
+        gevent.sleep(0.05)
+    again = LocalStream(second.test_client(), "/api/rooms/general/events", headers=basic("alice", PASSWORD))
+    assert [again.next_event().get("event") for _ in range(2)] == [None, "ready"]
+    for stream in [*open_streams, again]:
+        stream.close()
+
+
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_MAX_STREAMS_PER_USER": 2,
+                                     "CHAT_STREAM_LEASE_SECS": 0.6}])
+def test_live_streams_keep_their_leases_and_a_dead_workers_run_out(app, redis_client):
+    """A live stream's lease is renewed past its length; a worker killed with its streams
+    open stops renewing, and its user's count heals by itself."""
+    import gevent
+
+    from chatapp.errors import TooManyStreams
+    from chatapp.stream_slots import StreamSlots, leases_key
+
+    AuthActions(app.test_client()).register("carol")
+    stream = LocalStream(app.test_client(), "/api/rooms/general/events", headers=basic("carol", PASSWORD))
+    assert [stream.next_event().get("event") for _ in range(2)] == [None, "ready"]
+    dead_worker = StreamSlots(redis_client, 2, lease_secs=0.6)  # takes a slot, then never renews
+    dead_worker.acquire("carol")
+    with pytest.raises(TooManyStreams):
+        dead_worker.acquire("carol")
+    gevent.sleep(1.5)  # 2.5 leases: the live stream's was renewed, the dead worker's ran out
+    seconds, micros = redis_client.time()
+    assert redis_client.zcount(leases_key("carol"), seconds * 1000 + micros // 1000, "+inf") == 1
+    assert dead_worker.acquire("carol")
+    with pytest.raises(TooManyStreams):
+        dead_worker.acquire("carol")
+    stream.close()

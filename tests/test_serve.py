@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.helpers import ROOT, Api
 
@@ -76,6 +77,10 @@ def test_serve_runs_and_stops_cleanly_and_keeps_messages(checkout):
     assert api.post("/api/auth/register", {"username": "newcomer", "password": PASSWORD}).status == 201
     user = Api(first.url, "newcomer", PASSWORD)
     sent = user.post("/api/rooms/general/messages", {"text": "kept"}).json
+    store = redis.Redis(unix_socket_path=str(checkout / "var/redis/redis.sock"))
+    assert store.config_get("maxmemory*") == {"maxmemory": str(2**30), "maxmemory-policy": "noeviction",
+                                              "maxmemory-samples": "5"}  # CHAT_REDIS_MAXMEMORY's default
+    store.close()
     pid = redis_pid(checkout)
     assert first.stop() == 0
     assert first.stop_secs < 10

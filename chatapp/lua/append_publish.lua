@@ -13,16 +13,32 @@
 --
 -- Returns {1, message JSON} for a new message, {0, message JSON} for a replay.
 
+-- A message's JSON as the stream holds it: the id and its millisecond part, then the body.
+local function message_json(id, body)
+  return '{"id":"' .. id .. '","ts":' .. string.match(id, '^%d+') .. ',' .. string.sub(body, 2)
+end
+
 if KEYS[4] then
   local first = redis.call('GET', KEYS[4])
   if first then
-    return {0, first}
+    if string.sub(first, 1, 1) == '{' then
+      return {0, first}  -- a record written by an earlier release: the whole message
+    end
+    -- The record keeps only the id (a copy of each message for a day would double
+    -- what the store holds); the message itself is read back from the stream.
+    local entries = redis.call('XRANGE', KEYS[1], first, first)
+    if #entries > 0 then
+      return {0, message_json(first, entries[1][2][2])}
+    end
+    -- Trimmed away since: the id still stands, with the retry's own body.
+    return {0, message_json(first, ARGV[1])}
   end
 end
 
+-- The first write: a store at maxmemory refuses it (noeviction) before anything is written.
 local id = redis.call('XADD', KEYS[1], '*', 'body', ARGV[1])
 -- The timestamp is the id's millisecond part, so "ts" never disagrees with the order.
-local message = '{"id":"' .. id .. '","ts":' .. string.match(id, '^%d+') .. ',' .. string.sub(ARGV[1], 2)
+local message = message_json(id, ARGV[1])
 redis.call('PUBLISH', KEYS[2], message)
 
 -- Trimming separately from XADD tells us whether anything was dropped, so a
@@ -32,6 +48,6 @@ if redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[2]) > 0 then
 end
 
 if KEYS[4] then
-  redis.call('SET', KEYS[4], message, 'EX', ARGV[3])
+  redis.call('SET', KEYS[4], id, 'EX', ARGV[3])
 end
 return {1, message}

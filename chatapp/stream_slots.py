@@ -1,0 +1,62 @@
+"""How many streams each user holds, counted in Redis across every worker and host.
+
+``CHAT_MAX_STREAMS_PER_USER`` bounds what one account can hold open (SSE streams
+and waiting long-polls), apart from ``CHAT_RATE_STREAMS``, which bounds how fast
+it may open them. Each stream holds a lease of ``CHAT_STREAM_LEASE_SECS`` that
+its worker's hub renews every third of that; the leases of a worker that dies
+run out by themselves.
+"""
+
+import logging
+import uuid
+
+import redis
+
+from .broker import lua_script
+from .errors import TooManyStreams, is_out_of_memory
+
+log = logging.getLogger(__name__)
+
+TOO_MANY_RETRY_SECS = 10  # a client at its cap retries this much later
+
+
+def leases_key(user):
+    return f"chat:user-streams:{user.lower()}"
+
+
+class StreamSlots:
+    def __init__(self, client, per_user, lease_secs):
+        self.per_user = per_user
+        self.renew_secs = lease_secs / 3  # two renewals may fail before a lease runs out
+        self._lease_ms = int(lease_secs * 1000)
+        self._redis = client
+        self._acquire = client.register_script(lua_script("acquire_stream"))
+        self._renew = client.register_script(lua_script("renew_streams"))
+
+    def acquire(self, user):
+        """A lease id for one more stream of ``user``; raise TooManyStreams at the cap."""
+        lease = uuid.uuid4().hex
+        try:
+            taken = self._acquire([leases_key(user)], [lease, self._lease_ms, self.per_user])
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            log.warning("stream of %s not counted: redis is out of memory", user)
+            return None  # reading what is stored goes on while the store is full
+        if not taken:
+            raise TooManyStreams(f"You have {self.per_user} streams open, as many as an account may; "
+                                 "close one (or share one stream between tabs).",
+                                 headers={"Retry-After": str(TOO_MANY_RETRY_SECS)})
+        return lease
+
+    def release(self, user, *leases):
+        self._redis.zrem(leases_key(user), *leases)
+
+    def renew(self, held):
+        """Renew ``{user: [lease, ...]}`` (one pipeline)."""
+        if not held:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for user, leases in held.items():
+            self._renew([leases_key(user)], [self._lease_ms, *leases], client=pipe)
+        pipe.execute()
