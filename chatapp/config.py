@@ -149,6 +149,8 @@ SETTINGS = (
     Setting("CHAT_RATE_REGISTER_IP", rate, "10 per hour", "Registrations per client IP."),
     Setting("CHAT_RATE_TYPING", rate, "30 per minute", "Typing notices each user may send."),
     Setting("CHAT_RATE_ROOMS", rate, "10 per hour", "Rooms each user may create."),
+    Setting("CHAT_RATE_UNREAD", rate, "60 per minute", "Unread-count requests each user may make "
+            "(the page makes one every 10 s per tab)."),
     Setting("CHAT_RATE_STREAMS", rate, "60 per minute", "New SSE streams and long-polls each user "
             "may open (a long-poll client makes about 3 a minute)."),
 )

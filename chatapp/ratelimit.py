@@ -20,7 +20,7 @@ from .errors import RateLimited, is_out_of_memory
 log = logging.getLogger(__name__)
 
 LIMITS = ("CHAT_RATE_MESSAGES", "CHAT_RATE_LOGIN_IP", "CHAT_RATE_LOGIN_USER", "CHAT_RATE_REGISTER_IP",
-          "CHAT_RATE_STREAMS", "CHAT_RATE_TYPING", "CHAT_RATE_ROOMS")
+          "CHAT_RATE_STREAMS", "CHAT_RATE_TYPING", "CHAT_RATE_ROOMS", "CHAT_RATE_UNREAD")
 
 
 # Reading what is already stored must go on when Redis is full: opening a stream

@@ -148,6 +148,7 @@ def create_room():
 def unread():
     """Unread counts for many rooms in one request: ``{"rooms": {"<room>": "<last seen id>"}}``
     gives ``{"unread": {"<room>": n}}``, n capped at ``UNREAD_CAP`` (means "that many or more")."""
+    enforce("CHAT_RATE_UNREAD", current_user())  # up to 500 rooms x 100 entries counted in Redis
     rooms = request_fields().get("rooms")
     if not isinstance(rooms, dict) or len(rooms) > UNREAD_MAX_ROOMS:
         raise BadRequest(f"'rooms' must map at most {UNREAD_MAX_ROOMS} room names to message ids.",

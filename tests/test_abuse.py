@@ -522,3 +522,15 @@ def test_live_streams_keep_their_leases_and_a_dead_workers_run_out(app, redis_cl
     with pytest.raises(TooManyStreams):
         dead_worker.acquire("carol")
     stream.close()
+
+
+def test_every_test_docs_security_names_exists():
+    """docs/security.md maps each attack to the tests that prove its limit: keep them real."""
+    from tests.helpers import ROOT
+
+    named = set(re.findall(r"`(test_\w+)`", (ROOT / "docs/security.md").read_text()))
+    defined = set()
+    for path in (ROOT / "tests").glob("test_*.py"):
+        defined |= set(re.findall(r"^def (test_\w+)", path.read_text(), re.M))
+    assert len(named) > 30
+    assert named <= defined, f"docs/security.md names tests that don't exist: {sorted(named - defined)}"

@@ -114,3 +114,11 @@ def test_unread_refuses_bad_input(alice):
                                ({"rooms": {"Bad Name": "0"}}, 400, "bad_room")]:
         response = alice.post("/api/rooms/unread", json=body)
         assert (response.status_code, response.json["error"]) == (status, code), body
+
+
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_RATE_UNREAD": "2 per minute"}])
+def test_unread_counts_are_rate_limited_per_user(alice):
+    for _ in range(2):
+        assert alice.post("/api/rooms/unread", json={"rooms": {"general": "0"}}).status_code == 200
+    refused = alice.post("/api/rooms/unread", json={"rooms": {"general": "0"}})
+    assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
