@@ -10,6 +10,7 @@ import re
 from importlib import resources
 from typing import NamedTuple
 
+from . import keys
 from .errors import BadRequest
 from .sse import Event, http_chunk
 
@@ -112,23 +113,9 @@ class Reset(NamedTuple):
     oldest: StreamId | None
 
 
-CONTROL_CHANNEL = "chat:control"  # kicks and logouts, to every worker on every host
-
-
 def lua_script(name):
     """The source of ``lua/<name>.lua`` (registered once per client, run with EVALSHA)."""
     return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
-
-
-def room_keys(room):
-    """All of a room's keys share the ``{room}`` hash tag, so a cluster keeps them on one shard."""
-    tag = f"chat:{{{room}}}"
-    return f"{tag}:log", f"{tag}:live", f"{tag}:trimmed"
-
-
-def channel_room(channel):
-    """The room name inside a ``chat:{room}:live`` channel."""
-    return channel[channel.index(b"{") + 1:channel.rindex(b"}")].decode()
 
 
 class Broker:
@@ -147,15 +134,14 @@ class Broker:
         With an idempotency key seen before in this room for this user, nothing
         is written and the first message comes back with ``created`` False.
         """
-        log, live, trimmed = room_keys(room)
-        keys = [log, live, trimmed]
+        names = [keys.room_log(room), keys.room_channel(room), keys.room_trimmed(room)]
         if idempotency_key:
-            keys.append(f"chat:{{{room}}}:idem:{user.lower()}:{idempotency_key}")
+            names.append(keys.room_idempotency(room, user, idempotency_key))
         fields = {"room": room, "user": user, "text": text}
         if idempotency_key:
             fields["client_id"] = idempotency_key  # lets the sender's page match its pending copy
         body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
-        created, payload = self._append_publish(keys, [body, self.maxlen, self.idempotency_ttl])
+        created, payload = self._append_publish(names, [body, self.maxlen, self.idempotency_ttl])
         return Publication.from_payload(payload), bool(created)
 
     def signal(self, room, event, user):
@@ -165,34 +151,34 @@ class Broker:
         publishes the same shape.
         """
         payload = json.dumps({"type": event, "room": room, "user": user}, separators=(",", ":"))
-        self.redis.publish(room_keys(room)[1], payload)
+        self.redis.publish(keys.room_channel(room), payload)
 
     def publish_control(self, reason, *, user=None, sid=None):
         """Ask every worker to close the readers of ``user`` (any session) or of session ``sid``."""
         message = {"reason": reason, "user": user.lower() if user else None, "sid": sid}
-        self.redis.publish(CONTROL_CHANNEL, json.dumps(message))
+        self.redis.publish(keys.CONTROL_CHANNEL, json.dumps(message))
 
     def read_after(self, room, cursor, count):
         """Up to ``count`` publications strictly after ``cursor``, oldest first."""
-        entries = self.redis.xrange(room_keys(room)[0], f"({cursor}", "+", count=count)
+        entries = self.redis.xrange(keys.room_log(room), f"({cursor}", "+", count=count)
         return [Publication.from_entry(entry) for entry in entries]
 
     def read_before(self, room, cursor, count):
         """Up to ``count`` publications strictly before ``cursor`` (or the newest), oldest first."""
         end = "+" if cursor is None else f"({cursor}"
-        entries = self.redis.xrevrange(room_keys(room)[0], end, "-", count=count)
+        entries = self.redis.xrevrange(keys.room_log(room), end, "-", count=count)
         return [Publication.from_entry(entry) for entry in reversed(entries)]
 
     def tail(self, room):
         """The id of the newest message, or ZERO for an empty room."""
-        entries = self.redis.xrevrange(room_keys(room)[0], "+", "-", count=1)
+        entries = self.redis.xrevrange(keys.room_log(room), "+", "-", count=1)
         return StreamId.from_bytes(entries[0][0]) if entries else ZERO
 
     def tails(self, rooms):
         """The newest id of each room, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for room in rooms:
-            pipe.xrevrange(room_keys(room)[0], "+", "-", count=1)
+            pipe.xrevrange(keys.room_log(room), "+", "-", count=1)
         return [StreamId.from_bytes(e[0][0]) if e else ZERO for e in pipe.execute()]
 
     def count_after(self, cursors, cap):
@@ -200,7 +186,7 @@ class Broker:
         one round trip; the entries are counted inside Redis, never sent."""
         pipe = self.redis.pipeline(transaction=False)
         for room, cursor in cursors.items():
-            self._count_after([room_keys(room)[0]], [str(cursor), cap], client=pipe)
+            self._count_after([keys.room_log(room)], [str(cursor), cap], client=pipe)
         return pipe.execute() if cursors else []
 
     def catch_up(self, room, cursor, count):
@@ -212,7 +198,7 @@ class Broker:
         never silently moved on. One transaction, so a trim can't land between
         the reads.
         """
-        log, _, trimmed = room_keys(room)
+        log, trimmed = keys.room_log(room), keys.room_trimmed(room)
         pipe = self.redis.pipeline(transaction=True)
         pipe.xrange(log, f"({cursor}", "+", count=count)
         pipe.xrange(log, "-", "+", count=1)

@@ -15,7 +15,7 @@ and the request greenlet ends. From then on:
 * a socket that can't take a whole chunk gets a greenlet of its own, the
   drainer, until it has caught up. Meanwhile its reader queues as any reader
   does (bounded, then catch-up at its own cursor), so order, no-gap and no-dup
-  stay the reader's job, unchanged (DESIGN.md invariants 3 and 6).
+  stay the reader's job, unchanged (docs/DESIGN.md, invariants 3 and 6).
 
 Anything else (Flask's test client, another WSGI server, TLS terminated by
 gunicorn, HTTP/1.0) keeps the WSGI generator, which delivers the same bytes.

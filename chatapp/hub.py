@@ -35,8 +35,8 @@ import redis
 from gevent.event import Event as Flag
 from gevent.lock import Semaphore
 
-from . import sessions
-from .broker import CONTROL_CHANNEL, Publication, Signal
+from . import keys, sessions
+from .broker import Publication, Signal
 from .errors import REDIS_ERRORS, StoreUnavailable
 from .reader import Reader
 from .sse import PING, http_chunk
@@ -54,7 +54,7 @@ JOIN_BATCH_SECS = 0.05
 PING_CHUNK = http_chunk(PING)
 CLOSE_WAIT_SECS = 3.0  # for drainers to end their streams at shutdown (a Redis read is at most 5 s)
 HUB_READ_CONNECTIONS = 4  # for the listener's own reads (tails, backfills)
-_CONTROL = CONTROL_CHANNEL.encode()
+_CONTROL = keys.CONTROL_CHANNEL.encode()
 _SIGNAL = b'{"type":'  # live-only events; publications start with {"id":
 
 

@@ -12,8 +12,9 @@ import uuid
 
 from flask import Blueprint, current_app, jsonify
 
+from . import keys
 from .auth import current_user, login_required
-from .broker import lua_script, room_keys
+from .broker import lua_script
 from .ratelimit import enforce
 from .rooms import current_rooms
 
@@ -24,11 +25,6 @@ bp = Blueprint("presence", __name__, url_prefix="/api/rooms")
 POLL_CONNECTION = "poll"  # one presence entry per long-polling user, refreshed by each poll
 
 
-def presence_keys(room):
-    tag = f"chat:{{{room}}}"
-    return [f"{tag}:presence", f"{tag}:presence-users", room_keys(room)[1]]
-
-
 class Presence:
     def __init__(self, redis, config):
         self._script = redis.register_script(lua_script("presence"))
@@ -37,7 +33,8 @@ class Presence:
         self.refresh_secs = config["CHAT_PRESENCE_TTL_SECS"] / 3  # two refreshes may fail before expiry
 
     def _run(self, room, op, ttl_ms, members=()):
-        users = self._script(presence_keys(room), [op, ttl_ms, room, *members])
+        users = self._script([keys.room_presence(room), keys.room_presence_users(room), keys.room_channel(room)],
+                             [op, ttl_ms, room, *members])
         return [user.decode() for user in users]
 
     @staticmethod

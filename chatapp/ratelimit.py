@@ -15,6 +15,7 @@ from limits import parse
 from limits.storage import RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
+from . import keys
 from .errors import RateLimited, is_out_of_memory
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class RateLimits:
 
     def __init__(self, redis_url, connection_pool, config):
         uri = "redis+unix://" + redis_url[len("unix://"):] if redis_url.startswith("unix://") else redis_url
-        storage = RedisStorage(uri, connection_pool=connection_pool, key_prefix="chat:rl")
+        storage = RedisStorage(uri, connection_pool=connection_pool, key_prefix=keys.RATE_LIMIT_PREFIX)
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._limits = {name: parse(config[name]) for name in LIMITS}
 

@@ -17,7 +17,7 @@ import time
 
 from gevent.event import Event as Flag
 
-from .broker import room_keys
+from . import keys
 
 FIRST_SESSION_CHECK_SECS = 1.0
 
@@ -46,7 +46,7 @@ class Reader:
         self.hub = hub
         self._lease = lease  # this stream's place in the user's count (chatapp.stream_slots)
         self.room = room
-        self.channel = room_keys(room)[1].encode()
+        self.channel = keys.room_channel(room).encode()
         self.user = user.lower()
         self.sid = sid  # the session it reads under; None for HTTP Basic
         # The hub checks the session (or for HTTP Basic the account) soon after opening,

@@ -4,6 +4,7 @@ import re
 
 from flask import Blueprint, current_app, jsonify, request
 
+from . import keys
 from .auth import current_user, login_required
 from .broker import StreamId, lua_script
 from .errors import BadRequest, Forbidden, NotFound
@@ -14,8 +15,6 @@ bp = Blueprint("rooms", __name__, url_prefix="/api/rooms")
 
 ROOM_RE = re.compile(r"\A[a-z0-9_-]{1,64}\Z")
 DEFAULT_ROOM = "general"
-ROOMS_KEY = "chat:room-names"  # sorted set, every score 0: ZRANGE BYLEX pages it by name
-LEGACY_ROOMS_KEY = "chat:rooms"  # the plain set earlier releases kept; migrated at start
 ROOMS_PAGE_DEFAULT = 100
 ROOMS_PAGE_MAX = 500
 # The page asks for unread counts of every room it lists in one request; past this
@@ -29,10 +28,6 @@ def validate_room_name(name):
         raise BadRequest("Room names are 1 to 64 lowercase letters, digits, '-' or '_'.",
                          code="bad_room")
     return name
-
-
-def created_count_key(user):
-    return f"chat:user-rooms:{user.lower()}"
 
 
 class RoomRegistry:
@@ -55,12 +50,12 @@ class RoomRegistry:
 
     def migrate(self):
         """Bring the index up to date (idempotent; run by every worker at start)."""
-        return self._migrate([LEGACY_ROOMS_KEY, ROOMS_KEY], [DEFAULT_ROOM])
+        return self._migrate([keys.LEGACY_ROOMS, keys.ROOM_NAMES], [DEFAULT_ROOM])
 
     def exists(self, name):
         if name in self._known:
             return True
-        if ROOM_RE.match(name) and self.redis.zscore(ROOMS_KEY, name) is not None:
+        if ROOM_RE.match(name) and self.redis.zscore(keys.ROOM_NAMES, name) is not None:
             self._known.add(name)
             return True
         return False
@@ -75,7 +70,7 @@ class RoomRegistry:
         """``names`` if every room exists (one round trip for those not seen yet); a 404 otherwise."""
         unseen = [name for name in names if name not in self._known]
         if unseen:
-            scores = self.redis.zmscore(ROOMS_KEY, unseen)
+            scores = self.redis.zmscore(keys.ROOM_NAMES, unseen)
             for name, score in zip(unseen, scores):
                 if score is None:
                     raise NotFound(f"No room named {name[:64]!r}.", code="unknown_room")
@@ -88,7 +83,7 @@ class RoomRegistry:
         if self.exists(name):
             return False
         enforce("CHAT_RATE_ROOMS", user)  # only attempts to create count: opening one is free
-        outcome = self._create([ROOMS_KEY, created_count_key(user)], [name, self.max_rooms, self.max_per_user])
+        outcome = self._create([keys.ROOM_NAMES, keys.user_rooms(user)], [name, self.max_rooms, self.max_per_user])
         if outcome == -1:
             raise Forbidden(f"This server holds its maximum of {self.max_rooms} rooms.", code="rooms_full")
         if outcome == -2:
@@ -100,7 +95,7 @@ class RoomRegistry:
     def page(self, after, limit):
         """Up to ``limit`` names after ``after`` (exclusive) by name, and whether more follow."""
         start = f"({after}" if after else "-"
-        names = [n.decode() for n in self.redis.zrange(ROOMS_KEY, start, "+", bylex=True, offset=0,
+        names = [n.decode() for n in self.redis.zrange(keys.ROOM_NAMES, start, "+", bylex=True, offset=0,
                                                         num=limit + 1)]
         return names[:limit], len(names) > limit
 

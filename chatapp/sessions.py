@@ -25,23 +25,18 @@ from flask import request
 from flask_session.redis import RedisSessionInterface
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from . import keys
 from .broker import lua_script
 from .errors import REDIS_ERRORS, Forbidden, Unauthorized, is_out_of_memory
-from .users import banned_key, user_key
 
 log = logging.getLogger(__name__)
 
-SESSION_KEY_PREFIX = "chat:session:"
 SESSION_COOKIE_NAME = "chat_session"
 ANON_CSRF_COOKIE = "chat_csrf"  # an anonymous visitor's CSRF token, signed; never in Redis
 CSRF_FIELD = "csrf_token"  # where flask-wtf keeps the raw token in the session
 _SID_RE = re.compile(r"\A[A-Za-z0-9_-]{16,128}\Z")
 UNAVAILABLE = "chat.session_unavailable"
 _LOADED_SID = "chat.session_loaded_sid"
-
-
-def index_key(user):
-    return f"chat:user-sessions:{user.lower()}"
 
 
 class RedisSessions(RedisSessionInterface):
@@ -57,7 +52,7 @@ class RedisSessions(RedisSessionInterface):
     """
 
     def __init__(self, app, client, max_per_user):
-        super().__init__(app, client=client, key_prefix=SESSION_KEY_PREFIX, permanent=True)
+        super().__init__(app, client=client, key_prefix=keys.SESSION_PREFIX, permanent=True)
         self.max_per_user = max_per_user
         self._start = client.register_script(lua_script("start_session"))
         self._end = client.register_script(lua_script("end_sessions"))
@@ -123,9 +118,9 @@ class RedisSessions(RedisSessionInterface):
         session["user"] = user
         session.permanent = True
         self.regenerate(session)
-        keys = [self._get_store_id(session.sid), index_key(user), user_key(user), banned_key(user)]
-        result = self._start(keys, [self.serializer.encode(session), int(lifetime.total_seconds()), session.sid,
-                                    record, SESSION_KEY_PREFIX, int(time.time() * 1000), self.max_per_user])
+        names = [self._get_store_id(session.sid), keys.user_sessions(user), keys.user(user), keys.banned(user)]
+        result = self._start(names, [self.serializer.encode(session), int(lifetime.total_seconds()), session.sid,
+                                    record, keys.SESSION_PREFIX, int(time.time() * 1000), self.max_per_user])
         if result in (-1, -2):
             session.clear()  # or the response's save would store it after all, unindexed
             if result == -1:
@@ -135,11 +130,11 @@ class RedisSessions(RedisSessionInterface):
         return [sid.decode() for sid in result]
 
     def forget(self, user, sid):
-        self._forget([index_key(user)], [sid])
+        self._forget([keys.user_sessions(user)], [sid])
 
     def end_all(self, user):
         """Delete every session of ``user``; return how many were live."""
-        return self._end([index_key(user)], [SESSION_KEY_PREFIX])
+        return self._end([keys.user_sessions(user)], [keys.SESSION_PREFIX])
 
 
 def recheck(redis, readers):
@@ -148,10 +143,10 @@ def recheck(redis, readers):
     pipe = redis.pipeline(transaction=False)
     for user, sid in readers:
         if sid:
-            pipe.pttl(SESSION_KEY_PREFIX + sid)
+            pipe.pttl(keys.session(sid))
         else:
-            pipe.exists(user_key(user))
-            pipe.exists(banned_key(user))
+            pipe.exists(keys.user(user))
+            pipe.exists(keys.banned(user))
     replies = iter(pipe.execute())
     outcomes = []
     for _, sid in readers:

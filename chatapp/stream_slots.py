@@ -12,16 +12,13 @@ import uuid
 
 import redis
 
+from . import keys
 from .broker import lua_script
 from .errors import TooManyStreams, is_out_of_memory
 
 log = logging.getLogger(__name__)
 
 TOO_MANY_RETRY_SECS = 10  # a client at its cap retries this much later
-
-
-def leases_key(user):
-    return f"chat:user-streams:{user.lower()}"
 
 
 class StreamSlots:
@@ -37,7 +34,7 @@ class StreamSlots:
         """A lease id for one more stream of ``user``; raise TooManyStreams at the cap."""
         lease = uuid.uuid4().hex
         try:
-            taken = self._acquire([leases_key(user)], [lease, self._lease_ms, self.per_user])
+            taken = self._acquire([keys.user_streams(user)], [lease, self._lease_ms, self.per_user])
         except redis.ResponseError as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -50,7 +47,7 @@ class StreamSlots:
         return lease
 
     def release(self, user, *leases):
-        self._redis.zrem(leases_key(user), *leases)
+        self._redis.zrem(keys.user_streams(user), *leases)
 
     def renew(self, held):
         """Renew ``{user: [lease, ...]}`` (one pipeline)."""
@@ -58,5 +55,5 @@ class StreamSlots:
             return
         pipe = self._redis.pipeline(transaction=False)
         for user, leases in held.items():
-            self._renew([leases_key(user)], [self._lease_ms, *leases], client=pipe)
+            self._renew([keys.user_streams(user)], [self._lease_ms, *leases], client=pipe)
         pipe.execute()

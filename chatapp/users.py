@@ -9,6 +9,7 @@ from typing import NamedTuple
 from flask import current_app
 from werkzeug.security import generate_password_hash
 
+from . import keys
 from .errors import BadRequest, Conflict, Forbidden
 from .passwords import Hasher
 
@@ -30,15 +31,6 @@ def validate_password(password):
         raise BadRequest(f"Passwords are {PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters.",
                          code="bad_password")
     return password
-
-
-def user_key(name):
-    """Every per-user key is built from a validated name, lowercased: no user input is a pattern."""
-    return f"chat:user:{name.lower()}"
-
-
-def banned_key(name):
-    return f"chat:banned:{name.lower()}"
 
 
 class Account(NamedTuple):
@@ -68,17 +60,17 @@ class UserStore:
         validate_password(password)
         if self.is_admin(name) and not reserved_ok:
             raise Conflict("That username is reserved.", code="username_reserved")
-        if self.redis.exists(user_key(name)):  # don't spend a hash on a name that is taken
+        if self.redis.exists(keys.user(name)):  # don't spend a hash on a name that is taken
             raise Conflict("That username is taken.", code="username_taken")
         record = json.dumps({"name": name, "password": self.hasher.hash(password),
                              "created": int(time.time())}).encode()
-        if not self.redis.set(user_key(name), record, nx=True):
+        if not self.redis.set(keys.user(name), record, nx=True):
             raise Conflict("That username is taken.", code="username_taken")
         return Account(name, record)
 
     def _load(self, name):
         """``(raw record or None, record or None, banned)`` in one round trip."""
-        raw, banned = self.redis.mget(user_key(name), banned_key(name))
+        raw, banned = self.redis.mget(keys.user(name), keys.banned(name))
         return raw, (json.loads(raw) if raw else None), banned is not None
 
     def authenticate(self, name, password):
@@ -143,17 +135,17 @@ class UserStore:
             raise Forbidden("The current password is wrong.", code="bad_credentials")
         record["password"] = self.hasher.hash(new)
         raw = json.dumps(record).encode()
-        self.redis.set(user_key(name), raw, xx=True)
+        self.redis.set(keys.user(name), raw, xx=True)
         return Account(record["name"], raw)
 
     def exists(self, name):
-        return bool(USERNAME_RE.match(name)) and bool(self.redis.exists(user_key(name)))
+        return bool(USERNAME_RE.match(name)) and bool(self.redis.exists(keys.user(name)))
 
     def set_banned(self, name, banned):
         if banned:
-            self.redis.set(banned_key(name), "1")
+            self.redis.set(keys.banned(name), "1")
         else:
-            self.redis.delete(banned_key(name))
+            self.redis.delete(keys.banned(name))
 
     def is_admin(self, name):
         return name is not None and name.lower() in current_app.config["CHAT_ADMINS"]

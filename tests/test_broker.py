@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from chatapp.broker import ZERO, StreamId, room_keys
+from chatapp import keys
+from chatapp.broker import ZERO, StreamId
 from chatapp.errors import BadRequest
 
 
@@ -26,13 +27,13 @@ def test_malformed_cursors_are_rejected(bad):
 
 def test_publish_is_in_the_stream_and_on_the_channel_in_one_script(app, redis_client):
     pubsub = redis_client.pubsub()
-    pubsub.subscribe(room_keys("general")[1])
+    pubsub.subscribe(keys.room_channel("general"))
     pubsub.get_message(timeout=1)
     publication, created = broker_of(app).publish("general", "alice", "hi")
     assert created
     live = pubsub.get_message(timeout=2)
     assert live["data"] == publication.json
-    (entry_id, _), = redis_client.xrange(room_keys("general")[0])
+    (entry_id, _), = redis_client.xrange(keys.room_log("general"))
     assert StreamId.from_bytes(entry_id) == publication.id
     message = json.loads(publication.json)
     assert message == {"id": str(publication.id), "ts": publication.id.ms, "room": "general",
@@ -47,13 +48,13 @@ def test_history_entry_encodes_exactly_like_the_live_message(app):
 
 def test_publish_order_equals_stream_order(app, redis_client):
     pubsub = redis_client.pubsub()
-    pubsub.subscribe(room_keys("general")[1])
+    pubsub.subscribe(keys.room_channel("general"))
     pubsub.get_message(timeout=1)
     for i in range(50):
         broker_of(app).publish("general", "alice", str(i))
     live = [StreamId.from_bytes(json.loads(pubsub.get_message(timeout=2)["data"])["id"].encode())
             for _ in range(50)]
-    stored = [StreamId.from_bytes(i) for i, _ in redis_client.xrange(room_keys("general")[0])]
+    stored = [StreamId.from_bytes(i) for i, _ in redis_client.xrange(keys.room_log("general"))]
     assert live == stored == sorted(stored)
 
 
@@ -63,7 +64,7 @@ def test_idempotency_key_returns_first_message_and_adds_nothing(app, redis_clien
     again, created_again = broker.publish("general", "alice", "once", "key-1")
     assert created and not created_again
     assert again.json == first.json
-    assert redis_client.xlen(room_keys("general")[0]) == 1
+    assert redis_client.xlen(keys.room_log("general")) == 1
 
 
 def test_idempotency_keys_are_per_user(app, redis_client):
@@ -71,7 +72,7 @@ def test_idempotency_keys_are_per_user(app, redis_client):
     broker.publish("general", "alice", "a", "same")
     _, created = broker.publish("general", "bob", "b", "same")
     assert created
-    assert redis_client.xlen(room_keys("general")[0]) == 2
+    assert redis_client.xlen(keys.room_log("general")) == 2
 
 
 def test_catch_up_reports_reset_only_after_trimming(app):

@@ -1,4 +1,4 @@
--- Save to history and publish, atomically per room (DESIGN invariants 1, 2, 9).
+-- Save to history and publish, atomically per room (docs/DESIGN.md, invariants 1, 2, 9).
 --
 -- Running XADD and PUBLISH in one script makes a room's publish order equal to
 -- its stream-id order, and a 201 is only sent after the entry is in the stream.
