@@ -14,6 +14,12 @@ from . import keys
 from .errors import BadRequest
 from .sse import Event, http_chunk
 
+# What travels on a room's channel is one of two kinds, told apart by how its JSON
+# starts: a message (stored, with a stream position) or a live-only signal (presence,
+# typing: never stored). The Lua scripts write the same shapes.
+PUBLICATION_PREFIX = b'{"id":'
+SIGNAL_PREFIX = b'{"type":'
+
 _CURSOR_RE = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
 _U64 = 2**64 - 1
 
@@ -64,8 +70,9 @@ class Publication:
     @classmethod
     def from_payload(cls, payload):
         """Build from the published JSON, which always starts with ``{"id":"<id>"``."""
-        end = payload.index(b'"', 7)
-        return cls(StreamId.from_bytes(payload[7:end]), payload)
+        start = len(PUBLICATION_PREFIX) + 1
+        end = payload.index(b'"', start)
+        return cls(StreamId.from_bytes(payload[start:end]), payload)
 
     @classmethod
     def from_entry(cls, room_entry):
@@ -104,6 +111,15 @@ class Signal:
         self.user = fields["user"].lower()
         self.frame = Event(json_bytes, event=fields["type"]).encode()
         self.chunk = http_chunk(self.frame)
+
+
+def decode_payload(payload):
+    """A channel payload as a :class:`Publication` or a :class:`Signal`; ValueError if neither."""
+    if payload.startswith(PUBLICATION_PREFIX):
+        return Publication.from_payload(payload)
+    if payload.startswith(SIGNAL_PREFIX):
+        return Signal(payload)
+    raise ValueError("neither a message nor a signal")
 
 
 class Reset(NamedTuple):

@@ -39,8 +39,8 @@ class ReaderReset(Exception):
 
 
 class Reader:
-    __slots__ = ("_behind", "_lease", "_queue", "_wake", "channel", "closed_reason", "delivered", "expires_at",
-                 "hub", "last_id", "presence_member", "room", "sid", "sink", "user")
+    __slots__ = ("_behind", "_delivered", "_lease", "_next_session_check", "_presence_member", "_queue", "_wake",
+                 "channel", "closed_reason", "hub", "last_id", "room", "sid", "sink", "user")
 
     def __init__(self, hub, room, user, sid=None, lease=None):
         self.hub = hub
@@ -52,12 +52,12 @@ class Reader:
         # The hub checks the session (or for HTTP Basic the account) soon after opening,
         # so a logout or kick that raced the stream's start still ends it, then again
         # every CHAT_SESSION_RECHECK_SECS at most.
-        self.expires_at = time.monotonic() + FIRST_SESSION_CHECK_SECS
+        self._next_session_check = time.monotonic() + FIRST_SESSION_CHECK_SECS
         self.last_id = None
-        self.presence_member = None  # set while this stream counts in the room's presence
+        self._presence_member = None  # set while this stream counts in the room's presence
         # Written but not yet counted in chat_messages_delivered: a multiprocess
         # counter increment per write cost 4% of a fan-out worker's CPU.
-        self.delivered = 0
+        self._delivered = 0
         self._queue = []
         self._wake = Flag()  # or, once direct, the socket sink (its set() starts its drainer)
         self.sink = None
@@ -85,6 +85,33 @@ class Reader:
     def lease(self):
         return self._lease
 
+    def queued(self):
+        """What waits in the queue now, oldest first (a copy)."""
+        return tuple(self._queue)
+
+    def take_delivered(self):
+        """Messages written since the last call (added to the metric in bulk)."""
+        delivered, self._delivered = self._delivered, 0
+        return delivered
+
+    @property
+    def presence_member(self):
+        return self._presence_member
+
+    def join_presence(self, member):
+        self._presence_member = member
+
+    def leave_presence(self):
+        """The presence entry to remove, once."""
+        member, self._presence_member = self._presence_member, None
+        return member
+
+    def session_due(self, now):
+        return self._next_session_check <= now
+
+    def check_session_at(self, when):
+        self._next_session_check = when
+
     def take_lease(self):
         """The stream's lease, once: whoever releases it gets it, nobody twice."""
         lease, self._lease = self._lease, None
@@ -107,7 +134,7 @@ class Reader:
                 if publication.id <= self.last_id:
                     return
                 self.last_id = publication.id
-                self.delivered += 1
+                self._delivered += 1
             sink.write_now(publication.chunk)
         elif len(self._queue) >= self.hub.queue_limit:
             self.fall_behind()
@@ -176,7 +203,7 @@ class Reader:
 
     def encode(self, batch):
         """``batch`` as one write, counted in ``delivered`` (the hub adds that to the metric in bulk)."""
-        self.delivered += len(batch)
+        self._delivered += len(batch)
         return b"".join(p.frame for p in batch)
 
     def close_queue(self):

@@ -159,6 +159,33 @@ def recheck(redis, readers):
     return outcomes
 
 
+class SessionWatch:
+    """Ends the streams whose session ended, whatever the control channel did or didn't say:
+    the hub's housekeeping calls :meth:`check` every tick; each reader is checked soon after
+    it opens, then within ``recheck_secs`` (sooner if its session expires sooner)."""
+
+    def __init__(self, redis, recheck_secs):
+        self.redis = redis
+        self.recheck_secs = recheck_secs
+
+    def check(self, readers, now):
+        """Ask Redis about the readers due (one pipeline); close those whose session ended."""
+        due = [r for r in readers if r.session_due(now)]
+        if not due:
+            return
+        for reader, (reason, seconds_left) in zip(due, recheck(self.redis, [(r.user, r.sid) for r in due])):
+            if reason:
+                reader.close(reason)
+            else:
+                reader.check_session_at(now + min(seconds_left or self.recheck_secs, self.recheck_secs))
+
+    @staticmethod
+    def check_all_soon(readers):
+        """After the Pub/Sub link was down: a kick or logout may have been published meanwhile."""
+        for reader in readers:
+            reader.check_session_at(0.0)
+
+
 def session_unavailable():
     """The Redis error that kept this request's session from loading, if any."""
     return request.environ.get(UNAVAILABLE)

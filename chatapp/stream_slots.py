@@ -13,6 +13,7 @@ import uuid
 import redis
 
 from . import keys
+from .batch import Batch
 from .broker import lua_script
 from .errors import TooManyStreams, is_out_of_memory
 
@@ -29,6 +30,8 @@ class StreamSlots:
         self._redis = client
         self._acquire = client.register_script(lua_script("acquire_stream"))
         self._renew = client.register_script(lua_script("renew_streams"))
+        # Batched: a stream may end inside the hub's listener loop, which must not wait on Redis.
+        self._releases = Batch(self._release_now)
 
     def acquire(self, user):
         """A lease id for one more stream of ``user``; raise TooManyStreams at the cap."""
@@ -46,11 +49,24 @@ class StreamSlots:
                                  headers={"Retry-After": str(TOO_MANY_RETRY_SECS)})
         return lease
 
-    def release(self, user, *leases):
-        self._redis.zrem(keys.user_streams(user), *leases)
+    def release(self, reader):
+        """Give back the reader's lease (within a batch window)."""
+        lease = reader.take_lease()
+        if lease is not None:
+            self._releases.add(reader.user, lease)
 
-    def renew(self, held):
-        """Renew ``{user: [lease, ...]}`` (one pipeline)."""
+    def _release_now(self, user, leases):
+        try:
+            self._redis.zrem(keys.user_streams(user), *leases)
+        except redis.RedisError as exc:
+            log.info("%d stream leases of %s not released (%s); they will run out", len(leases), user, exc)
+
+    def renew(self, readers):
+        """Renew the leases of ``readers`` (one pipeline)."""
+        held = {}
+        for reader in readers:
+            if reader.lease is not None:
+                held.setdefault(reader.user, []).append(reader.lease)
         if not held:
             return
         pipe = self._redis.pipeline(transaction=False)

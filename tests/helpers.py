@@ -320,6 +320,7 @@ class ResumingReader:
         self.ids = []
         self.pids = set()
         self.connects = 0
+        self.ready = 0  # "ready" events: the stream is subscribed, "now" is defined
         self.resets = 0
         self.frozen_until = 0.0
         self._stream = None
@@ -357,6 +358,8 @@ class ResumingReader:
             self.ids.append(event["id"])
         elif event.get("event") == "reset":
             self.resets += 1
+        elif event.get("event") == "ready":
+            self.ready += 1
 
     def wait_for(self, last_id, timeout=30):
         """Wait until ``last_id`` arrived; True if it did."""

@@ -2,6 +2,7 @@
 
 import os
 import subprocess
+import time
 
 import gevent
 import psutil
@@ -27,13 +28,19 @@ def post(api, room, text, **extra):
 
 
 def readers_on_both_workers(user, room, server, want=2, most=40, **kw):
-    """Open resuming readers until the two workers each hold at least one."""
+    """Open resuming readers until the two workers each hold at least one, and wait until
+    every one is subscribed: a reader without a cursor starts at "now", which is only
+    defined once its stream says "ready"."""
     readers = []
     while len(readers) < most:
         readers.append(ResumingReader(user, room, **kw))
         gevent.sleep(0.05)
         pids = set().union(*(r.pids for r in readers))
         if len(pids) >= want and len(readers) >= 4:
+            deadline = time.monotonic() + 10
+            while not all(r.ready for r in readers) and time.monotonic() < deadline:
+                gevent.sleep(0.02)
+            assert all(r.ready for r in readers), "a stream never said ready"
             return readers
     raise AssertionError(f"streams landed on {pids} only")
 

@@ -169,11 +169,11 @@ def message_ids(data):
     return [i.decode() for i in re.findall(rb"^id: (\S+)$", data, re.M)]
 
 
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_READER_QUEUE": 3}])
 def test_drainer_that_fails_unexpectedly_ends_the_stream_instead_of_skipping_ahead(app, monkeypatch):
     """Regression: a catch-up that raised anything but a connection error killed the drainer
     and left the stream open; the next publication went straight out, after a gap."""
     hub = app.extensions["chat.hub"]
-    hub.queue_limit = 3
     monkeypatch.setattr(hub, "recent_after", lambda reader: None)  # catch up from Redis, not the ring
     _, _, client = direct_stream(app)
     sent = [publish(app, "x" * 50_000)]  # more than the buffers hold: a drainer takes over

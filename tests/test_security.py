@@ -120,7 +120,7 @@ def test_stream_of_an_expired_session_stops_within_2_seconds(alice, redis_client
     stream.next_event()
     stream.next_event(timeout=0.3)
     (reader,) = app.extensions["chat.hub"].readers()
-    reader.expires_at = 0  # as if its lifetime were up; the session itself is what decides
+    reader.check_session_at(0.0)  # as if its lifetime were up; the session itself is what decides
     redis_client.delete(f"chat:session:{reader.sid}")  # Redis expired it
     events = [stream.next_event(timeout=2) for _ in range(5)]
     assert any(e and e.get("event") == "retry" and "session_expired" in e["data"] for e in events)

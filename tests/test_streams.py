@@ -4,8 +4,9 @@ import json
 import time
 
 import gevent
+import pytest
 
-from tests.conftest import AuthActions
+from tests.conftest import GENEROUS_LIMITS, AuthActions
 from tests.helpers import LocalStream, parse_id
 
 
@@ -155,8 +156,8 @@ def test_long_poll_uses_the_hub_not_a_connection_per_request(alice, app, redis_c
     assert all(g.get().json["messages"] == [later] for g in waiting)
 
 
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_MAX_STREAMS": 2}])
 def test_worker_at_its_stream_cap_tells_streams_to_retry_and_polls_to_come_back(alice, app):
-    app.extensions["chat.hub"].max_readers = 2
     held = [LocalStream(alice, "/api/rooms/general/events") for _ in range(2)]
     for stream in held:
         stream.next_event()
@@ -172,11 +173,11 @@ def test_worker_at_its_stream_cap_tells_streams_to_retry_and_polls_to_come_back(
     assert LocalStream(alice, "/api/rooms/general/events").next_event(timeout=1)["comments"] == ["stream open"]
 
 
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_MAX_STREAMS": 2}])
 def test_a_burst_of_opens_cannot_overshoot_the_stream_cap(alice, app):
     """Regression: the cap was checked before the request yielded (session save, head
     write) and counted only at attach, so 8 concurrent opens passed a cap of 2."""
     hub = app.extensions["chat.hub"]
-    hub.max_readers = 2
     streams = [gevent.spawn(LocalStream, alice, "/api/rooms/general/events") for _ in range(8)]
     answers = []
     for stream in (g.get(timeout=5) for g in streams):

@@ -1,0 +1,164 @@
+"""The worker's one Redis Pub/Sub connection: connect, subscribe, read, notice when it dies.
+
+One listener greenlet reads the link and hands every reply to the hub's
+callbacks, in order; request greenlets only write to it (SUBSCRIBE,
+UNSUBSCRIBE, PING, under a lock). A watchdog greenlet pings it and drops a link
+that stops answering; the listener then reconnects with backoff and
+subscribes again to everything the hub still reads. What was published while
+it was down is the hub's to read back from the streams (invariant 5): every
+subscription confirmation, first or not, goes to ``on_subscribed``.
+"""
+
+import logging
+import os
+import random
+import time
+
+import gevent
+import redis
+from gevent.lock import Semaphore
+
+from .errors import REDIS_ERRORS
+
+log = logging.getLogger(__name__)
+
+RECONNECT_MIN_SECS = 0.05  # first retry soon: most drops are a CLIENT KILL or a blip
+RECONNECT_MAX_SECS = 2.0  # a restarting Redis is back within seconds; don't wait longer
+SILENT_PINGS = 3  # a Pub/Sub link this many pings without a reply is dead
+
+
+class PubSubLink:
+    """Subscribes to ``channels()`` whenever it (re)connects and feeds replies to the callbacks:
+    ``on_message(channel, payload)``, ``on_subscribed(channel)``, ``on_reconnected()``."""
+
+    def __init__(self, redis_url, ping_secs, metrics, *, channels, on_message, on_subscribed, on_reconnected):
+        # RESP2: replies are plain [kind, channel, data] lists.
+        self._client = redis.Redis.from_url(redis_url, protocol=2, socket_timeout=None, socket_connect_timeout=2)
+        self.ping_secs = ping_secs
+        self._metrics = metrics
+        self._channels = channels
+        self._on_message = on_message
+        self._on_subscribed = on_subscribed
+        self._on_reconnected = on_reconnected
+        self._conn = None
+        self._write_lock = Semaphore()
+        self._last_heard = 0.0
+        self._greenlets = []
+        self.closed = False
+
+    def start(self):
+        self._greenlets = [gevent.spawn(self._listen), gevent.spawn(self._watch)]
+
+    @property
+    def connected(self):
+        conn = self._conn
+        return conn is not None and conn.is_connected
+
+    @property
+    def alive(self):
+        """False if a greenlet of the link died (it shouldn't: the listener restarts itself)."""
+        return all(not g.dead for g in self._greenlets)
+
+    def subscribe(self, channel):
+        self._send("SUBSCRIBE", channel)
+
+    def unsubscribe(self, channel):
+        self._send("UNSUBSCRIBE", channel)
+
+    def close(self):
+        self.closed = True
+        gevent.killall(self._greenlets, block=False)
+        self._disconnect(self._conn)
+
+    def drop(self):
+        """Treat the link as silent (as the watchdog would): it is dropped and reconnected."""
+        self._last_heard = 0.0
+
+    def _send(self, *args):
+        """Write a command on the link; the listener greenlet reads the reply."""
+        with self._write_lock:
+            # A link the watchdog dropped stays dropped: redis-py would silently
+            # reconnect it on write, without our subscriptions.
+            if self._conn is None or not self._conn.is_connected:
+                return  # the listener subscribes to every channel when it connects
+            try:
+                self._conn.send_command(*args, check_health=False)
+            except REDIS_ERRORS as exc:
+                log.info("pubsub: write of %s failed (%s); the listener will reconnect", args[0], exc)
+
+    def _listen(self):
+        delay = RECONNECT_MIN_SECS
+        connected_before = False
+        while not self.closed:
+            conn = None
+            try:
+                conn = self._connect()
+                if connected_before:
+                    self._on_reconnected()
+                connected_before = True
+                delay = RECONNECT_MIN_SECS
+                self._serve(conn)
+            except REDIS_ERRORS as exc:
+                if self.closed:
+                    return
+                self._metrics.redis_errors.labels("hub").inc()
+                log.warning("pubsub pid=%d: link lost (%s: %s); reconnecting in %.2fs",
+                            os.getpid(), type(exc).__name__, exc, delay)
+            except Exception:
+                log.exception("pubsub pid=%d: listener failed; reconnecting in %.2fs", os.getpid(), delay)
+            finally:
+                self._disconnect(conn)
+            gevent.sleep(delay * random.uniform(0.5, 1.0))
+            delay = min(delay * 2, RECONNECT_MAX_SECS)
+            self._metrics.hub_reconnects.inc()
+
+    def _connect(self):
+        # A bare connection, not one from the pool: the pool counts what it
+        # makes and would refuse after max_connections reconnects.
+        pool = self._client.connection_pool
+        conn = pool.connection_class(**pool.connection_kwargs)
+        try:
+            conn.connect()
+            with self._write_lock:
+                conn.send_command("SUBSCRIBE", *self._channels(), check_health=False)
+                self._conn = conn
+        except BaseException:
+            conn.disconnect()
+            raise
+        self._last_heard = time.monotonic()
+        return conn
+
+    def _disconnect(self, conn):
+        if conn is None:
+            return
+        with self._write_lock:
+            if self._conn is conn:
+                self._conn = None
+        conn.disconnect()
+
+    def _serve(self, conn):
+        while True:
+            reply = conn.read_response()
+            self._last_heard = time.monotonic()
+            if not isinstance(reply, list):
+                continue  # PONG before the first subscription
+            kind = reply[0]
+            if kind == b"message":
+                self._on_message(reply[1], reply[2])
+            elif kind == b"subscribe":
+                self._on_subscribed(reply[1])
+
+    def _watch(self):
+        """Ping the link so a dead one is noticed. Its own greenlet: it must never wait
+        on a Redis command (a stalled Redis is exactly what it has to notice)."""
+        while not self.closed:
+            gevent.sleep(self.ping_secs)
+            conn = self._conn
+            if conn is None:
+                continue
+            silent = time.monotonic() - self._last_heard
+            if silent > SILENT_PINGS * self.ping_secs:
+                log.warning("pubsub pid=%d: link silent for %.1fs; dropping it", os.getpid(), silent)
+                self._disconnect(conn)
+            else:
+                self._send("PING")
