@@ -17,6 +17,7 @@ import gevent
 
 from chatapp.config import ConfigError, load_settings, setting
 from chatapp.embedded_redis import EmbeddedRedis
+from chatapp.reasons import Ending
 
 bind = os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -100,7 +101,7 @@ def post_worker_init(worker):
     def handle_exit(sig, frame):
         stop_accepting(sig, frame)
         # Not in the signal handler itself: closing takes a gevent lock.
-        worker.chat_closing = gevent.spawn(hub.close, "draining")
+        worker.chat_closing = gevent.spawn(hub.close, Ending.DRAINING)
 
     signal.signal(signal.SIGTERM, handle_exit)
 
@@ -112,7 +113,7 @@ def worker_exit(server, worker):
     closing = getattr(worker, "chat_closing", None)
     app = getattr(worker, "wsgi", None)
     if closing is None and hasattr(app, "extensions"):  # in a worker; the arbiter calls this too
-        closing = gevent.spawn(app.extensions["chat.hub"].close, "draining")
+        closing = gevent.spawn(app.extensions["chat.hub"].close, Ending.DRAINING)
     if closing is not None:
         closing.join(timeout=5)
 

@@ -13,12 +13,13 @@ from flask import Blueprint, jsonify
 
 from .auth import current_user, end_user_sessions, login_required
 from .errors import Forbidden, NotFound
+from .reasons import Ending
 from .users import current_users
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin", cli_group="users")
 
 
-def kick(user, reason="kicked"):
+def kick(user, reason=Ending.KICKED):
     """End ``user``'s sessions and streams everywhere; return the sessions ended."""
     return end_user_sessions(user, reason)
 
@@ -26,7 +27,7 @@ def kick(user, reason="kicked"):
 def set_banned(user, banned):
     current_users().set_banned(user, banned)
     if banned:
-        kick(user, "banned")
+        kick(user, Ending.BANNED)
 
 
 def _existing(name):

@@ -9,6 +9,7 @@ from . import sessions
 from .errors import StoreUnavailable, Unauthorized
 from .params import request_fields, string_field
 from .ratelimit import check, count, enforce
+from .reasons import Ending
 from .users import USERNAME_RE, current_users
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
@@ -72,7 +73,7 @@ def _start_session(account):
     ended = interface.begin(session, account.name, account.record, current_app.permanent_session_lifetime)
     broker = current_app.extensions["chat.broker"]
     for sid in ended:  # past CHAT_MAX_SESSIONS_PER_USER the oldest sessions end
-        broker.publish_control("logged_out", sid=sid)
+        broker.publish_control(Ending.LOGGED_OUT, sid=sid)
     g.user = account.name
     g.pop("csrf_token", None)  # the token cached for the old session would not validate
     return jsonify(user=account.name, csrf_token=generate_csrf())
@@ -114,7 +115,7 @@ def logout():
     user, sid = session.get("user"), current_sid()
     if user and sid:
         current_app.session_interface.forget(user, sid)
-        current_app.extensions["chat.broker"].publish_control("logged_out", sid=sid)
+        current_app.extensions["chat.broker"].publish_control(Ending.LOGGED_OUT, sid=sid)
     session.clear()
     return jsonify(ok=True)
 
@@ -123,7 +124,7 @@ def logout():
 @login_required
 def logout_everywhere():
     """End every session of the signed-in user, on every device."""
-    ended = end_user_sessions(current_user(), "logged_out")
+    ended = end_user_sessions(current_user(), Ending.LOGGED_OUT)
     session.clear()
     return jsonify(ok=True, sessions_ended=ended)
 
@@ -137,7 +138,7 @@ def change_password():
     fields = request_fields()
     account = current_users().change_password(user, fields.get("current_password"),
                                               string_field(fields, "new_password"))
-    end_user_sessions(user, "password_changed")
+    end_user_sessions(user, Ending.PASSWORD_CHANGED)
     if request.authorization:
         return jsonify(user=user)
     return _start_session(account)

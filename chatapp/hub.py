@@ -42,6 +42,7 @@ from .errors import StoreUnavailable
 from .link import PubSubLink
 from .presence import SWEEP_SECS, PresenceKeeper
 from .reader import Reader
+from .reasons import Ending
 from .sessions import SessionWatch
 from .sse import PING, http_chunk
 
@@ -120,7 +121,7 @@ class Hub:
     def attach(self, reader):
         """Register ``reader`` and wait for its room's subscription; return "now"."""
         if self.closed:
-            raise StoreUnavailable("This worker is shutting down; reconnect.", code="draining")
+            raise StoreUnavailable("This worker is shutting down; reconnect.", code=Ending.DRAINING)
         self.check_capacity()  # then count it before anything can yield: a burst can't overshoot
         self._ensure_started()
         room = self._rooms.get(reader.channel)
@@ -188,7 +189,7 @@ class Hub:
                 closed += 1
         return closed
 
-    def close(self, reason="draining"):
+    def close(self, reason=Ending.DRAINING):
         """Close every reader (their clients resume elsewhere) and stop listening."""
         self.closed = True
         readers = self.readers()

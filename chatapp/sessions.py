@@ -28,6 +28,7 @@ from itsdangerous import BadSignature, URLSafeSerializer
 from . import keys
 from .broker import lua_script
 from .errors import REDIS_ERRORS, Forbidden, Unauthorized, is_out_of_memory
+from .reasons import Ending
 
 log = logging.getLogger(__name__)
 
@@ -152,10 +153,10 @@ def recheck(redis, readers):
     for _, sid in readers:
         if sid:
             ttl_ms = next(replies)
-            outcomes.append(("session_expired", None) if ttl_ms < 0 else (None, ttl_ms / 1000))
+            outcomes.append((Ending.SESSION_EXPIRED, None) if ttl_ms < 0 else (None, ttl_ms / 1000))
         else:
             exists, banned = next(replies), next(replies)
-            outcomes.append(("banned" if banned else "account_gone" if not exists else None, None))
+            outcomes.append((Ending.BANNED if banned else Ending.ACCOUNT_GONE if not exists else None, None))
     return outcomes
 
 

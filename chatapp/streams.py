@@ -1,7 +1,6 @@
 """Live delivery: the SSE stream and the long-poll fallback, both fed by the worker hub."""
 
 import logging
-import os
 import random
 import time
 
@@ -11,7 +10,6 @@ from flask import Blueprint, Response, current_app, request
 from . import sse
 from .auth import current_sid, current_user, login_required
 from .broker import StreamId
-from .direct import SocketSink
 from .errors import (
     REDIS_ERRORS,
     Busy,
@@ -26,11 +24,13 @@ from .errors import (
     is_out_of_memory,
     storage_full,
 )
+from .event_stream import EventStream
 from .messages import json_response
 from .params import query_cursor, query_number
 from .presence import POLL_CONNECTION, current_presence
 from .ratelimit import enforce
 from .reader import ReaderClosed, ReaderReset
+from .reasons import Ending
 from .rooms import current_rooms
 
 log = logging.getLogger(__name__)
@@ -101,111 +101,6 @@ def events(room):
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
 
 
-class EventStream:
-    """An SSE response body. A WSGI server iterates it (a greenlet waits for each
-    batch); under gunicorn's gevent worker :mod:`chatapp.direct` calls
-    :meth:`take_over` with the socket instead, and the hub writes to it."""
-
-    def __init__(self, reader, member, cursor, backlog, config):
-        self.reader = reader
-        self.member = member
-        self.cursor = cursor
-        self.backlog = backlog
-        self.heartbeat = config["CHAT_HEARTBEAT_SECS"]
-        self.retry_ms = config["CHAT_RETRY_MS"]
-        self.opened = None
-
-    def __iter__(self):
-        reason = "client_gone"  # unless something below says otherwise
-        try:
-            yield from self._start()
-            while True:  # ends only by an exception
-                yield self._next_frame()
-        except (ReaderClosed, StoreUnavailable, *REDIS_ERRORS) as exc:
-            reason = self.ending_reason(exc)
-        finally:
-            farewell = self.closed(reason)
-        yield farewell
-
-    def take_over(self, sock, head):
-        """Write the head and the start on ``sock`` (this greenlet), then hand it to the hub."""
-        sink = SocketSink(sock, self.reader, self)
-        frames = self._start()
-        try:
-            sink.write_blocking(head + sse.http_chunk(next(frames)))  # before waiting for anything
-            for frame in frames:
-                sink.write_blocking(sse.http_chunk(frame))
-        except Exception as exc:  # the socket is ours now: nobody else would close it
-            sink.finish(self.ending_reason(exc))
-        except BaseException:  # a worker stopping (GreenletExit): still close what we own
-            sink.finish("draining")
-            raise
-        else:
-            self.reader.go_direct(sink)
-
-    def _start(self):
-        """The frames before live delivery: preamble, ``ready`` once subscribed, the backlog."""
-        reader = self.reader
-        self.opened = time.monotonic()
-        reader.hub.metrics.streams_open.inc()
-        log.info("stream opened room=%s user=%s", reader.room, reader.user,
-                 extra={"room": reader.room, "user": reader.user})
-        # First bytes at once: headers get past proxies that wait for a body.
-        yield sse.Event(retry=self.retry_ms, comment="stream open").encode()
-        initial = reader.open(self.cursor, self.backlog)
-        # Subscribed now, so "now" is defined: "ready" tells the client the stream is
-        # live (and lets it tell a buffering proxy from a quiet room).
-        yield sse.Event({"worker": os.getpid()}, event="ready").encode()
-        reader.hub.join_presence(reader, self.member)
-        if initial:
-            yield reader.encode(initial)
-
-    def _next_frame(self):
-        reader = self.reader
-        while True:
-            try:
-                batch = reader.next_batch(self.heartbeat)
-            except ReaderReset as stale:
-                return self.reset_frame(stale.reset)
-            if batch is None:
-                return sse.PING
-            if batch:
-                return reader.encode(batch)
-
-    def ending_reason(self, exc):
-        """Why an exception ended the stream, as told to the client (logged if unexpected)."""
-        if isinstance(exc, ReaderClosed):
-            return exc.reason
-        if isinstance(exc, StoreUnavailable):
-            return exc.code
-        if isinstance(exc, REDIS_ERRORS):
-            self.reader.hub.metrics.redis_errors.labels("stream").inc()
-            log.warning("stream room=%s: redis unavailable (%s: %s)", self.reader.room, type(exc).__name__, exc)
-            return "store_unavailable"
-        if isinstance(exc, OSError):  # the client's socket, including a write stall
-            return "client_gone"
-        log.error("stream room=%s failed", self.reader.room, exc_info=exc)
-        return "server_error"
-
-    @staticmethod
-    def reset_frame(reset):
-        data = {"oldest": str(reset.oldest) if reset.oldest else None, "latest": str(reset.latest)}
-        return sse.Event(data, event="reset", id=str(reset.latest)).encode()
-
-    def closed(self, reason):
-        """Settle the stream's books (hub, presence, metrics, log); return the last frame to send."""
-        reader = self.reader
-        reader.hub.detach(reader)
-        reader.hub.leave_presence(reader)
-        if self.opened is not None:
-            reader.hub.metrics.streams_open.dec()
-            seconds = time.monotonic() - self.opened
-            log.info("stream closed room=%s user=%s after %.1fs reason=%s", reader.room, reader.user, seconds,
-                     reason, extra={"room": reader.room, "user": reader.user, "seconds": round(seconds, 1),
-                                    "reason": reason})
-        return sse.Event({"reason": reason}, event="retry").encode()
-
-
 @bp.get("/<room>/poll")
 @login_required
 def poll(room):
@@ -227,7 +122,7 @@ def poll(room):
         extra = b',"reset":true,"oldest":' + (b'"%s"' % str(oldest).encode() if oldest else b"null")
         batch = []
     except ReaderClosed as closed:
-        if closed.reason != "draining":
+        if closed.reason != Ending.DRAINING:
             raise Unauthorized("Your session ended.", code=closed.reason) from None
         batch = []  # answer now; the client polls again, on another worker
     finally:

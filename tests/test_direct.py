@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from chatapp.direct import _detach
-from chatapp.streams import EventStream
+from chatapp.event_stream import EventStream
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
 from tests.helpers import Api, Gunicorn, assert_exactly_once_in_order
 

@@ -1,0 +1,285 @@
+"""One SSE stream's life: open, backfill, live, heartbeat, close.
+
+:class:`EventStream` is the stream: the frames it starts with (preamble,
+``ready`` once subscribed, the backlog), the next frame while live, a reset,
+and its end (:meth:`EventStream.closed` settles the hub, presence, metrics
+and log, and gives the farewell frame). Two sinks put its frames on the wire:
+
+* the WSGI generator (:meth:`EventStream.__iter__`): a greenlet waits for each
+  batch; any WSGI server, Flask's test client, TLS in gunicorn;
+* :class:`SocketSink`: under gunicorn's gevent worker, once the start is
+  written, :mod:`chatapp.direct` hands the stream its socket and the hub
+  writes each publication's chunk to it (see that module for why). A socket
+  that can't take a whole chunk gets a drainer greenlet until it catches up.
+
+Either way the bytes are the same, and order, no-gap and no-dup are the
+reader's job (docs/DESIGN.md, invariants 3 and 6).
+"""
+
+import logging
+import os
+import time
+
+import gevent
+from gevent import socket as gsocket
+
+from . import sse
+from .errors import REDIS_ERRORS, StoreUnavailable
+from .reader import ReaderClosed, ReaderReset
+from .reasons import Ending
+from .sse import LAST_CHUNK, http_chunk
+
+log = logging.getLogger(__name__)
+
+# A client that takes no byte for this long is gone; TCP alone would take many minutes to say so.
+WRITE_STALL_SECS = 60.0
+READ_DISCARD_BYTES = 4096  # clients don't talk on an SSE connection; whatever they send is dropped
+
+
+class EventStream:
+    """An SSE response body. A WSGI server iterates it (a greenlet waits for each
+    batch); under gunicorn's gevent worker :mod:`chatapp.direct` calls
+    :meth:`take_over` with the socket instead, and the hub writes to it."""
+
+    def __init__(self, reader, member, cursor, backlog, config):
+        self.reader = reader
+        self.member = member
+        self.cursor = cursor
+        self.backlog = backlog
+        self.heartbeat = config["CHAT_HEARTBEAT_SECS"]
+        self.retry_ms = config["CHAT_RETRY_MS"]
+        self.opened = None
+
+    def __iter__(self):
+        reason = Ending.CLIENT_GONE  # unless something below says otherwise
+        try:
+            yield from self._start()
+            while True:  # ends only by an exception
+                yield self._next_frame()
+        except (ReaderClosed, StoreUnavailable, *REDIS_ERRORS) as exc:
+            reason = self.ending_reason(exc)
+        finally:
+            farewell = self.closed(reason)
+        yield farewell
+
+    def take_over(self, sock, head):
+        """Write the head and the start on ``sock`` (this greenlet), then hand it to the hub."""
+        sink = SocketSink(sock, self.reader, self)
+        frames = self._start()
+        try:
+            sink.write_blocking(head + sse.http_chunk(next(frames)))  # before waiting for anything
+            for frame in frames:
+                sink.write_blocking(sse.http_chunk(frame))
+        except Exception as exc:  # the socket is ours now: nobody else would close it
+            sink.finish(self.ending_reason(exc))
+        except BaseException:  # a worker stopping (GreenletExit): still close what we own
+            sink.finish(Ending.DRAINING)
+            raise
+        else:
+            self.reader.go_direct(sink)
+
+    def _start(self):
+        """The frames before live delivery: preamble, ``ready`` once subscribed, the backlog."""
+        reader = self.reader
+        self.opened = time.monotonic()
+        reader.hub.metrics.streams_open.inc()
+        log.info("stream opened room=%s user=%s", reader.room, reader.user,
+                 extra={"room": reader.room, "user": reader.user})
+        # First bytes at once: headers get past proxies that wait for a body.
+        yield sse.Event(retry=self.retry_ms, comment="stream open").encode()
+        initial = reader.open(self.cursor, self.backlog)
+        # Subscribed now, so "now" is defined: "ready" tells the client the stream is
+        # live (and lets it tell a buffering proxy from a quiet room).
+        yield sse.Event({"worker": os.getpid()}, event="ready").encode()
+        reader.hub.join_presence(reader, self.member)
+        if initial:
+            yield reader.encode(initial)
+
+    def _next_frame(self):
+        reader = self.reader
+        while True:
+            try:
+                batch = reader.next_batch(self.heartbeat)
+            except ReaderReset as stale:
+                return self.reset_frame(stale.reset)
+            if batch is None:
+                return sse.PING
+            if batch:
+                return reader.encode(batch)
+
+    def ending_reason(self, exc):
+        """Why an exception ended the stream, as told to the client (logged if unexpected)."""
+        if isinstance(exc, ReaderClosed):
+            return exc.reason
+        if isinstance(exc, StoreUnavailable):
+            return exc.code
+        if isinstance(exc, REDIS_ERRORS):
+            self.reader.hub.metrics.redis_errors.labels("stream").inc()
+            log.warning("stream room=%s: redis unavailable (%s: %s)", self.reader.room, type(exc).__name__, exc)
+            return Ending.STORE_UNAVAILABLE
+        if isinstance(exc, OSError):  # the client's socket, including a write stall
+            return Ending.CLIENT_GONE
+        log.error("stream room=%s failed", self.reader.room, exc_info=exc)
+        return Ending.SERVER_ERROR
+
+    @staticmethod
+    def reset_frame(reset):
+        data = {"oldest": str(reset.oldest) if reset.oldest else None, "latest": str(reset.latest)}
+        return sse.Event(data, event="reset", id=str(reset.latest)).encode()
+
+    def closed(self, reason):
+        """Settle the stream's books (hub, presence, metrics, log); return the last frame to send."""
+        reader = self.reader
+        reader.hub.detach(reader)
+        reader.hub.leave_presence(reader)
+        if self.opened is not None:
+            reader.hub.metrics.streams_open.dec()
+            seconds = time.monotonic() - self.opened
+            log.info("stream closed room=%s user=%s after %.1fs reason=%s", reader.room, reader.user, seconds,
+                     reason, extra={"room": reader.room, "user": reader.user, "seconds": round(seconds, 1),
+                                    "reason": reason})
+        return sse.Event({"reason": reason}, event="retry").encode()
+
+
+class SocketSink:
+    """One live stream's socket: written by the hub while idle, by its drainer while behind."""
+
+    __slots__ = ("_drainer", "_partial", "_pending", "_sock", "_watcher", "_writing", "last_write", "reader",
+                 "stream")
+
+    def __init__(self, sock, reader, stream):
+        self._sock = sock
+        self.reader = reader
+        self.stream = stream  # the EventStream whose frames this socket carries
+        self._pending = b""
+        self._drainer = None
+        self._writing = False  # the drainer is waiting for the socket to drain
+        self._partial = False  # a chunk is partly sent: nothing else may be written into it
+        self.last_write = time.monotonic()
+        self._watcher = gevent.get_hub().loop.io(sock.fileno(), 1)
+        self._watcher.start(self._readable)
+
+    @property
+    def drainer(self):
+        """The greenlet writing for this stream while it is behind, or None."""
+        return self._drainer
+
+    @property
+    def idle(self):
+        """True while the hub may write to the socket itself."""
+        return self._drainer is None and self._sock is not None
+
+    def write_now(self, data):
+        """Send one chunk without blocking; what the socket can't take now goes to the drainer."""
+        self.last_write = time.monotonic()
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.reader.close(Ending.CLIENT_GONE)
+            return
+        if sent < len(data):
+            self._partial = sent > 0
+            self._pending = data[sent:]
+            self._drainer = gevent.spawn(self._drain)
+
+    def heartbeat(self, ping, due):
+        """Ping the stream if nothing was written to it since ``due`` (and the hub may write)."""
+        if self.idle and self.last_write <= due:
+            self.write_now(ping)
+
+    def set(self):
+        """The reader's wake-up: something was queued, it fell behind, or it was closed."""
+        if self._sock is None:
+            return
+        reason = self.reader.closed_reason
+        if self._drainer is None:
+            if reason:
+                self.finish(reason)
+            else:
+                self._drainer = gevent.spawn(self._drain)
+        elif reason and self._writing and self._drainer is not gevent.getcurrent():
+            # Stuck on a full socket: a kick must not wait for a slow client.
+            self._drainer.kill(ReaderClosed(reason), block=False)
+
+    def write_blocking(self, data):
+        """Send all of ``data``, waiting (up to ``WRITE_STALL_SECS`` at a time) while the socket is full."""
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._sock.send(view)
+            except BlockingIOError:
+                self._writing = True
+                try:
+                    gsocket.wait_write(self._sock.fileno(), WRITE_STALL_SECS, TimeoutError)
+                finally:
+                    self._writing = False
+                continue
+            view = view[sent:]
+            self._partial = bool(view)
+        self.last_write = time.monotonic()
+
+    def _drain(self):
+        reason = None
+        try:
+            self._drain_until_idle()
+        except Exception as exc:
+            # Whatever it was, end the stream: left open behind a dead drainer, its cursor would skip ahead.
+            reason = self.stream.ending_reason(exc)
+        finally:
+            self._drainer = None
+        if reason:
+            self.finish(reason)
+
+    def _drain_until_idle(self):
+        reader = self.reader
+        while True:
+            if self._pending:
+                pending, self._pending = self._pending, b""
+                self.write_blocking(pending)
+            try:
+                batch = reader.take_ready()
+            except ReaderReset as stale:
+                self._pending = http_chunk(self.stream.reset_frame(stale.reset))
+                continue
+            if batch is None:
+                return  # caught up: the hub writes again
+            if batch:
+                self._pending = http_chunk(reader.encode(batch))
+
+    def _readable(self):
+        """The client sent something or hung up (runs in gevent's hub: nothing here may block)."""
+        try:
+            if self._sock.recv(READ_DISCARD_BYTES):
+                return
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        self._watcher.stop()
+        gevent.spawn(self.reader.close, Ending.CLIENT_GONE)
+
+    def finish(self, reason):
+        """Say goodbye (unless the client is gone or a chunk is half sent), close the socket,
+        settle the stream's books."""
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        self._watcher.stop()
+        self._watcher.close()
+        try:
+            farewell = self.stream.closed(reason)
+            # Inside a half-sent chunk the farewell would corrupt it; a client that sees
+            # the connection end mid-event drops that event and resumes before it.
+            if reason != Ending.CLIENT_GONE and not self._partial:
+                try:
+                    sock.send(http_chunk(farewell) + LAST_CHUNK)  # best effort; it is closing anyway
+                except OSError:
+                    pass
+        finally:
+            sock.close()
+            # Reader, sink and stream refer to each other; let reference counting free them
+            # now rather than at a full collection, which tune_gc makes rare.
+            self.reader.close_queue()
+            self.reader = self.stream = None
