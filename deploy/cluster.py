@@ -12,7 +12,6 @@ import argparse
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,80 +21,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from chatapp.embedded_redis import EmbeddedRedis  # noqa: E402
+from deploy.launch import Gunicorn, free_port, wait_for_port  # noqa: E402, F401 (free_port: for callers)
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port, timeout=20, proc=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process for port {port} exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
-
-
-class Instance:
-    """One gunicorn (its own master and workers) on one port."""
-
-    def __init__(self, port, redis_url, workers, data_dir, env):
-        self.port = port
-        self.redis_url = redis_url
-        self.workers = workers
-        self.data_dir = data_dir
-        self.env = env
-        self.proc = None
-
-    def start(self):
-        env = {**os.environ, **self.env, "REDIS_URL": self.redis_url, "BIND": f"127.0.0.1:{self.port}",
-               "WEB_CONCURRENCY": str(self.workers), "CHAT_DATA_DIR": str(self.data_dir),
-               "CHAT_TRUSTED_PROXIES": "1"}
-        env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        log = open(self.data_dir / f"gunicorn-{self.port}.log", "ab")  # the child process owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-                                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        wait_for_port(self.port, proc=self.proc)
-        return self
-
-    def worker_pids(self):
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True,
-                             text=True, check=False)
-        return [int(pid) for pid in out.stdout.split()]
-
-    def stop(self, sig=signal.SIGTERM, timeout=30):
-        """Stop the instance; returns how long it took."""
-        if self.proc is None or self.proc.poll() is not None:
-            return 0.0
-        started = time.monotonic()
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        return time.monotonic() - started
-
-    def kill(self):
-        """SIGKILL the master, then its orphaned workers (as a crashed host would lose them)."""
-        workers = self.worker_pids()
-        self.proc.kill()
-        self.proc.wait()
-        for pid in workers:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+def instance(port, redis_url, workers, data_dir, env):
+    """One gunicorn behind nginx: a fixed port, logs in the data folder, nginx's address trusted."""
+    env = {**env, "CHAT_DATA_DIR": str(data_dir), "CHAT_TRUSTED_PROXIES": "1"}
+    # No SECRET_KEY: gunicorn.conf.py keeps one in CHAT_DATA_DIR, shared by every instance.
+    return Gunicorn(redis_url, workers=workers, env=env, port=port, log_path=data_dir / f"gunicorn-{port}.log",
+                    secret_key=None)
 
 
 class Cluster:
@@ -104,7 +40,8 @@ class Cluster:
         self.port = port
         self.env = env or {}
         self.redis = EmbeddedRedis(self.data_dir / "redis")
-        self.instances = [Instance(p, self.redis.url, workers, self.data_dir, self.env) for p in instance_ports]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.instances = [instance(p, self.redis.url, workers, self.data_dir, self.env) for p in instance_ports]
         self.nginx = None
 
     @property

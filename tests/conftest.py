@@ -4,24 +4,14 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import itertools  # noqa: E402
-import uuid  # noqa: E402
-
 import pytest  # noqa: E402
 import redis  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
 
 from chatapp import create_app  # noqa: E402
 from chatapp.embedded_redis import EmbeddedRedis  # noqa: E402
-from tests.helpers import Api, Gunicorn, gunicorn_with_redis  # noqa: E402
-
-PASSWORD = "correct horse"
-_names = itertools.count()
-
-
-def unique(prefix):
-    """A name no other test uses, for state shared across tests (rooms, users)."""
-    return f"{prefix}{next(_names)}-{uuid.uuid4().hex[:6]}"
+from deploy.launch import LIFTED_LIMITS, Gunicorn  # noqa: E402
+from tests.helpers import PASSWORD, Api, account, gunicorn_with_redis, unique  # noqa: E402, F401 (re-exported)
 
 
 @pytest.fixture(scope="session")
@@ -41,11 +31,7 @@ def redis_client(redis_server):
 
 
 # Tests that are not about rate limits must not trip them; the ones that are set their own.
-GENEROUS_LIMITS = {"CHAT_RATE_MESSAGES": "100000 per minute", "CHAT_RATE_ROOMS": "100000 per minute",
-                   "CHAT_MAX_STREAMS_PER_USER": "100000",
-                   "CHAT_RATE_STREAMS": "100000 per minute",
-                   "CHAT_RATE_LOGIN_IP": "100000 per minute", "CHAT_RATE_LOGIN_USER": "100000 per minute",
-                   "CHAT_RATE_REGISTER_IP": "100000 per minute"}
+GENEROUS_LIMITS = LIFTED_LIMITS
 
 
 @pytest.fixture
@@ -125,10 +111,7 @@ def server(cluster_redis):
 @pytest.fixture
 def user(server):
     """A fresh account on the shared server; returns an Api signed in with Basic auth."""
-    name = unique("u")
-    assert Api(server.url).post("/api/auth/register",
-                                {"username": name, "password": PASSWORD}).status == 201
-    return Api(server.url, name, PASSWORD)
+    return account(server)
 
 
 @pytest.fixture

@@ -1,25 +1,46 @@
-"""Test clients that speak real HTTP: a small JSON client, an SSE reader, a gunicorn runner."""
+"""What the tests share: clients that speak real HTTP (a small JSON client, SSE and
+long-poll readers), accounts, and the checks of exactly-once delivery. Servers are
+started with ``deploy.launch`` (the same launcher the benchmarks and
+``./scripts/cluster`` use)."""
 
 import base64
 import contextlib
 import http.client
 import itertools
 import json
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
 import time
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import gevent
 import gevent.queue
-import psutil
+
+from deploy.launch import Gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse"
+_names = itertools.count()
+
+
+def unique(prefix):
+    """A name no other test uses, for state shared across tests (rooms, users)."""
+    return f"{prefix}{next(_names)}-{uuid.uuid4().hex[:6]}"
+
+
+def operator_account(server, name):
+    """An account created the operator's way (``flask users create``), as admins must be."""
+    server.create_user(name, PASSWORD)
+    return Api(server.url, name, PASSWORD)
+
+
+def account(server, name=None):
+    """A new account on a live server (registered over the API); an :class:`Api` signed in as it."""
+    name = name or unique("u")
+    response = Api(server.url).post("/api/auth/register", {"username": name, "password": PASSWORD})
+    assert response.status in (201, 409), response.body
+    return Api(server.url, name, PASSWORD)
 
 
 def parse_id(text):
@@ -189,74 +210,6 @@ class SSEStream:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # already closed
-
-
-class Gunicorn:
-    """A real gunicorn (gevent workers) serving the app on a free port."""
-
-    def __init__(self, redis_url, workers=2, env=None):
-        self.redis_url = redis_url
-        self.workers = workers
-        self.extra_env = env or {}
-        self.proc = None
-        self.url = None
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def _env(self):
-        return {**os.environ, "REDIS_URL": self.redis_url, "WEB_CONCURRENCY": str(self.workers),
-                "SECRET_KEY": "test-secret", "BIND": "127.0.0.1:0", **self.extra_env}
-
-    def create_user(self, name, password):
-        """Create an account the operator's way (``flask users create``), as admins must be;
-        an existing account is left as it is. Returns an :class:`Api` signed in as it."""
-        result = subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi:app", "users", "create", name,
-                                 "--password", password], cwd=ROOT, env=self._env(), capture_output=True,
-                                text=True, check=False)
-        if result.returncode != 0 and "taken" not in result.stderr:
-            raise RuntimeError(f"flask users create {name} failed: {result.stderr}")
-        return Api(self.url, name, password)
-
-    def start(self, timeout=30):
-        env = self._env()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + timeout
-        self.log = []
-        booted = 0
-        while time.monotonic() < deadline and booted < self.workers:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("gunicorn exited:\n" + "".join(self.log))
-            self.log.append(line)
-            match = re.search(r"Listening at: (http://\S+)", line)
-            if match:
-                self.url = match[1]
-            booted += "Booting worker" in line
-        gevent.spawn(self._drain)
-        return self.url
-
-    def _drain(self):
-        for line in self.proc.stdout:
-            self.log.append(line)
-
-    def worker_pids(self):
-        return sorted(child.pid for child in psutil.Process(self.proc.pid).children())
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class LocalStream:

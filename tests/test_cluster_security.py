@@ -6,8 +6,9 @@ import time
 import gevent
 import pytest
 
+from deploy.launch import Gunicorn
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
-from tests.helpers import Api, Gunicorn
+from tests.helpers import Api, account, operator_account
 
 
 @pytest.fixture(scope="module")
@@ -17,12 +18,6 @@ def guarded(cluster_redis):
            "CHAT_HEARTBEAT_SECS": "1"}
     with Gunicorn(cluster_redis.url, workers=2, env=env) as server:
         yield server
-
-
-def account(server, name=None):
-    name = name or unique("u")
-    Api(server.url).post("/api/auth/register", {"username": name, "password": PASSWORD})
-    return Api(server.url, name, PASSWORD)
 
 
 def session_client(server, name):
@@ -37,7 +32,7 @@ def session_client(server, name):
 def test_kick_closes_live_streams_on_both_workers_within_2_seconds(guarded, cluster_redis):
     name = unique("victim")
     account(guarded, name)
-    boss = guarded.create_user("boss", PASSWORD)
+    boss = operator_account(guarded, "boss")
     api, cookie = session_client(guarded, name)
     streams = []
     while len({s.pid for s in streams}) < 2 and len(streams) < 30:

@@ -13,8 +13,9 @@ import redis
 
 from chatapp.direct import _detach
 from chatapp.event_stream import EventStream
+from deploy.launch import Gunicorn
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
-from tests.helpers import Api, Gunicorn, assert_exactly_once_in_order
+from tests.helpers import Api, account, assert_exactly_once_in_order, operator_account
 
 
 @pytest.fixture(scope="module")
@@ -26,12 +27,6 @@ def quiet(cluster_redis):
     with Gunicorn(cluster_redis.url, workers=2, env=env) as server:
         server.admin = admin
         yield server
-
-
-def account(server, name=None):
-    name = name or unique("d")
-    assert Api(server.url).post("/api/auth/register", {"username": name, "password": PASSWORD}).status == 201
-    return Api(server.url, name, PASSWORD)
 
 
 def metric(server, name, labels=""):
@@ -109,7 +104,7 @@ def test_client_hanging_up_is_noticed_at_once_not_at_the_next_heartbeat(quiet):
 def test_kick_ends_a_stream_stuck_on_a_full_socket(quiet):
     """Regression: the drainer of a client that reads nothing waits on its socket; a kick
     must interrupt that wait instead of leaving the stream open for the write-stall timeout."""
-    victim, boss = account(quiet), quiet.create_user(quiet.admin, PASSWORD)
+    victim, boss = account(quiet), operator_account(quiet, quiet.admin)
     room = unique("r")
     assert victim.post("/api/rooms", {"name": room}).status == 201
     baseline = metric(quiet, "chat_streams_open")

@@ -11,7 +11,8 @@ import gevent
 import pytest
 import redis
 
-from deploy.cluster import Cluster, free_port
+from deploy.cluster import Cluster
+from deploy.launch import free_port
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
 from tests.helpers import Api, PollReader, ResumingReader, all_ids, assert_exactly_once_in_order, parse_id
 
