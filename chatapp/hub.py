@@ -26,7 +26,6 @@ session re-checks (:class:`SessionWatch`), stream leases
 nobody reads.
 """
 
-import collections
 import json
 import logging
 import os
@@ -34,7 +33,6 @@ import time
 
 import gevent
 import redis
-from gevent.event import Event as Flag
 
 from . import keys
 from .broker import Signal, decode_payload
@@ -43,6 +41,7 @@ from .link import PubSubLink
 from .presence import SWEEP_SECS, PresenceKeeper
 from .reader import Reader
 from .reasons import Ending
+from .room_feed import RoomFeed
 from .sessions import SessionWatch
 from .sse import PING, http_chunk
 
@@ -53,25 +52,6 @@ PING_CHUNK = http_chunk(PING)
 CLOSE_WAIT_SECS = 3.0  # for drainers to end their streams at shutdown (a Redis read is at most 5 s)
 HUB_READ_CONNECTIONS = 4  # for the hub's own reads (tails, backfills)
 _CONTROL = keys.CONTROL_CHANNEL.encode()
-
-
-class _Room:
-    __slots__ = ("channel", "idle_since", "last_id", "name", "readers", "ready", "ring", "ring_floor", "start_id")
-
-    def __init__(self, name, channel, ring_size):
-        self.name = name
-        self.channel = channel
-        self.readers = set()
-        self.last_id = None  # last id dispatched; None until the first confirmation
-        self.start_id = None  # the room's tail when the subscription was first confirmed
-        self.ring = collections.deque(maxlen=ring_size)  # recent publications, contiguous
-        self.ring_floor = None  # the ring holds every publication after this id
-        self.ready = Flag()
-        self.idle_since = None
-
-    def restart_at(self, tail):
-        self.last_id = self.ring_floor = tail
-        self.ring.clear()
 
 
 class Hub:
@@ -127,7 +107,7 @@ class Hub:
         room = self._rooms.get(reader.channel)
         subscribe = room is None
         if subscribe:
-            room = self._rooms[reader.channel] = _Room(reader.room, reader.channel, self.ring_size)
+            room = self._rooms[reader.channel] = RoomFeed(reader.room, reader.channel, self.ring_size)
         if reader not in room.readers:
             room.readers.add(reader)
             self._reader_count += 1
@@ -168,16 +148,9 @@ class Hub:
     def recent_after(self, reader):
         """Publications after the reader's cursor from the ring, or None if it doesn't cover it."""
         room = self._rooms.get(reader.channel)
-        if room is None or room.ring_floor is None \
-                or not room.ring_floor <= reader.last_id <= room.last_id:
-            return None
-        self.metrics.catchups.labels("ring").inc()
-        newer = []
-        for publication in reversed(room.ring):
-            if publication.id <= reader.last_id:
-                break
-            newer.append(publication)
-        newer.reverse()
+        newer = None if room is None else room.recent_after(reader.last_id)
+        if newer is not None:
+            self.metrics.catchups.labels("ring").inc()
         return newer
 
     def close_matching(self, reason, user=None, sid=None):
@@ -242,7 +215,7 @@ class Hub:
                 self._lost_track(room, reset.latest)
                 return
             for publication in page:
-                self._deliver(room, publication)
+                room.deliver(publication)
             if len(page) < self.catchup_page:
                 return
             gevent.sleep(0)  # let readers write between pages
@@ -275,21 +248,9 @@ class Hub:
             log.error("hub: ignoring malformed message on %r: %r", channel, payload[:200])
             return
         if isinstance(item, Signal):
-            for reader in tuple(room.readers):  # a failed direct write detaches its reader
-                if reader.user != item.user:
-                    reader.offer(item)
+            room.signal(item)
         else:
-            self._deliver(room, item)
-
-    def _deliver(self, room, publication):
-        if publication.id <= room.last_id:
-            return
-        if len(room.ring) == room.ring.maxlen:
-            room.ring_floor = room.ring[0].id
-        room.ring.append(publication)
-        room.last_id = publication.id
-        for reader in tuple(room.readers):  # a failed direct write detaches its reader
-            reader.offer(publication)
+            room.deliver(item)
 
     # -- housekeeping ------------------------------------------------------------
 
