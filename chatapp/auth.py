@@ -8,7 +8,7 @@ from flask_wtf.csrf import generate_csrf
 from . import sessions
 from .errors import StoreUnavailable, Unauthorized
 from .params import request_fields, string_field
-from .ratelimit import check, count, enforce
+from .ratelimit import enforce
 from .reasons import Ending
 from .users import USERNAME_RE, current_users
 
@@ -33,19 +33,17 @@ def current_sid():
 
 
 class GuessLimits:
-    """HTTP Basic failures count against the login limits: per client IP and per name."""
+    """HTTP Basic attempts that need a hash count against the login limits: per client IP
+    and per name."""
 
     def __init__(self, name):
-        self.keys = (("CHAT_RATE_LOGIN_IP", None), ("CHAT_RATE_LOGIN_USER", f"login:{name}"))
+        self.name = name
 
-    def check(self):
-        """429 (before any hash is spent) once either limit is used up."""
-        for setting, key in self.keys:
-            check(setting, key)
-
-    def failed(self):
-        for setting, key in self.keys:
-            count(setting, key)
+    def attempt(self):
+        """Count one attempt; 429 (before any hash is spent) once either limit is used up."""
+        enforce("CHAT_RATE_LOGIN_IP")
+        if USERNAME_RE.match(self.name):  # only valid names become keys
+            enforce("CHAT_RATE_LOGIN_USER", f"login:{self.name}")
 
 
 def _basic_user():

@@ -4,10 +4,16 @@ A scrypt hash costs about 100 ms of CPU. Run on a gevent worker's only thread,
 every hash would stall every stream that worker holds; run in threads, the hash
 (hashlib releases the GIL) overlaps with the event loop. The threads are few
 and the queue in front of them is bounded: past it a request is refused with a
-503 ``busy`` at once, so a flood of guesses costs at most those threads' CPU and
-never piles up waiting greenlets.
+503 ``busy`` at once, so a flood of guesses never piles up waiting greenlets.
+
+The threads also run at the lowest CPU priority (nice 19): a thread at the
+same priority as the event loop would take half a core from it for as long as
+a flood keeps its queue full, and every stream's delivery would wait behind
+hash time slices (docs/benchmarks.md, "Password guessing during a fan-out").
+At nice 19 hashing uses what the event loops leave, and still always progresses.
 """
 
+import logging
 import os
 
 from gevent.threadpool import ThreadPool
@@ -15,7 +21,20 @@ from werkzeug.security import check_password_hash, generate_password_hash
 
 from .errors import Busy
 
+log = logging.getLogger(__name__)
+
 BUSY_RETRY_SECS = 1
+HASH_NICENESS = 19  # the lowest priority: hashing only gets what the event loop leaves
+
+
+def _at_low_priority(function, *args):
+    """Run in a hashing thread. On Linux, setpriority on "process" 0 changes only the
+    calling thread; a syscall per hash is nothing beside the hash."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, HASH_NICENESS)
+    except OSError as exc:  # not permitted here: hashing still works, at normal priority
+        log.warning("password hashing runs at normal priority: %s", exc)
+    return function(*args)
 
 
 class Hasher:
@@ -41,7 +60,7 @@ class Hasher:
             self._pool, self._pid = ThreadPool(self.threads), os.getpid()
         self._waiting += 1
         try:
-            return self._pool.apply(function, args)
+            return self._pool.apply(_at_low_priority, (function, *args))
         finally:
             self._waiting -= 1
 

@@ -24,11 +24,6 @@ LIMITS = ("CHAT_RATE_MESSAGES", "CHAT_RATE_LOGIN_IP", "CHAT_RATE_LOGIN_USER", "C
           "CHAT_RATE_STREAMS", "CHAT_RATE_TYPING", "CHAT_RATE_ROOMS", "CHAT_RATE_UNREAD")
 
 
-# Reading what is already stored must go on when Redis is full: opening a stream
-# writes only this counter, so a full store doesn't shut every reader out.
-FAIL_OPEN_WHEN_FULL = frozenset({"CHAT_RATE_STREAMS"})
-
-
 class RateLimits:
     """The configured limits and a sliding-window counter on the app's Redis pool."""
 
@@ -40,24 +35,19 @@ class RateLimits:
 
     def hit(self, setting, key):
         """Count one hit of ``setting`` for ``key``; raise RateLimited past the limit."""
+        item = self._limits[setting]
         try:
-            allowed = self._limiter.hit(self._limits[setting], setting, key)
+            allowed = self._limiter.hit(item, setting, key)
         except redis.ResponseError as exc:
-            if not (setting in FAIL_OPEN_WHEN_FULL and is_out_of_memory(exc)):
+            if not is_out_of_memory(exc):
                 raise
+            # A full store can't count, but it can still say where the count stands: the
+            # limit holds as of the moment it filled, and reading (streams, Basic-auth
+            # GETs) goes on instead of failing with the store.
             log.warning("rate limit %s not counted: redis is out of memory", setting)
-            return
+            allowed = self._limiter.test(item, setting, key)
         if not allowed:
             self._refuse(setting, key)
-
-    def check(self, setting, key):
-        """Raise RateLimited if ``key`` has no hit of ``setting`` left, without counting one."""
-        if not self._limiter.test(self._limits[setting], setting, key):
-            self._refuse(setting, key)
-
-    def count(self, setting, key):
-        """Count one hit, whether or not it is over the limit (a failure already answered)."""
-        self._limiter.hit(self._limits[setting], setting, key)
 
     def _refuse(self, setting, key):
         item = self._limits[setting]
@@ -74,16 +64,6 @@ def _key(key):
 def enforce(setting, key=None):
     """Apply the limit named ``setting`` to ``key`` (default: the client's IP)."""
     current_app.extensions["chat.ratelimits"].hit(setting, _key(key))
-
-
-def check(setting, key=None):
-    """:func:`enforce` without counting: a 429 if nothing is left."""
-    current_app.extensions["chat.ratelimits"].check(setting, _key(key))
-
-
-def count(setting, key=None):
-    """Count one against ``setting`` without refusing anything (a failure already answered)."""
-    current_app.extensions["chat.ratelimits"].count(setting, _key(key))
 
 
 def init_app(app):

@@ -2,6 +2,7 @@
 (docs/security.md lists them with the limit that stops each)."""
 
 import logging
+import os
 import re
 
 import pytest
@@ -146,11 +147,13 @@ class BlockedHash:
         self.entered = monkey.get_original("threading", "Event")()
         self.release = monkey.get_original("threading", "Event")()
         self.thread_ids = []
+        self.niceness = []
         original = chatapp.passwords.check_password_hash
         get_ident = monkey.get_original("_thread", "get_ident")
 
         def blocking(stored, password):
             self.thread_ids.append(get_ident())
+            self.niceness.append(os.getpriority(os.PRIO_PROCESS, 0))  # this thread's, on Linux
             self.entered.set()
             self.release.wait(30)
             return original(stored, password)
@@ -178,6 +181,8 @@ def test_password_hashing_runs_off_the_event_loop(guarded, monkeypatch):
     blocked.release.set()
     assert guessing.get(timeout=10).status_code == 401
     assert blocked.thread_ids and monkey.get_original("_thread", "get_ident")() not in blocked.thread_ids
+    assert blocked.niceness == [19]  # hashing only gets the CPU the event loop leaves
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the event loop's thread is untouched
 
 
 def test_a_flood_of_sign_ins_past_the_hash_queue_is_told_to_retry(guarded, monkeypatch):

@@ -29,8 +29,29 @@ def checkout(tmp_path):
     return tmp_path
 
 
+_running = []
+
+
+@pytest.fixture(autouse=True)
+def stop_what_is_left():
+    """A failing test must not leave gunicorn and its Redis running."""
+    yield
+    while _running:
+        serve = _running.pop()
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+            serve.proc.wait()
+        for leftover in serve.checkout.glob("var/redis/redis.pid"):
+            try:
+                os.kill(int(leftover.read_text()), signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
+
+
 class Serve:
     def __init__(self, checkout):
+        _running.append(self)
+        self.checkout = checkout
         env = {**os.environ, "PORT": "0", "CHAT_VENV": sys.prefix}
         env.pop("REDIS_URL", None)
         env.pop("SECRET_KEY", None)
