@@ -143,9 +143,9 @@ SETTINGS = (
     Setting("CHAT_HTTPS", bool, False, "Served over HTTPS: session cookies get the Secure flag."),
     Setting("CHAT_RATE_MESSAGES", rate, "20 per 10 seconds", "Messages each user may send."),
     Setting("CHAT_RATE_LOGIN_IP", rate, "10 per minute", "Login attempts per client IP "
-            "(and HTTP Basic attempts that need a password hash)."),
+            "(and failed HTTP Basic attempts)."),
     Setting("CHAT_RATE_LOGIN_USER", rate, "10 per minute", "Login attempts per username "
-            "(also password changes and HTTP Basic attempts that need a password hash)."),
+            "(also password changes and failed HTTP Basic attempts)."),
     Setting("CHAT_RATE_REGISTER_IP", rate, "10 per hour", "Registrations per client IP."),
     Setting("CHAT_RATE_TYPING", rate, "30 per minute", "Typing notices each user may send."),
     Setting("CHAT_RATE_ROOMS", rate, "10 per hour", "Rooms each user may create."),

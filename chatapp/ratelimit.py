@@ -5,6 +5,7 @@ Built on ``limits`` (the library under Flask-Limiter): views call
 name), and a breach is one of our JSON errors with ``Retry-After``.
 """
 
+import collections
 import logging
 import math
 import time
@@ -32,6 +33,9 @@ class RateLimits:
         storage = RedisStorage(uri, connection_pool=connection_pool, key_prefix=keys.RATE_LIMIT_PREFIX)
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._limits = {name: parse(config[name]) for name in LIMITS}
+        # Hits this worker knows are coming but can't count yet ((setting, key) -> n): the
+        # HTTP Basic guesses still being hashed (chatapp.auth.GuessLimits).
+        self.pending = collections.Counter()
 
     def hit(self, setting, key):
         """Count one hit of ``setting`` for ``key``; raise RateLimited past the limit."""
@@ -49,6 +53,23 @@ class RateLimits:
         if not allowed:
             self._refuse(setting, key)
 
+    def remaining(self, setting, key):
+        """How many hits of ``setting`` ``key`` has left in the current window (a read)."""
+        return self._limiter.get_window_stats(self._limits[setting], setting, key).remaining
+
+    def count(self, setting, key):
+        """Count one hit, whether or not it is over the limit (a failure already answered)."""
+        try:
+            self._limiter.hit(self._limits[setting], setting, key)
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            log.warning("rate limit %s not counted: redis is out of memory", setting)
+
+    def refuse(self, setting, key):
+        """Raise the 429 of ``setting`` for ``key``."""
+        self._refuse(setting, key)
+
     def _refuse(self, setting, key):
         item = self._limits[setting]
         reset_at = self._limiter.get_window_stats(item, setting, key).reset_time
@@ -64,6 +85,15 @@ def _key(key):
 def enforce(setting, key=None):
     """Apply the limit named ``setting`` to ``key`` (default: the client's IP)."""
     current_app.extensions["chat.ratelimits"].hit(setting, _key(key))
+
+
+def current_limits():
+    return current_app.extensions["chat.ratelimits"]
+
+
+def client_key(key=None):
+    """The key a limit is counted under: ``key``, else the client's IP."""
+    return _key(key)
 
 
 def init_app(app):

@@ -102,21 +102,28 @@ class UserStore:
         against the same stored hash: a password change or a deleted account
         takes effect at once, without paying tens of ms of CPU per request.
 
-        Every other attempt counts against the login limits before its hash is
-        spent (``guard.attempt()``: a 429 once they are used up), as a login does.
-        A credential already verified here skips that, so a stranger guessing at
-        a name can't lock its owner's working client out.
+        Every other attempt is a guess until proven right: ``guard.begin()``
+        refuses it with a 429 before its hash once the login limits are used up
+        (counting the guesses still being hashed), and ``guard.end()`` counts a
+        wrong one. A credential already verified here skips both, so a stranger
+        guessing at a name can't lock its owner's working client out.
         """
         if not USERNAME_RE.match(name) or len(password) > PASSWORD_MAX_CHARS:
-            guard.attempt()
+            guard.begin()
+            guard.end(failed=True)
             return None
         digest = hashlib.sha256(f"{name.lower()}\0{password}".encode()).digest()
         _, record, banned = self._load(name)
         cached = self._cache.get(digest) if record else None
         now = time.monotonic()
         if not (cached and cached[0] == record["password"] and cached[1] > now):
-            guard.attempt()  # counted before the hash: a burst can't queue more hashes than the limit
-            if not self._verify(record, password):
+            guard.begin()  # a 429 before any hash once the limits are used up
+            verified = False
+            try:
+                verified = self._verify(record, password)
+            finally:
+                guard.end(failed=not verified)
+            if not verified:
                 return None
             if len(self._cache) >= _AUTH_CACHE_MAX:
                 self._cache.clear()

@@ -529,3 +529,19 @@ def test_live_streams_keep_their_leases_and_a_dead_workers_run_out(app, redis_cl
         dead_worker.acquire("carol")
     stream.close()
 
+
+
+def test_a_burst_of_guesses_cannot_queue_more_hashes_than_the_limit(guarded, monkeypatch):
+    """Regression: failures were counted only after their hash, so every guess of a burst
+    passed the check while the first were still hashing (43 hashed against a limit of 10)."""
+    import gevent
+
+    app = guarded(CHAT_RATE_LOGIN_IP="3 per minute", CHAT_HASH_QUEUE=50)
+    AuthActions(app.test_client()).register("alice")
+    blocked = BlockedHash(monkeypatch)
+    burst = [gevent.spawn(guess, app.test_client(), f"name{i}", "wrong") for i in range(10)]
+    gevent.joinall(burst, timeout=3)  # those refused answer at once; the others wait on the hash
+    refused = [g.value.status_code for g in burst if g.ready()]
+    assert refused == [429] * 7 and app.extensions["chat.users"].hasher.waiting == 3
+    blocked.release.set()
+    assert sorted(g.get(timeout=10).status_code for g in burst) == [401] * 3 + [429] * 7
