@@ -183,6 +183,11 @@ class Target:
                 + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
         return head + body
 
+    def guess_request(self, user, password):
+        """A password guess: ``GET /api/auth/me`` with HTTP Basic, one request per connection."""
+        return (b"GET /api/auth/me HTTP/1.1\r\nHost: " + self.hostport + b"\r\nAuthorization: "
+                + basic_auth(user, password).encode() + b"\r\nConnection: close\r\n\r\n")
+
 
 # --------------------------------------------------------------------------- readers
 
@@ -191,6 +196,9 @@ class Tally:
 
     def __init__(self):
         self.lat = array.array("f")  # ms, first receipt of each expected message
+        # With spec["timeline"]: the send second (since "go") of each entry of lat.
+        self.secs = None
+        self.go_ns = 0
         self.deliveries = 0  # first receipts
         self.dups = 0
         self.reorders = 0
@@ -233,6 +241,7 @@ class BaseReader(asyncio.Protocol):
             return
         tally = self.tally
         lat = tally.lat
+        secs = tally.secs
         seen, high = self.seen, self.high
         while pos >= 0:
             a = pos + 3
@@ -260,6 +269,8 @@ class BaseReader(asyncio.Protocol):
                 self.got += 1
                 tally.deliveries += 1
                 lat.append((now_ns - ns) / 1e6)
+                if secs is not None:
+                    secs.append(min(65535, max(0, ns - tally.go_ns) // 1_000_000_000))
                 if seq < high[lane]:
                     tally.reorders += 1
                 else:
@@ -645,6 +656,9 @@ class ReaderProcess:
         _send(self.conn, {"type": "ready", "opened": opened, "failed": len(self.readers) - opened,
                           "connect_secs": time.monotonic() - started, "per_connect_ms": per})
         go = await self._command("go")
+        if self.spec.get("timeline"):
+            self.ctx.tally.go_ns = int(go["at"] * 1e9)
+            self.ctx.tally.secs = array.array("H")
         cpu0, t0 = time.process_time(), time.monotonic()
         self.schedule_drops(max(0.0, go["at"] - time.time()))
         stop = await self._command("stop")
@@ -669,7 +683,7 @@ class ReaderProcess:
             "reconnects": tally.reconnects, "reconnect_failures": tally.reconnect_failures,
             "errors": tally.errors, "bytes": tally.bytes, "cpu_secs": cpu, "wall_secs": t1 - t0,
             "poll_requests": sum(getattr(r, "requests", 0) for r in self.readers),
-            "lat": tally.lat.tobytes()})
+            "lat": tally.lat.tobytes(), "secs": tally.secs.tobytes() if tally.secs is not None else None})
 
 
 def reader_process(conn, spec, indexes):
@@ -786,6 +800,107 @@ async def publish(spec, target, lane_rooms, go_mono, run_id):
     return results, post_ms
 
 
+def guess_names(spec, count, seed):
+    """Who each guess is at: even guesses an existing reader account (round robin), odd ones
+    a random valid username that doesn't exist; every password is wrong."""
+    rnd = random.Random(seed)
+    accounts = [u for u, _ in spec.get("users") or []] or ["nobody"]
+    out = []
+    for k in range(count):
+        user = accounts[(k // 2) % len(accounts)] if k % 2 == 0 else f"guess{rnd.getrandbits(40):010x}"
+        out.append((user, f"wrong-{rnd.getrandbits(48):012x}"))
+    return out
+
+
+async def _guess(target, user, password):
+    """One guess on its own connection: the HTTP status (the body is read to the end)."""
+    reader, writer = await asyncio.open_connection(target.host, target.port)
+    try:
+        writer.write(target.guess_request(user, password))
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split(b" ", 2)[1])
+        length = None
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value.strip())
+        if length is None:
+            await reader.read()  # Connection: close: the body ends with the connection
+        else:
+            await reader.readexactly(length)
+        return status
+    finally:
+        writer.close()
+
+
+async def guess_flood(spec, target, go_mono):
+    """Open loop: ``flood_rate`` wrong-password requests/s, evenly spaced over the publishing
+    window, each sent on time whatever the earlier ones are still waiting for. Counts the
+    answers by status (0: no answer: connection error or ``flood_timeout``)."""
+    rate, duration = spec["flood_rate"], spec["duration"]
+    timeout = spec.get("flood_timeout", 30.0)
+    guesses = guess_names(spec, max(1, int(rate * duration)), spec.get("seed", 1))
+    statuses, answer_ms, errors, by_sec = {}, {}, {}, {}
+    lag = 0.0
+
+    async def one(user, password):
+        t = time.monotonic()
+        sec = by_sec.setdefault(str(int(t - go_mono)), {})
+        try:
+            status = await asyncio.wait_for(_guess(target, user, password), timeout)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError,
+                IndexError) as exc:
+            status = 0
+            key = type(exc).__name__
+            errors[key] = errors.get(key, 0) + 1
+        statuses[status] = statuses.get(status, 0) + 1
+        sec[str(status)] = sec.get(str(status), 0) + 1
+        answer_ms.setdefault(status, []).append((time.monotonic() - t) * 1000)
+
+    tasks = []
+    for k, (user, password) in enumerate(guesses):
+        due = go_mono + k / rate
+        now = time.monotonic()
+        if due > now:
+            await asyncio.sleep(due - now)
+        else:
+            lag = max(lag, now - due)
+        tasks.append(asyncio.ensure_future(one(user, password)))
+    sent_secs = max(1e-9, time.monotonic() - go_mono)
+    await asyncio.gather(*tasks)
+    return {"rate": rate, "sent": len(guesses), "sent_per_s": round(len(guesses) / max(sent_secs, duration), 1),
+            "max_lag_s": round(lag, 3), "users": "half existing reader accounts, half unknown names",
+            "statuses": {str(k): v for k, v in sorted(statuses.items())},
+            "answer_ms": {str(k): percentiles(v) for k, v in sorted(answer_ms.items())},
+            "errors": errors, "statuses_by_second": by_sec}
+
+
+def _merge_latencies(parts):
+    """The reader processes' latency arrays (and send seconds, if kept), concatenated."""
+    lat, secs = array.array("f"), array.array("H")
+    for part in parts:
+        chunk = array.array("f")
+        chunk.frombytes(part.pop("lat"))
+        lat.extend(chunk)
+        raw = part.pop("secs")
+        if raw is not None:
+            secs.frombytes(raw)
+    return lat, secs
+
+
+def by_second(lat, secs):
+    """Delivery latency per second of sending: [{"s", "n", "p50", "p99", "max"}]."""
+    buckets = {}
+    for ms, sec in zip(lat, secs):
+        buckets.setdefault(sec, []).append(ms)
+    out = []
+    for sec in sorted(buckets):
+        p = percentiles(buckets[sec])
+        out.append({"s": sec, "n": len(buckets[sec]), "p50": p["p50"], "p99": p["p99"], "max": p["max"]})
+    return out
+
+
 def plan_lanes(spec):
     """lane id -> room. Open loop: one lane per ``lane_rate`` msgs/s of a room; closed: ``posters_per_room``."""
     rooms = spec["rooms"]
@@ -876,6 +991,8 @@ async def _coordinate(spec, children, pids, mem_before):
     server_cpu0 = cpu_by_command(process_tree(spec.get("server_pids") or []))
     load0 = os.getloadavg()[0]
     run_id = f"{os.getpid():x}{int(time.time()) % 100000:x}"
+    # A guessing client (scenarios h, i) alongside the publishers, over the same window.
+    flood = asyncio.ensure_future(guess_flood(spec, target, go_mono)) if spec.get("flood_rate") else None
     if lane_rooms:
         await asyncio.sleep(max(0.0, go_mono - time.monotonic()))
         lanes, post_ms = await publish(spec, target, lane_rooms, go_mono, run_id)
@@ -890,16 +1007,16 @@ async def _coordinate(spec, children, pids, mem_before):
     result["server_cpu_cores"] = {name: round((secs - server_cpu0.get(name, 0.0)) / pub_secs, 2)
                                   for name, secs in server_cpu1.items()}
     result["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    if flood is not None:  # its last answers (queued hashes) come after the window measured above
+        result["flood"] = await flood
     expected = {lane: (sent, failed) for lane, (sent, failed, _) in lanes.items()}
     for _, end in children:
         _send(end, {"type": "stop", "expected": {str(k): v for k, v in expected.items()},
                   "lane_rooms": {str(k): v for k, v in lane_rooms.items()}})
     parts = await asyncio.gather(*(_recv(loop, end, spec.get("drain", 5.0) + 60) for _, end in children))
-    lat = array.array("f")
-    for part in parts:
-        chunk = array.array("f")
-        chunk.frombytes(part.pop("lat"))
-        lat.extend(chunk)
+    lat, secs = _merge_latencies(parts)
+    if spec.get("timeline"):
+        result["latency_by_second"] = by_second(lat, secs)
     sent = sum(s for s, _ in expected.values())
     failed = sum(len(f) for _, f in expected.values())
     accepted = sent - failed

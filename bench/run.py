@@ -14,6 +14,10 @@ Scenarios (full size; --smoke shrinks them):
   e  throughput: 10 rooms x 10 readers, 2 closed-loop posters per room
   f  big room: 1 room x 5,000 readers, 10 msg/s
   g  long-poll: as (a) over long-poll (chat's /poll, nchan's longpoll; flask-sse: n/a)
+  h  guessing, login limits: (a) plus 50 wrong-password Basic requests/s (open loop) on a chat
+     instance with the shipped login limits (CHAT_RATE_LOGIN_IP/_USER unset); chat only
+  i  guessing, limits lifted: the same flood on the instance that ran (a), whose login limits
+     are lifted like all the bench's limits, so every guess reaches the hash pool; chat only
 
 Writes <out>/benchmarks-results.json and <out>/benchmarks.png (bench/plot.py).
 """
@@ -44,7 +48,13 @@ SCENARIOS = {
               posters_per_room=2, duration=10),
     "f": dict(title="big room 1x5000 @10/s", rooms=1, readers=5000, rate=10),
     "g": dict(title="long-poll 1x1000 @50/s", rooms=1, readers=1000, rate=50, mode="poll"),
+    # Issue 11: (a) while a client guesses passwords. ``server_env`` starts a separate chat
+    # instance with those variables (None: unset, the shipped default).
+    "h": dict(title="(a) + 50 guesses/s, login limits", rooms=1, readers=1000, rate=50, flood=50,
+              server_env={"CHAT_RATE_LOGIN_IP": None, "CHAT_RATE_LOGIN_USER": None}),
+    "i": dict(title="(a) + 50 guesses/s, limits lifted", rooms=1, readers=1000, rate=50, flood=50),
 }
+FLOODS = "hi"  # scenarios with a guessing flood, compared with (a)
 SMOKE = {
     "a": dict(readers=20, rate=20),
     "b": dict(rooms=4, readers=20, rate=20),
@@ -53,13 +63,16 @@ SMOKE = {
     "e": dict(rooms=2, readers=10, posters_per_room=1),
     "f": dict(readers=40, rate=10),
     "g": dict(readers=20, rate=20),
+    "h": dict(readers=20, rate=20),
+    "i": dict(readers=20, rate=20),
 }
-# Runs (c) first, on a fresh server, so its memory baseline is not inflated by earlier load.
-ORDER = "cabdefg"
+# Runs (c) first, on a fresh server, so its memory baseline is not inflated by earlier load;
+# (i) right after (a), on the same server.
+ORDER = "caihbdefg"
 
 
 KINDS = {"a": "fan-out", "b": "rooms", "c": "idle", "d": "resume", "e": "throughput", "f": "big room",
-         "g": "long-poll"}
+         "g": "long-poll", "h": "fan-out + guesses, login limits", "i": "fan-out + guesses, limits lifted"}
 
 
 def sized(key, args):
@@ -69,6 +82,8 @@ def sized(key, args):
         sc.update(SMOKE[key])
     if args.scale != 1.0:
         sc["readers"] = max(sc["rooms"], int(sc["readers"] * args.scale))
+    if sc.get("flood") and args.guess_rate is not None:
+        sc["flood"] = args.guess_rate
     title = f"{KINDS[key]} {sc['rooms']}x{sc['readers'] // sc['rooms']}"
     if sc.get("rate"):
         title += f" @{sc['rate']:g}/s"
@@ -76,6 +91,8 @@ def sized(key, args):
         title += f", {sc['drops']} cuts"
     if sc.get("closed_loop"):
         title += ", closed loop"
+    if sc.get("flood"):
+        title += f", {sc['flood']:g} guesses/s"
     sc["title"] = title
     return sc
 
@@ -96,6 +113,7 @@ def scenario_spec(key, args, system):
         "settle": args.settle, "drain": args.drain, "lane_rate": args.lane_rate, "seed": args.seed,
         "procs": args.procs or (2 if sc["readers"] >= 2000 else 1),
         "connect_concurrency": args.connect_concurrency, "poll_timeout": 25,
+        "flood_rate": sc.get("flood", 0), "timeline": key == "a" or bool(sc.get("flood")),
     }
     spec["server_pids"] = system.pids()
     spec["measure_memory"] = bool(sc.get("idle"))
@@ -128,19 +146,59 @@ def run_loadgen(spec, timeout):
     return json.loads(lines[-1])
 
 
-def run_system(name, keys, args, log):
+def unsupported(key, cls):
+    """Why system class ``cls`` can't run scenario ``key`` (None: it can)."""
+    sc = SCENARIOS[key]
+    if sc.get("mode") == "poll" and not cls.has_poll:
+        return "no long-poll"
+    if sc.get("flood") and not cls.has_accounts:
+        return "no accounts"
+    return None
+
+
+def instances(keys):
+    """[(server env, keys)]: the scenarios that need their own ``server_env`` get their own
+    instance of the system, started after the one that runs the rest."""
+    groups = {}
+    for key in keys:
+        env = SCENARIOS[key].get("server_env") or {}
+        groups.setdefault(tuple(sorted(env.items())), []).append(key)
+    return [(dict(env), group) for env, group in sorted(groups.items(), key=lambda kv: bool(kv[0]))]
+
+
+def run_systems(name, keys, args, log):
+    """Every scenario in ``keys`` against system ``name``: n/a ones noted, the rest run on as
+    many instances as their server environments need."""
     cls = SYSTEMS[name]
-    system = cls(redis_unix=args.redis_unix, aof=not args.no_aof, cold_auth=args.cold_auth)
+    results, runnable = [], []
+    for key in keys:
+        reason = unsupported(key, cls)
+        if reason:
+            results.append({"system": name, "scenario": key, "title": sized(key, args)["title"], "na": reason})
+            log(f"[{name}] {key}: n/a ({reason})")
+        else:
+            runnable.append(key)
+    for env, group in instances(runnable):
+        results.extend(run_system(name, group, args, log, env))
+    return results
+
+
+def run_system(name, keys, args, log, env=None):
+    cls = SYSTEMS[name]
+    system = cls(redis_unix=args.redis_unix, aof=not args.no_aof, cold_auth=args.cold_auth, env=env)
     results = []
     try:
         t = time.monotonic()
         system.start()
-        log(f"[{name}] started on port {system.port} in {time.monotonic() - t:.1f}s (pids {system.pids()})")
+        with_env = ", ".join(f"{k}={'(default)' if v is None else v}" for k, v in (env or {}).items())
+        log(f"[{name}] started on port {system.port} in {time.monotonic() - t:.1f}s (pids {system.pids()})"
+            + (f" with {with_env}" if with_env else ""))
         for key in keys:
             sc = SCENARIOS[key]
-            if sc.get("mode") == "poll" and not system.has_poll:
-                results.append({"system": name, "scenario": key, "title": sc["title"], "na": "no long-poll"})
-                log(f"[{name}] {key}: n/a (no long-poll)")
+            reason = unsupported(key, cls)
+            if reason:
+                results.append({"system": name, "scenario": key, "title": sc["title"], "na": reason})
+                log(f"[{name}] {key}: n/a ({reason})")
                 continue
             spec = scenario_spec(key, args, system)
             n_users = min(spec["readers"], args.users)
@@ -154,6 +212,8 @@ def run_system(name, keys, args, log):
             timeout = 120 + spec["duration"] + spec["drain"] + spec["readers"] / 50
             res = run_loadgen(spec, timeout)
             res.update({"title": spec["title"], "scenario": key, "system": name, "setup_secs": round(prep, 2)})
+            if env:
+                res["server_env"] = {k: v if v is not None else "(default)" for k, v in env.items()}
             if not system.server.alive():
                 res["server_died"] = True
             results.append(res)
@@ -182,7 +242,23 @@ def one_line(r):
             f"dups {r['dups']} reorders {r['reorders']}; p50 {lat.get('p50')} p99 {lat.get('p99')} ms; "
             f"{r['deliveries_per_s']}/s" + (f"; {r['kib_per_stream']} KiB/stream" if "kib_per_stream" in r else "")
             + f"; loadgen cpu {r['loadgen_cpu']}; server cores {r.get('server_cpu_cores')}"
-            + f"; loadavg {r.get('loadavg_1m')}")
+            + f"; loadavg {r.get('loadavg_1m')}" + (f"\n    {flood_line(r['flood'])}" if r.get("flood") else "")
+            + (f"\n    {timeline_line(r)}" if r.get("latency_by_second") else ""))
+
+
+def timeline_line(r):
+    """p99 delivery latency (ms) for each second of sending, and the guesses hashed (401) in it."""
+    hashed = {int(k): v.get("401", 0) for k, v in (r.get("flood") or {}).get("statuses_by_second", {}).items()}
+    cells = [f"{b['p99']:.0f}" + (f"/{hashed[b['s']]}" if hashed.get(b["s"]) else "") for b in r["latency_by_second"]]
+    return "p99 ms by second" + (" (/guesses answered 401 sent in it)" if hashed else "") + ": " + " ".join(cells)
+
+
+def flood_line(flood):
+    """The guessing client's answers: how many of each status, and how fast."""
+    statuses = ", ".join(f"{k if k != '0' else 'no answer'}: {v}" for k, v in flood["statuses"].items())
+    ms = ", ".join(f"{k} p50 {v['p50']} p99 {v['p99']} ms" for k, v in flood["answer_ms"].items() if k != "0")
+    return (f"guesses: {flood['sent']} sent at {flood['sent_per_s']}/s (max lag {flood['max_lag_s']} s); "
+            f"answers {statuses}; {ms}")
 
 
 COLUMNS = [
@@ -241,14 +317,65 @@ def table(results, keys, systems, titles=None):
             a, b = row_values(chat), row_values(other)
             vals = [f"chat/{peer}"] + [""] * 5 + [ratio(x, y) for x, y in zip(a[6:], b[6:])]
             out.append("".join(fmt(v, w) if i else str(v).ljust(w) for i, ((_, w), v) in enumerate(zip(COLUMNS, vals))))
+        if key in FLOODS:
+            for name in systems:
+                r, base = by.get((name, key)), by.get((name, "a"))
+                if r and r.get("flood"):
+                    if base and "error" not in base and not base.get("na"):
+                        a, b = row_values(r), row_values(base)
+                        vals = [f"{name}/(a)"] + [""] * 5 + [ratio(a[6], b[6]), ratio(a[7], b[7])]
+                        vals += [""] * (len(COLUMNS) - len(vals))
+                        out.append("".join(fmt(v, w) if i else str(v).ljust(w)
+                                           for i, ((_, w), v) in enumerate(zip(COLUMNS, vals))))
+                    out.append(f"  {name} {flood_line(r['flood'])}")
+    summary = guess_summary(results, keys, systems)
+    if summary:
+        out.append(summary)
     return "\n".join(out)
+
+
+def guess_summary(results, keys, systems, target=1.5):
+    """Issue 11: (a)'s delivery latency alone and under each guessing flood, side by side."""
+    floods = [k for k in FLOODS if k in keys]
+    if not floods or "a" not in keys:
+        return ""
+    by = {(r["system"], r["scenario"]): r for r in results}
+    out = [f"\nPassword guessing during the fan-out (issue 11): p99 within {target:g}x of (a)'s",
+           f"{'system':<10}{'variant':<20}{'opened':>11}{'posts ok':>11}{'p50ms':>8}{'p99ms':>8}{'x(a)p50':>9}"
+           f"{'x(a)p99':>9}"
+           f"{'401':>6}{'429':>6}{'503':>6}{'other':>6}  target"]
+    for name in systems:
+        base = by.get((name, "a"))
+        if not base or "error" in base or base.get("na") \
+                or all(not by.get((name, k)) or by[(name, k)].get("na") for k in floods):
+            continue
+        blat = base.get("latency_ms", {})
+        rows = [("a", "(a) alone", base)] + [(k, f"({k}) {KINDS[k].split(', ')[-1]}", by.get((name, k)))
+                                            for k in floods]
+        for key, label, r in rows:
+            if not r or r.get("na"):
+                continue
+            if "error" in r:
+                out.append(f"{name:<10}{label:<20}  ERROR {r['error'][:60]}")
+                continue
+            lat = r.get("latency_ms", {})
+            st = (r.get("flood") or {}).get("statuses", {})
+            other = sum(v for k, v in st.items() if k not in ("401", "429", "503"))
+            x50, x99 = ratio(lat.get("p50"), blat.get("p50")), ratio(lat.get("p99"), blat.get("p99"))
+            verdict = "" if key == "a" or x99 is None else ("met" if x99 <= target else "MISSED")
+            cells = [f"{r['opened']}/{r['readers']}", f"{r['accepted']}/{r['sent']}", lat.get("p50"), lat.get("p99"),
+                     x50, x99]
+            cells += ["", "", "", ""] if key == "a" else [st.get("401", 0), st.get("429", 0), st.get("503", 0), other]
+            widths = [11, 11, 8, 8, 9, 9, 6, 6, 6, 6]
+            out.append(f"{name:<10}{label:<20}" + "".join(fmt(v, w) for v, w in zip(cells, widths)) + f"  {verdict}")
+    return "\n".join(out) if len(out) > 2 else ""
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="Benchmark chat (and flask-sse, nchan) on this machine.")
     parser.add_argument("--peers", action="store_true", help="also run flask-sse and nchan")
     parser.add_argument("--systems", help="comma list instead of chat[,flask-sse,nchan]")
-    parser.add_argument("--scenarios", default="abcdefg", help="e.g. a,c,e (default: all)")
+    parser.add_argument("--scenarios", default="abcdefghi", help="e.g. a,c,e (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, ~2 s each")
     parser.add_argument("--out", default=str(BENCH / "results"), help="folder (or .json path) for results")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of publishing per scenario")
@@ -266,6 +393,8 @@ def parse_args(argv):
     parser.add_argument("--no-aof", action="store_true", help="Redis without AOF (default: AOF everysec)")
     parser.add_argument("--cold-auth", action="store_true",
                         help="chat: don't sign readers in during setup; stream opens then pay the scrypt hash")
+    parser.add_argument("--guess-rate", type=float,
+                        help="wrong-password requests/s in the guessing scenarios h and i (default 50)")
     parser.add_argument("--pause", type=float, help="seconds between scenarios (1 s; smoke 0.2 s)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--no-plot", action="store_true")
@@ -319,7 +448,7 @@ def main(argv=None):
     if args.ceiling or (args.ceiling is None and not args.smoke):
         ceiling = measure_ceiling(log)
     for name in systems:
-        results.extend(run_system(name, run_keys, args, log))
+        results.extend(run_systems(name, run_keys, args, log))
     text = table(results, keys, systems, {k: sized(k, args)["title"] for k in keys})
     print(text, flush=True)
     doc = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),

@@ -30,6 +30,9 @@ NGINX = os.environ.get("BENCH_NGINX", "/usr/sbin/nginx")
 NCHAN_MODULE = os.environ.get("BENCH_NCHAN_MODULE", "/usr/lib/nginx/modules/ngx_nchan_module.so")
 GENEROUS = "1000000 per minute"
 PASSWORD = "bench-password"
+# Re-sign an account in when its last sign-in is older than this: HTTP Basic skips the
+# hash for CHAT_AUTH_CACHE_SECS (300 s by default) after a worker verified it.
+WARM_SECS = 200.0
 
 
 def free_port():
@@ -149,11 +152,15 @@ class System:
 
     name = "?"
     has_poll = False
+    has_accounts = False  # passwords and login rate limits (the guessing-flood scenarios)
     resumable = False
     open_on_headers = False
 
-    def __init__(self, redis_unix=False, aof=True, cold_auth=False):
+    def __init__(self, redis_unix=False, aof=True, cold_auth=False, env=None):
         self.cold_auth = cold_auth
+        # Server environment for this instance on top of the bench's own: a value of None
+        # removes the variable, so the server runs with its shipped default.
+        self.env = dict(env or {})
         self.tmp = Path(tempfile.mkdtemp(prefix=f"bench-{self.name}-"))
         self.redis_unix = redis_unix
         self.aof = aof
@@ -194,13 +201,14 @@ class Chat(System):
 
     name = "chat"
     has_poll = True
+    has_accounts = True
     resumable = True
 
     def __init__(self, workers=2, **kw):
         super().__init__(**kw)
         self.workers = workers
         self.rooms_made = set()
-        self.warm = set()
+        self.warm = {}  # account -> monotonic time of its last sign-in on every worker
 
     def start(self):
         self.redis = Redis(self.tmp, unix=self.redis_unix, aof=self.aof)
@@ -214,6 +222,11 @@ class Chat(System):
             "PYTHONUNBUFFERED": "1",
             "CHAT_ACCESS_LOG": "0",  # nchan runs with access_log off too
         })
+        for key, value in self.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         argv = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
         self.server = Proc("chat", argv, self.tmp / "gunicorn.log", env=env, cwd=ROOT)
         self.port = self._wait_port(r"Chat is running at http://127\.0\.0\.1:(\d+)/")
@@ -272,23 +285,32 @@ class Chat(System):
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(make_room, new_rooms))
         self.rooms_made.update(new_rooms)
-        warm = [p for p in self.posters if p not in self.warm]
+        stale = time.monotonic() - WARM_SECS
+        warm = [p for p in self.posters if self.warm.get(p, stale) <= stale]
         if not self.cold_auth:
-            warm += [u for u in self.users if u not in self.warm]
+            warm += [u for u in self.users if self.warm.get(u, stale) <= stale]
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(self._warm, warm))
 
     def _warm(self, account):
         """Sign in: have every worker verify the password once (a scrypt hash, ~70 ms of a
         worker's CPU; HTTP Basic then hits the per-worker cache), as a real user signs in once,
-        so neither the first posts nor the stream opens of a scenario carry it."""
+        so neither the first posts nor the stream opens of a scenario carry it. The cache
+        lasts CHAT_AUTH_CACHE_SECS, so an account is signed in again after WARM_SECS."""
         pids = set()
+        t = time.monotonic()
         for _ in range(40):
-            _, _, headers = http_request(self.port, "GET", "/api/auth/me", auth=account, with_headers=True)
+            status, body, headers = http_request(self.port, "GET", "/api/auth/me", auth=account,
+                                                 with_headers=True)
+            if status == 503:  # the worker's hashing queue is full: wait for it
+                time.sleep(0.2)
+                continue
+            if status != 200:
+                raise RuntimeError(f"sign in {account[0]}: {status} {body[:200]!r}")
             pids.add(headers.get("X-Worker-Pid"))
             if len(pids) >= self.workers:
                 break
-        self.warm.add(account)
+        self.warm[account] = t
 
 
 class FlaskSSE(Chat):
@@ -296,6 +318,7 @@ class FlaskSSE(Chat):
 
     name = "flask-sse"
     has_poll = False
+    has_accounts = False
     resumable = False
     open_on_headers = False  # the app writes a first comment, so "open" is the first body bytes
 

@@ -131,3 +131,22 @@ def test_flask_floor_runs(tmp_path):
                           capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "requests/s" in proc.stdout
+
+
+@pytest.mark.timeout(300)
+def test_smoke_guessing_flood(tmp_path):
+    """The fan-out with a wrong-password flood (scenarios h and i): every reader served,
+    every guess answered 401, 429 or 503, nothing lost."""
+    doc = _run_bench(tmp_path, "--scenarios", "a,h,i")
+    results = {r["scenario"]: r for r in doc["results"]}
+    for key in "hi":
+        r = results[key]
+        assert "error" not in r and r["server_tracebacks"] == 0, r
+        assert r["opened"] == r["readers"] and r["accepted"] == r["sent"] > 0, r
+        assert (r["deliveries"], r["loss"], r["dups"]) == (r["expected"], 0, 0), r
+        flood = r["flood"]
+        assert sum(flood["statuses"].values()) == flood["sent"] == 100, flood
+        assert set(flood["statuses"]) <= {"401", "429", "503"}, flood
+    assert "429" not in results["i"]["flood"]["statuses"]
+    assert results["h"]["server_env"] == {"CHAT_RATE_LOGIN_IP": "(default)", "CHAT_RATE_LOGIN_USER": "(default)"}
+    assert "Password guessing during the fan-out" in doc["table"]
