@@ -47,23 +47,35 @@ class GuessLimits:
             self.keys.append(("CHAT_RATE_LOGIN_USER", client_key(f"login:{name}")))
 
     def begin(self):
-        """Before a hash: 429 unless both limits have room for this attempt too."""
+        """Before a hash: 429 unless both limits have room for this attempt too.
+
+        The attempt takes its place in line before asking Redis what is left: asked
+        first, a burst's attempts would all hear "3 left" before any of them counted."""
         limits = current_limits()
-        for setting, key in self.keys:
-            if limits.remaining(setting, key) <= limits.pending[setting, key]:
-                limits.refuse(setting, key)
+        places = []
         for pair in self.keys:
             limits.pending[pair] += 1
+            places.append(limits.pending[pair])
+        try:
+            for (setting, key), place in zip(self.keys, places):
+                if limits.remaining(setting, key) < place:
+                    limits.refuse(setting, key)
+        except BaseException:
+            self._leave_line(limits)
+            raise
 
     def end(self, failed):
         limits = current_limits()
+        self._leave_line(limits)
+        if failed:
+            for setting, key in self.keys:
+                limits.count(setting, key)
+
+    def _leave_line(self, limits):
         for pair in self.keys:
             limits.pending[pair] -= 1
             if not limits.pending[pair]:
                 del limits.pending[pair]
-        if failed:
-            for setting, key in self.keys:
-                limits.count(setting, key)
 
 
 def _basic_user():

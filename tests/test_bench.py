@@ -17,15 +17,16 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
-import loadgen  # noqa: E402
+import readers  # noqa: E402
+import wire  # noqa: E402
 
 
 class _Ctx:
-    """Just enough of loadgen.ReaderContext for feeding bytes by hand (no event loop)."""
+    """Just enough of readers.ReaderContext for feeding bytes by hand (no event loop)."""
 
     def __init__(self, system="chat"):
-        self.tally = loadgen.Tally()
-        self.target = loadgen.Target({"system": system, "port": 1})
+        self.tally = readers.Tally()
+        self.target = wire.Target({"system": system, "port": 1})
         self.open_on_headers = False
         self.loop = None
 
@@ -58,7 +59,7 @@ def test_sse_reader_counts_every_frame_however_the_bytes_are_split(seed):
     frames.insert(10, _frame(60))  # one out of order (60 before 10..49)
     raw = _chunked_stream(frames)
     ctx = _Ctx()
-    reader = loadgen.SSEReader(ctx, 0, "r")
+    reader = readers.SSEReader(ctx, 0, "r")
     reader.transport = _Transport()
     rnd = random.Random(seed)
     pos = 0
@@ -76,7 +77,7 @@ def test_sse_reader_counts_every_frame_however_the_bytes_are_split(seed):
 
 def test_poll_reader_reads_a_whole_json_response_and_keeps_the_cursor():
     ctx = _Ctx()
-    reader = loadgen.PollReader(ctx, 0, "r")
+    reader = readers.PollReader(ctx, 0, "r")
     sent = []
     reader.transport = type("T", (), {"write": lambda self, data: sent.append(data), "abort": lambda self: None,
                                       "close": lambda self: None})()
