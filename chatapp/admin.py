@@ -25,9 +25,9 @@ def kick(user, reason=Ending.KICKED):
 
 
 def set_banned(user, banned):
-    current_users().set_banned(user, banned)
-    if banned:
+    if banned:  # sessions first: ending them only frees memory, so it works on a full store too
         kick(user, Ending.BANNED)
+    current_users().set_banned(user, banned)
 
 
 def _existing(name):

@@ -10,7 +10,7 @@ from .errors import StoreUnavailable, Unauthorized
 from .params import request_fields, string_field
 from .ratelimit import client_key, current_limits, enforce
 from .reasons import Ending
-from .users import USERNAME_RE, current_users
+from .users import USERNAME_RE, credential, current_users
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
 
@@ -32,57 +32,70 @@ def current_sid():
     return None if request.authorization else getattr(session, "sid", None)
 
 
-class GuessLimits:
-    """Failed HTTP Basic attempts count against the login limits, per client IP and per name.
+def current_credential():
+    """For HTTP Basic, a fingerprint of the account record the password was checked against
+    (a stream re-checks it: a password change ends the stream); None for a session."""
+    current_user()
+    return g.get("credential")
 
-    A failure is only known after its hash, so the attempts still being hashed are counted
-    here, in this worker, against what the limits have left: a burst of guesses can't queue
-    more hashes than the limits allow (without this, 43 of a flood's guesses were hashed
-    against a limit of 10). An honest client's successful attempt counts nothing.
+
+class GuessLimits:
+    """HTTP Basic attempts that need a password hash count against the login limits.
+
+    * Per name, every such attempt counts, before its hash (as every login does): it is
+      one Redis write ahead of the hash, so a burst at a name can't queue more hashes
+      than the limit, and a store too full to count refuses the attempt (507) before a
+      hash could tell a right password from a wrong one. An honest client's attempts are
+      few: once verified, a credential skips all this.
+    * Per client IP, only failures count, so many honest clients behind one address
+      (an office, a load generator) can all sign in. A failure is only known after its
+      hash, so the attempts from that address still being hashed are held, in this
+      worker, against what the limit has left.
     """
 
     def __init__(self, name):
-        self.keys = [("CHAT_RATE_LOGIN_IP", client_key())]
-        if USERNAME_RE.match(name):  # only valid names become keys
-            self.keys.append(("CHAT_RATE_LOGIN_USER", client_key(f"login:{name}")))
+        self.name = name if USERNAME_RE.match(name) else None  # only valid names become keys
+        self.ip = ("CHAT_RATE_LOGIN_IP", client_key())
 
     def begin(self):
-        """Before a hash: 429 unless both limits have room for this attempt too.
-
-        The attempt takes its place in line before asking Redis what is left: asked
-        first, a burst's attempts would all hear "3 left" before any of them counted."""
+        """Before a hash: 429 (or 507 on a full store) unless both limits have room for it."""
         limits = current_limits()
-        places = []
-        for pair in self.keys:
-            limits.pending[pair] += 1
-            places.append(limits.pending[pair])
+        # In line before asking what is left: asked first, a burst's attempts would all
+        # hear "3 left" before any of them counted.
+        limits.pending[self.ip] += 1
+        place = limits.pending[self.ip]
         try:
-            for (setting, key), place in zip(self.keys, places):
-                if limits.remaining(setting, key) < place:
-                    limits.refuse(setting, key)
+            if limits.remaining(*self.ip) < place:
+                limits.refuse(*self.ip)
+            if self.name:
+                enforce("CHAT_RATE_LOGIN_USER", f"login:{self.name}")
         except BaseException:
             self._leave_line(limits)
             raise
 
     def end(self, failed):
         limits = current_limits()
-        self._leave_line(limits)
-        if failed:
-            for setting, key in self.keys:
-                limits.count(setting, key)
+        try:
+            if failed:  # counted before leaving the line: no instant where it is in neither
+                limits.count(*self.ip)
+        finally:
+            self._leave_line(limits)
 
     def _leave_line(self, limits):
-        for pair in self.keys:
-            limits.pending[pair] -= 1
-            if not limits.pending[pair]:
-                del limits.pending[pair]
+        limits.pending[self.ip] -= 1
+        if not limits.pending[self.ip]:
+            del limits.pending[self.ip]
 
 
 def _basic_user():
     auth = request.authorization
     if auth.type != "basic" or not auth.username or auth.password is None:
         return None
-    return current_users().authenticate_basic(auth.username, auth.password, GuessLimits(auth.username))
+    account = current_users().authenticate_basic(auth.username, auth.password, GuessLimits(auth.username))
+    if account is None:
+        return None
+    g.credential = credential(account.record)
+    return account.name
 
 
 def login_required(view):

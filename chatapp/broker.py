@@ -40,7 +40,9 @@ class StreamId(NamedTuple):
             raise BadRequest(f"Malformed cursor {text[:40]!r}: expected <ms>-<seq>.",
                              code="bad_cursor")
         ms, seq = int(match[1]), int(match[2])
-        if ms > _U64 or seq > _U64:
+        # The largest id can't be an exclusive start for Redis ("(max" is refused), and
+        # no message ever has it.
+        if ms > _U64 or seq > _U64 or (ms, seq) == (_U64, _U64):
             raise BadRequest("Cursor out of range.", code="bad_cursor")
         return cls(ms, seq)
 

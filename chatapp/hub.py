@@ -81,10 +81,10 @@ class Hub:
 
     # -- readers --------------------------------------------------------------
 
-    def reader(self, room, user, sid=None):
+    def reader(self, room, user, sid=None, credential=None):
         """A reader for ``user`` in ``room``, holding one of the user's stream slots (raises
         TooManyStreams at ``CHAT_MAX_STREAMS_PER_USER``)."""
-        return Reader(self, room, user, sid, self.slots.acquire(user))
+        return Reader(self, room, user, sid, lease=self.slots.acquire(user), credential=credential)
 
     def readers(self):
         return [reader for room in self._rooms.values() for reader in room.readers]
@@ -175,6 +175,7 @@ class Hub:
         gevent.joinall([r.sink.drainer for r in readers if r.sink is not None and r.sink.drainer is not None],
                        timeout=CLOSE_WAIT_SECS)
         self.presence.flush()  # now: the worker may exit before a batch timer fires
+        self.slots.flush()
 
     @property
     def listening(self):

@@ -17,9 +17,14 @@ from limits.storage import RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from . import keys
-from .errors import RateLimited, is_out_of_memory
+from .errors import RateLimited, is_out_of_memory, storage_full
 
 log = logging.getLogger(__name__)
+
+# Opening a stream writes only this counter: while Redis is full it still refuses past
+# the count it had reached but stops counting, so reading what is stored goes on (the
+# per-user stream cap, counted in leases, still holds). Every other limit fails closed.
+COUNTED_LOOSELY_WHEN_FULL = frozenset({"CHAT_RATE_STREAMS"})
 
 LIMITS = ("CHAT_RATE_MESSAGES", "CHAT_RATE_LOGIN_IP", "CHAT_RATE_LOGIN_USER", "CHAT_RATE_REGISTER_IP",
           "CHAT_RATE_STREAMS", "CHAT_RATE_TYPING", "CHAT_RATE_ROOMS", "CHAT_RATE_UNREAD")
@@ -45,9 +50,10 @@ class RateLimits:
         except redis.ResponseError as exc:
             if not is_out_of_memory(exc):
                 raise
-            # A full store can't count, but it can still say where the count stands: the
-            # limit holds as of the moment it filled, and reading (streams, Basic-auth
-            # GETs) goes on instead of failing with the store.
+            if setting not in COUNTED_LOOSELY_WHEN_FULL:
+                # Fail closed: a limit that can't count would stop limiting (password
+                # guessing would be free once someone filled the store).
+                raise storage_full() from None
             log.warning("rate limit %s not counted: redis is out of memory", setting)
             allowed = self._limiter.test(item, setting, key)
         if not allowed:
@@ -64,7 +70,7 @@ class RateLimits:
         except redis.ResponseError as exc:
             if not is_out_of_memory(exc):
                 raise
-            log.warning("rate limit %s not counted: redis is out of memory", setting)
+            raise storage_full() from None  # an uncounted failure is a free guess
 
     def refuse(self, setting, key):
         """Raise the 429 of ``setting`` for ``key``."""

@@ -40,10 +40,11 @@ class ReaderReset(Exception):
 
 class Reader:
     __slots__ = ("_behind", "_delivered", "_lease", "_next_session_check", "_presence_member", "_queue", "_wake",
-                 "channel", "closed_reason", "hub", "last_id", "room", "sid", "sink", "user")
+                 "channel", "closed_reason", "credential", "hub", "last_id", "room", "sid", "sink", "user")
 
-    def __init__(self, hub, room, user, sid=None, lease=None):
+    def __init__(self, hub, room, user, sid=None, *, lease=None, credential=None):
         self.hub = hub
+        self.credential = credential  # HTTP Basic: the account record it was checked against
         self._lease = lease  # this stream's place in the user's count (chatapp.stream_slots)
         self.room = room
         self.channel = keys.room_channel(room).encode()

@@ -16,6 +16,7 @@ Three rules keep them safe:
 """
 
 import logging
+import random
 import re
 import time
 from datetime import timedelta
@@ -29,6 +30,7 @@ from . import keys
 from .broker import lua_script
 from .errors import REDIS_ERRORS, Forbidden, Unauthorized, is_out_of_memory
 from .reasons import Ending
+from .users import credential
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,6 @@ ANON_CSRF_COOKIE = "chat_csrf"  # an anonymous visitor's CSRF token, signed; nev
 CSRF_FIELD = "csrf_token"  # where flask-wtf keeps the raw token in the session
 _SID_RE = re.compile(r"\A[A-Za-z0-9_-]{16,128}\Z")
 UNAVAILABLE = "chat.session_unavailable"
-_LOADED_SID = "chat.session_loaded_sid"
 
 
 class RedisSessions(RedisSessionInterface):
@@ -46,8 +47,8 @@ class RedisSessions(RedisSessionInterface):
     * A cookie that can't be one of our session ids never reaches Redis as a key.
     * Redis being down yields a null session plus a marker, so the view answers
       503 (or tells a stream to retry) instead of a 500.
-    * A session that existed when the request began is only ever *updated*
-      (``SET XX``): a long-poll that outlives a logout or a kick must not write
+    * A session is only ever *updated* here (``SET XX``): the login script
+      creates it, and a long-poll that outlives a logout or a kick must not write
       the ended session back to life when it finishes.
     * A session without a user is never stored (see the module docstring).
     """
@@ -70,9 +71,7 @@ class RedisSessions(RedisSessionInterface):
             except REDIS_ERRORS as exc:
                 req.environ[UNAVAILABLE] = exc
                 return None
-        if sid and session.sid == sid:
-            req.environ[_LOADED_SID] = sid
-        elif "user" not in session:
+        if "user" not in session and session.sid != sid:  # a new, anonymous session
             token = self._anonymous_token(req)
             if token:
                 session[CSRF_FIELD] = token
@@ -100,12 +99,13 @@ class RedisSessions(RedisSessionInterface):
         return token if isinstance(token, str) else None
 
     def _upsert_session(self, session_lifetime, session, store_id):
-        existing = session.sid == request.environ.get(_LOADED_SID)
+        # Only ever an update (SET XX): a session is created by begin()'s script alone,
+        # which indexes it; one written here could outlive a kick unseen.
         try:
             self.client.set(store_id, self.serializer.encode(session),
-                            ex=int(session_lifetime.total_seconds()), xx=existing)
+                            ex=int(session_lifetime.total_seconds()), xx=True)
         except redis.ResponseError as exc:
-            if not (existing and is_out_of_memory(exc)):
+            if not is_out_of_memory(exc):
                 raise
             # A full store must not turn every signed-in request into an error: the
             # session stays as stored, only its expiry isn't pushed back this time.
@@ -120,18 +120,23 @@ class RedisSessions(RedisSessionInterface):
         session.permanent = True
         self.regenerate(session)
         names = [self._get_store_id(session.sid), keys.user_sessions(user), keys.user(user), keys.banned(user)]
-        result = self._start(names, [self.serializer.encode(session), int(lifetime.total_seconds()), session.sid,
-                                    record, keys.SESSION_PREFIX, int(time.time() * 1000), self.max_per_user])
+        try:
+            result = self._start(names, [self.serializer.encode(session), int(lifetime.total_seconds()),
+                                        session.sid, record, keys.SESSION_PREFIX, int(time.time() * 1000),
+                                        self.max_per_user])
+        except BaseException:
+            session.clear()
+            raise
         if result in (-1, -2):
             session.clear()  # or the response's save would store it after all, unindexed
             if result == -1:
                 raise Unauthorized("Wrong username or password.", code="bad_credentials")
             raise Forbidden("This account is banned.", code="banned")
-        request.environ[_LOADED_SID] = session.sid  # stored: this response's save only updates it
         return [sid.decode() for sid in result]
 
     def forget(self, user, sid):
-        self._forget([keys.user_sessions(user)], [sid])
+        """End one session: deleted and out of its user's index in one step."""
+        self._forget([keys.user_sessions(user), keys.session(sid)], [sid])
 
     def end_all(self, user):
         """Delete every session of ``user``; return how many were live."""
@@ -139,24 +144,32 @@ class RedisSessions(RedisSessionInterface):
 
 
 def recheck(redis, readers):
-    """For each ``(user, sid)`` of a live stream (``sid`` None for HTTP Basic), whether it may go
-    on: ``(None, seconds its session has left)``, or ``(reason, None)`` to end it. One pipeline."""
+    """For each ``(user, sid, credential)`` of a live stream (``sid`` None for HTTP Basic, which
+    has the account record's ``credential`` instead), whether it may go on: ``(None, seconds its
+    session has left)``, or ``(reason, None)`` to end it. One pipeline."""
     pipe = redis.pipeline(transaction=False)
-    for user, sid in readers:
+    for user, sid, _ in readers:
         if sid:
             pipe.pttl(keys.session(sid))
         else:
-            pipe.exists(keys.user(user))
+            pipe.get(keys.user(user))
             pipe.exists(keys.banned(user))
     replies = iter(pipe.execute())
     outcomes = []
-    for _, sid in readers:
+    for _, sid, checked in readers:
         if sid:
             ttl_ms = next(replies)
             outcomes.append((Ending.SESSION_EXPIRED, None) if ttl_ms < 0 else (None, ttl_ms / 1000))
+            continue
+        record, banned = next(replies), next(replies)
+        if banned:
+            outcomes.append((Ending.BANNED, None))
+        elif record is None:
+            outcomes.append((Ending.ACCOUNT_GONE, None))
+        elif checked and credential(record) != checked:
+            outcomes.append((Ending.PASSWORD_CHANGED, None))
         else:
-            exists, banned = next(replies), next(replies)
-            outcomes.append((Ending.BANNED if banned else Ending.ACCOUNT_GONE if not exists else None, None))
+            outcomes.append((None, None))
     return outcomes
 
 
@@ -170,15 +183,23 @@ class SessionWatch:
         self.recheck_secs = recheck_secs
 
     def check(self, readers, now):
-        """Ask Redis about the readers due (one pipeline); close those whose session ended."""
-        due = [r for r in readers if r.session_due(now)]
+        """Ask Redis about the readers due (one pipeline, one question per session or Basic
+        user however many streams share it); close those whose session ended."""
+        due = {}
+        for reader in readers:
+            if reader.session_due(now):
+                due.setdefault((reader.user, reader.sid, reader.credential), []).append(reader)
         if not due:
             return
-        for reader, (reason, seconds_left) in zip(due, recheck(self.redis, [(r.user, r.sid) for r in due])):
-            if reason:
-                reader.close(reason)
-            else:
-                reader.check_session_at(now + min(seconds_left or self.recheck_secs, self.recheck_secs))
+        for group, (reason, seconds_left) in zip(due.values(), recheck(self.redis, list(due))):
+            for reader in group:
+                if reason:
+                    reader.close(reason)
+                else:
+                    # Spread over the next period: streams opened in one burst would
+                    # otherwise all come due in the same tick, every time.
+                    period = min(seconds_left or self.recheck_secs, self.recheck_secs)
+                    reader.check_session_at(now + period * random.uniform(0.5, 1.0))
 
     @staticmethod
     def check_all_soon(readers):

@@ -55,6 +55,10 @@ class StreamSlots:
         if lease is not None:
             self._releases.add(reader.user, lease)
 
+    def flush(self):
+        """Give back the pending leases now (the worker is stopping)."""
+        self._releases.flush()
+
     def _release_now(self, user, leases):
         try:
             self._redis.zrem(keys.user_streams(user), *leases)

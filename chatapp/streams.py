@@ -8,7 +8,7 @@ import redis
 from flask import Blueprint, Response, current_app, request
 
 from . import sse
-from .auth import current_sid, current_user, login_required
+from .auth import current_credential, current_sid, current_user, login_required
 from .broker import StreamId
 from .errors import (
     REDIS_ERRORS,
@@ -85,13 +85,16 @@ def _open_reader(room):
     hub = current_hub()
     hub.check_capacity()  # before the rate limit: a client told "busy" shouldn't pay for it
     enforce("CHAT_RATE_STREAMS", user)
-    return hub.reader(room, user, current_sid())
+    return hub.reader(room, user, current_sid(), current_credential())
 
 
 @bp.get("/<room>/events")
 @login_required
 def events(room):
     """Server-Sent Events for one room, resumable with Last-Event-ID."""
+    if request.method == "HEAD":  # the headers a GET would have; no stream (nor a slot) is opened
+        current_rooms().require(room)
+        return Response(mimetype=sse.MIMETYPE, headers=sse.HEADERS)
     header = request.headers.get("Last-Event-ID", "").strip()
     cursor = StreamId.parse(header) if header else query_cursor("last_event_id", "lastEventId")
     config = current_app.config

@@ -41,6 +41,12 @@ class Account(NamedTuple):
     record: bytes
 
 
+def credential(record):
+    """What a stream authenticated by HTTP Basic keeps of the account record it was checked
+    against: the record changes (only) when the password does."""
+    return hashlib.sha256(record).hexdigest()[:32]
+
+
 class UserStore:
     """Accounts under ``chat:user:<lowercased name>`` (JSON), bans under ``chat:banned:<name>``."""
 
@@ -113,24 +119,25 @@ class UserStore:
             guard.end(failed=True)
             return None
         digest = hashlib.sha256(f"{name.lower()}\0{password}".encode()).digest()
-        _, record, banned = self._load(name)
+        raw, record, banned = self._load(name)
         cached = self._cache.get(digest) if record else None
         now = time.monotonic()
         if not (cached and cached[0] == record["password"] and cached[1] > now):
             guard.begin()  # a 429 before any hash once the limits are used up
-            verified = False
+            outcome = None
             try:
-                verified = self._verify(record, password)
+                outcome = self._verify(record, password)
             finally:
-                guard.end(failed=not verified)
-            if not verified:
+                guard.end(failed=outcome is False)  # not when no answer came (busy, Redis down)
+            if not outcome:
                 return None
             if len(self._cache) >= _AUTH_CACHE_MAX:
                 self._cache.clear()
-            self._cache[digest] = (record["password"], now + self.cache_secs)
+        # Renewed on every use: a client in steady use never needs the hash (or the limits) again.
+        self._cache[digest] = (record["password"], now + self.cache_secs)
         if banned:
             raise Forbidden("This account is banned.", code="banned")
-        return record["name"]
+        return Account(record["name"], raw)
 
     def change_password(self, name, current, new):
         """Set a new password; return the :class:`Account` as now stored."""

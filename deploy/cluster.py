@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from chatapp.config import setting  # noqa: E402
 from chatapp.embedded_redis import EmbeddedRedis  # noqa: E402
 from deploy.launch import Gunicorn, free_port, wait_for_port  # noqa: E402, F401 (free_port: for callers)
 
@@ -39,7 +40,7 @@ class Cluster:
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         self.env = env or {}
-        self.redis = EmbeddedRedis(self.data_dir / "redis")
+        self.redis = EmbeddedRedis(self.data_dir / "redis", maxmemory=setting("CHAT_REDIS_MAXMEMORY"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.instances = [instance(p, self.redis.url, workers, self.data_dir, self.env) for p in instance_ports]
         self.nginx = None

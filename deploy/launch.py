@@ -27,6 +27,7 @@ LIFTED_LIMITS = {
     "CHAT_RATE_STREAMS": "1000000 per minute", "CHAT_RATE_LOGIN_IP": "1000000 per minute",
     "CHAT_RATE_LOGIN_USER": "1000000 per minute", "CHAT_RATE_REGISTER_IP": "1000000 per minute",
     "CHAT_RATE_UNREAD": "1000000 per minute", "CHAT_MAX_STREAMS_PER_USER": "1000000",
+    "CHAT_MAX_ROOMS_PER_USER": "1000000",
 }
 
 
@@ -53,7 +54,7 @@ class Gunicorn:
     """One gunicorn instance serving the app from this checkout.
 
     ``port=0`` binds a free port (read back from gunicorn's log). ``env`` adds to
-    (and overrides) this process's environment; ``redis_url`` sets ``REDIS_URL``;
+    (and overrides) this process's environment, a value of None removing it; ``redis_url`` sets ``REDIS_URL``;
     ``secret_key=None`` leaves ``SECRET_KEY`` to gunicorn.conf.py (kept in
     ``CHAT_DATA_DIR``).
     """
@@ -79,6 +80,8 @@ class Gunicorn:
     def env(self):
         env = {**os.environ, "REDIS_URL": self.redis_url, "WEB_CONCURRENCY": str(self.workers),
                "BIND": f"127.0.0.1:{self.port}", **self.extra_env}
+        for name in [name for name, value in env.items() if value is None]:
+            del env[name]  # None in ``env``: the server's own default
         if self.secret_key:
             env["SECRET_KEY"] = self.secret_key
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # each instance's master makes its own

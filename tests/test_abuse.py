@@ -252,7 +252,7 @@ def stored_sessions_of(redis_client, app, user):
     return found
 
 
-@pytest.mark.parametrize("config", [{"CHAT_HASH_QUEUE": 32, **GENEROUS_LIMITS}])
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_HASH_QUEUE": 32}])
 def test_concurrent_logins_all_land_in_the_index(auth, app, redis_client):
     """Regression: a login pruned another login's session from the index before it was stored."""
     import gevent
@@ -324,7 +324,7 @@ def test_a_banned_users_cookie_is_refused_on_its_next_request(auth, client, app)
     assert client.get("/api/auth/me").status_code == 401
 
 
-@pytest.mark.parametrize("config", [{"CHAT_MAX_SESSIONS_PER_USER": 3, **GENEROUS_LIMITS}])
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_MAX_SESSIONS_PER_USER": 3}])
 def test_a_user_keeps_at_most_the_configured_sessions(auth, app, redis_client):
     auth.register("alice")
     clients = [app.test_client() for _ in range(4)]
@@ -336,7 +336,7 @@ def test_a_user_keeps_at_most_the_configured_sessions(auth, app, redis_client):
     assert auth._client.get("/api/auth/me").status_code == 401  # the registration's session too
 
 
-@pytest.mark.parametrize("config", [{"CHAT_SESSION_RECHECK_SECS": 1, "CHAT_HEARTBEAT_SECS": 0.5, **GENEROUS_LIMITS}])
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_SESSION_RECHECK_SECS": 1, "CHAT_HEARTBEAT_SECS": 0.5}])
 def test_a_stream_whose_session_ended_silently_closes_within_the_recheck(alice, redis_client):
     """Regression: once past its first check, a stream whose control message was missed
     lived on for the session's whole lifetime (14 days)."""
@@ -350,7 +350,7 @@ def test_a_stream_whose_session_ended_silently_closes_within_the_recheck(alice, 
     assert ended_with(stream, "session_expired")
 
 
-@pytest.mark.parametrize("config", [{"CHAT_SESSION_RECHECK_SECS": 1, "CHAT_HEARTBEAT_SECS": 0.5, **GENEROUS_LIMITS}])
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_SESSION_RECHECK_SECS": 1, "CHAT_HEARTBEAT_SECS": 0.5}])
 def test_a_basic_auth_stream_of_a_user_banned_silently_closes(auth, app, redis_client):
     import gevent
 
@@ -417,6 +417,8 @@ def full_store(tmp_path):
             try:
                 client.set(f"ballast:{i}", b"x" * 100_000)
             except redis.OutOfMemoryError:
+                # Firmly full: filled this way it is a few KB under its cap, room for small writes.
+                client.config_set("maxmemory", "10mb")
                 return
         raise AssertionError("the store never filled up")
 
@@ -435,8 +437,15 @@ def test_a_full_store_refuses_posts_with_507_and_loses_nothing(full_store):
     browser, curl = app.test_client(), app.test_client()
     AuthActions(browser).register("alice")
     AuthActions(curl).register("bob")
+    AuthActions(app.test_client()).register("carol")
+    assert curl.get("/api/auth/me", headers=basic("bob", PASSWORD)).status_code == 200  # bob's curl is signed in
     acked = [browser.post("/api/rooms/general/messages", json={"text": f"m{i}"}).json["id"] for i in range(5)]
     fill()
+    # A credential not verified before can't be checked now (its attempt can't be counted):
+    # refused before any hash, right or wrong, so a full store is no guessing oracle.
+    for password in (PASSWORD, "wrong password"):
+        unverified = app.test_client().get("/api/auth/me", headers=basic("carol", password))
+        assert unverified.status_code == 507 and unverified.json["error"] == "storage_full"
     refused = browser.post("/api/rooms/general/messages", json={"text": "later", "client_id": "retry-1"})
     assert refused.status_code == 507 and refused.json["error"] == "storage_full"
     assert int(refused.headers["Retry-After"]) > 0
@@ -545,3 +554,86 @@ def test_a_burst_of_guesses_cannot_queue_more_hashes_than_the_limit(guarded, mon
     assert refused == [429] * 7 and app.extensions["chat.users"].hasher.waiting == 3
     blocked.release.set()
     assert sorted(g.get(timeout=10).status_code for g in burst) == [401] * 3 + [429] * 7
+
+
+# -- found in review ------------------------------------------------------------------------
+
+def test_a_login_whose_script_fails_leaves_no_session(app, redis_client, monkeypatch):
+    """Regression: the script raised, and the response's save stored the session unindexed."""
+    AuthActions(app.test_client()).register("gina")
+
+    def blip(*args, **kwargs):  # the script never reached Redis (a reset connection, a failover)
+        raise redis.ConnectionError("connection reset")
+
+    monkeypatch.setattr(app.session_interface, "_start", blip)
+    browser = app.test_client()
+    assert AuthActions(browser).login("gina").status_code == 503
+    monkeypatch.undo()
+    assert browser.get("/api/auth/me").status_code == 401
+    assert stored_sessions_of(redis_client, app, "gina") <= indexed(redis_client, "gina")
+
+
+def test_a_logout_that_fails_midway_still_ends_the_session(app, redis_client, monkeypatch):
+    """Regression: the index entry went first; a failure after it left the session alive, unindexed."""
+    browser = app.test_client()
+    AuthActions(browser).register("hank")
+
+    def blip(*args, **kwargs):
+        raise redis.ConnectionError("connection reset")
+
+    monkeypatch.setattr(app.extensions["chat.broker"], "publish_control", blip)
+    assert browser.post("/api/auth/logout").status_code == 503
+    monkeypatch.undo()
+    assert browser.get("/api/auth/me").status_code == 401
+    assert stored_sessions_of(redis_client, app, "hank") == set()
+
+
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_SESSION_RECHECK_SECS": 0.5}])
+def test_a_basic_stream_ends_on_a_password_change_whose_message_was_lost(app):
+    AuthActions(app.test_client()).register("dave")
+    stream = LocalStream(app.test_client(), "/api/rooms/general/events", headers=basic("dave", PASSWORD))
+    assert [stream.next_event().get("event") for _ in range(2)] == [None, "ready"]
+    with app.app_context():  # as /api/auth/password does, minus the control message
+        app.extensions["chat.users"].change_password("dave", PASSWORD, "a brand new password")
+    assert ended_with(stream, "password_changed")
+
+
+def test_head_on_events_opens_no_stream_and_holds_no_slot(app, redis_client):
+    AuthActions(app.test_client()).register("frank")
+    for _ in range(3):
+        response = app.test_client().head("/api/rooms/general/events", headers=basic("frank", PASSWORD))
+        assert response.status_code == 200 and response.mimetype == "text/event-stream"
+    assert redis_client.zcard("chat:user-streams:frank") == 0
+    assert app.test_client().head("/api/rooms/nope/events", headers=basic("frank", PASSWORD)).status_code == 404
+
+
+def test_the_largest_cursor_is_a_400_not_a_500(alice):
+    top = "18446744073709551615-18446744073709551615"
+    for response in (alice.post("/api/rooms/unread", json={"rooms": {"general": top}}),
+                     alice.get(f"/api/rooms/general/messages?after={top}"),
+                     alice.get(f"/api/rooms/general/poll?cursor={top}&timeout=0")):
+        assert response.status_code == 400 and response.json["error"] == "bad_cursor"
+
+
+def test_on_a_full_store_guessing_stays_limited_bans_work_and_leases_renew(full_store):
+    """Regression: a full Redis stopped counting failed guesses (free guessing), made a ban
+    fail before it kicked, and refused every lease renewal (so the stream cap ran out)."""
+    app, _, fill, _ = full_store
+    AuthActions(app.test_client()).register("alice")
+    mallory = app.test_client()
+    AuthActions(mallory).register("mallory")
+    slots = app.extensions["chat.hub"].slots
+    stream = LocalStream(app.test_client(), "/api/rooms/general/events", headers=basic("alice", PASSWORD))
+    assert [stream.next_event().get("event") for _ in range(2)] == [None, "ready"]
+    fill()
+    guesses = {app.test_client().get("/api/auth/me", headers=basic("alice", f"guess {i}")).status_code
+               for i in range(15)}
+    assert guesses == {507}  # never a 401: no hash answers while attempts can't be counted
+    slots.renew(app.extensions["chat.hub"].readers())  # would raise OOM
+    with app.app_context():
+        from chatapp.admin import set_banned
+
+        with pytest.raises(redis.OutOfMemoryError):
+            set_banned("mallory", True)
+    assert mallory.get("/api/auth/me").status_code == 401  # kicked all the same
+    stream.close()

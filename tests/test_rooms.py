@@ -31,8 +31,7 @@ def test_unknown_room_is_404_everywhere(alice):
         assert response.json["error"] == "unknown_room"
 
 
-@pytest.mark.parametrize("config", [{"CHAT_MAX_ROOMS_PER_USER": 3, "CHAT_MAX_ROOMS": 100,
-                                     **GENEROUS_LIMITS}])
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_MAX_ROOMS_PER_USER": 3, "CHAT_MAX_ROOMS": 100}])
 def test_one_account_can_create_only_its_quota_of_rooms(alice, auth):
     for i in range(3):
         assert alice.post("/api/rooms", json={"name": f"mine-{i}"}).status_code == 201
@@ -43,7 +42,7 @@ def test_one_account_can_create_only_its_quota_of_rooms(alice, auth):
     assert alice.post("/api/rooms", json={"name": "bobs"}).status_code == 201
 
 
-@pytest.mark.parametrize("config", [{"CHAT_MAX_ROOMS": 4, **GENEROUS_LIMITS}])
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_MAX_ROOMS": 4}])
 def test_the_server_holds_at_most_its_total_of_rooms(alice, redis_client):
     # general counts: three more fit
     for i in range(3):
