@@ -75,5 +75,10 @@ def user_streams(name):
     return f"{PREFIX}:user-streams:{name.lower()}"
 
 
+def verified(token):
+    """A credential some worker verified recently (``token``: an HMAC of name and password)."""
+    return f"{PREFIX}:verified:{token}"
+
+
 def session(sid):
     return SESSION_PREFIX + sid

@@ -1,16 +1,18 @@
 """User accounts in Redis: scrypt password hashes, case-insensitive names, bans."""
 
 import hashlib
+import hmac
 import json
 import re
 import time
 from typing import NamedTuple
 
+import redis
 from flask import current_app
 from werkzeug.security import generate_password_hash
 
 from . import keys
-from .errors import BadRequest, Conflict, Forbidden
+from .errors import BadRequest, Conflict, Forbidden, is_out_of_memory
 from .passwords import Hasher
 
 USERNAME_RE = re.compile(r"\A[A-Za-z0-9._-]{2,32}\Z")
@@ -47,13 +49,19 @@ def credential(record):
     return hashlib.sha256(record).hexdigest()[:32]
 
 
+def _fingerprint(stored_hash):
+    """What the shared marker holds: changes with the password, reveals nothing of it."""
+    return hashlib.sha256(stored_hash.encode()).hexdigest()[:32].encode()
+
+
 class UserStore:
     """Accounts under ``chat:user:<lowercased name>`` (JSON), bans under ``chat:banned:<name>``."""
 
-    def __init__(self, redis, hasher, cache_secs):
+    def __init__(self, redis, hasher, cache_secs, secret):
         self.redis = redis
         self.hasher = hasher  # every hash runs in its threads, never on the event loop
         self.cache_secs = cache_secs
+        self._secret = hashlib.sha256(b"chat verified credentials\0" + secret.encode()).digest()
         # Hashed once so an unknown user costs the same hash as a wrong password.
         self._dummy_hash = generate_password_hash("not a real password")
         self._cache = {}
@@ -104,40 +112,61 @@ class UserStore:
         """:meth:`authenticate` for HTTP Basic, which sends the password with every request.
 
         The account and its ban are read every time (one MGET), but the scrypt
-        hash is skipped when this process already verified the same password
-        against the same stored hash: a password change or a deleted account
+        hash is skipped when this process, or another worker or host, verified the
+        same password against the same stored hash within ``CHAT_AUTH_CACHE_SECS``
+        (a marker in Redis keyed by an HMAC of name and password, holding a
+        fingerprint of the stored hash): a password change or a deleted account
         takes effect at once, without paying tens of ms of CPU per request.
 
         Every other attempt is a guess until proven right: ``guard.begin()``
         refuses it with a 429 before its hash once the login limits are used up
         (counting the guesses still being hashed), and ``guard.end()`` counts a
-        wrong one. A credential already verified here skips both, so a stranger
-        guessing at a name can't lock its owner's working client out.
+        wrong one. A credential verified lately skips both, on every worker, so a
+        stranger guessing at a name can't lock its owner's working client out.
         """
         if not USERNAME_RE.match(name) or len(password) > PASSWORD_MAX_CHARS:
             guard.begin()
             guard.end(failed=True)
             return None
-        digest = hashlib.sha256(f"{name.lower()}\0{password}".encode()).digest()
-        raw, record, banned = self._load(name)
-        cached = self._cache.get(digest) if record else None
+        token = hmac.new(self._secret, f"{name.lower()}\0{password}".encode(), hashlib.sha256).hexdigest()
+        raw, marker, banned = self.redis.mget(keys.user(name), keys.verified(token), keys.banned(name))
+        record = json.loads(raw) if raw else None
+        banned = banned is not None
         now = time.monotonic()
-        if not (cached and cached[0] == record["password"] and cached[1] > now):
-            guard.begin()  # a 429 before any hash once the limits are used up
-            outcome = None
-            try:
-                outcome = self._verify(record, password)
-            finally:
-                guard.end(failed=outcome is False)  # not when no answer came (busy, Redis down)
-            if not outcome:
-                return None
+        cached = self._cache.get(token) if record else None
+        if cached and cached[0] == record["password"] and cached[1] > now:
+            stored_hash, _, marker_due = cached
+            if marker_due <= now:  # keep the shared marker alive for the other workers
+                self._mark_verified(token, record)
+                marker_due = now + self.cache_secs / 2
+        else:
+            if not (record and marker == _fingerprint(record["password"])):  # nobody verified it lately
+                guard.begin()  # a 429 before any hash once the limits are used up
+                outcome = None
+                try:
+                    outcome = self._verify(record, password)
+                finally:
+                    guard.end(failed=outcome is False)  # not when no answer came (busy, Redis down)
+                if not outcome:
+                    return None
+                self._mark_verified(token, record)
+            stored_hash, marker_due = record["password"], now + self.cache_secs / 2
             if len(self._cache) >= _AUTH_CACHE_MAX:
                 self._cache.clear()
         # Renewed on every use: a client in steady use never needs the hash (or the limits) again.
-        self._cache[digest] = (record["password"], now + self.cache_secs)
+        self._cache[token] = (stored_hash, now + self.cache_secs, marker_due)
         if banned:
             raise Forbidden("This account is banned.", code="banned")
         return Account(record["name"], raw)
+
+    def _mark_verified(self, token, record):
+        """Tell every worker this credential is good (for CHAT_AUTH_CACHE_SECS): a client that
+        moves to another worker needn't be hashed, nor meet the guessing limits, again."""
+        try:
+            self.redis.set(keys.verified(token), _fingerprint(record["password"]), ex=max(1, int(self.cache_secs)))
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise  # full: this worker's own cache still knows
 
     def change_password(self, name, current, new):
         """Set a new password; return the :class:`Account` as now stored."""
@@ -166,7 +195,7 @@ class UserStore:
 def init_app(app):
     hasher = Hasher(app.config["CHAT_HASH_THREADS"], app.config["CHAT_HASH_QUEUE"])
     app.extensions["chat.users"] = UserStore(app.extensions["chat.redis"], hasher,
-                                             app.config["CHAT_AUTH_CACHE_SECS"])
+                                             app.config["CHAT_AUTH_CACHE_SECS"], app.config["SECRET_KEY"])
 
 
 def current_users():

@@ -637,3 +637,25 @@ def test_on_a_full_store_guessing_stays_limited_bans_work_and_leases_renew(full_
             set_banned("mallory", True)
     assert mallory.get("/api/auth/me").status_code == 401  # kicked all the same
     stream.close()
+
+
+def test_a_credential_verified_on_one_worker_is_not_locked_out_on_another(redis_server, redis_client):
+    """Regression: the 'already verified' cache was per worker, so after a stranger's guesses
+    at a name its owner's client was refused by every worker it hadn't met yet."""
+    from chatapp import create_app
+
+    config = {"REDIS_URL": redis_server.url, "SECRET_KEY": "t", **DEFAULT_LOGIN_LIMITS}
+    first, second = create_app(config), create_app(config)
+    try:
+        AuthActions(first.test_client()).register("alice")
+        assert guess(first.test_client(), "alice", PASSWORD, ip="198.51.100.9").status_code == 200
+        for i in range(12):  # a stranger, from rotating addresses, uses up the name's limit
+            guess(first.test_client(), "alice", f"guess {i}", ip=f"203.0.113.{i}")
+        assert guess(second.test_client(), "alice", "one more", ip="203.0.113.99").status_code == 429
+        assert guess(second.test_client(), "alice", PASSWORD, ip="198.51.100.9").status_code == 200
+        with first.app_context():
+            first.extensions["chat.users"].change_password("alice", PASSWORD, "a new password here")
+        assert guess(second.test_client(), "alice", PASSWORD, ip="198.51.100.10").status_code in (401, 429)
+    finally:
+        first.extensions["chat.hub"].close()
+        second.extensions["chat.hub"].close()
