@@ -8,6 +8,7 @@ written to ``log_path`` if given), and :meth:`Gunicorn.start` returns once every
 worker has booted.
 """
 
+import http.client
 import os
 import re
 import signal
@@ -99,7 +100,26 @@ class Gunicorn:
             raise RuntimeError(f"gunicorn did not boot {self.workers} workers in {timeout}s:\n" + "".join(self.log))
         if self.proc.poll() is not None:
             raise RuntimeError("gunicorn exited:\n" + "".join(self.log))
+        self._wait_ready(timeout)
         return self.url
+
+    def _wait_ready(self, timeout):
+        """Until /readyz answers 200: "Booting worker" is logged before a worker has loaded the app."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/readyz")
+                if conn.getresponse().status == 200:
+                    return
+            except (OSError, http.client.HTTPException):
+                pass
+            finally:
+                conn.close()
+            if self.proc.poll() is not None:
+                raise RuntimeError("gunicorn exited:\n" + "".join(self.log))
+            time.sleep(0.05)
+        raise RuntimeError(f"gunicorn answered no /readyz in {timeout}s:\n" + "".join(self.log[-30:]))
 
     def _read_log(self, proc, booted):
         sink = open(self.log_path, "a") if self.log_path else None
