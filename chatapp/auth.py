@@ -34,9 +34,16 @@ def current_sid():
 
 def current_credential():
     """For HTTP Basic, a fingerprint of the account record the password was checked against
-    (a stream re-checks it: a password change ends the stream); None for a session."""
+    (a stream re-checks it: a password change ends the stream); None for a session. Made only
+    when a stream asks: other requests don't need it."""
     current_user()
-    return g.get("credential")
+    record = g.get("basic_record")
+    return credential(record) if record else None
+
+
+def enforce_login_name(name):
+    """The per-username login limit (logins, password changes, Basic attempts that need a hash)."""
+    enforce("CHAT_RATE_LOGIN_USER", f"login:{name}")
 
 
 class GuessLimits:
@@ -68,7 +75,7 @@ class GuessLimits:
             if limits.remaining(*self.ip) < place:
                 limits.refuse(*self.ip)
             if self.name:
-                enforce("CHAT_RATE_LOGIN_USER", f"login:{self.name}")
+                enforce_login_name(self.name)
         except BaseException:
             self._leave_line(limits)
             raise
@@ -94,7 +101,7 @@ def _basic_user():
     account = current_users().authenticate_basic(auth.username, auth.password, GuessLimits(auth.username))
     if account is None:
         return None
-    g.credential = credential(account.record)
+    g.basic_record = account.record
     return account.name
 
 
@@ -145,7 +152,7 @@ def login():
     fields = request_fields()
     name = fields.get("username")
     if isinstance(name, str) and USERNAME_RE.match(name):  # only valid names become keys
-        enforce("CHAT_RATE_LOGIN_USER", f"login:{name}")
+        enforce_login_name(name)
     account = current_users().authenticate(fields.get("username"), fields.get("password"))
     if account is None:
         raise Unauthorized("Wrong username or password.", code="bad_credentials")
@@ -177,7 +184,7 @@ def logout_everywhere():
 def change_password():
     """Change the password; every other session ends, this one gets a new id."""
     user = current_user()
-    enforce("CHAT_RATE_LOGIN_USER", f"login:{user}")
+    enforce_login_name(user)
     fields = request_fields()
     account = current_users().change_password(user, fields.get("current_password"),
                                               string_field(fields, "new_password"))

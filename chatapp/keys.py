@@ -47,11 +47,6 @@ def room_presence_users(room):
     return f"{_room(room)}:presence-users"
 
 
-def channel_room(channel):
-    """The room name inside a room channel (bytes, as Pub/Sub delivers it)."""
-    return channel[channel.index(b"{") + 1:channel.rindex(b"}")].decode()
-
-
 def user(name):
     return f"{PREFIX}:user:{name.lower()}"
 

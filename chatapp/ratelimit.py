@@ -57,7 +57,7 @@ class RateLimits:
             log.warning("rate limit %s not counted: redis is out of memory", setting)
             allowed = self._limiter.test(item, setting, key)
         if not allowed:
-            self._refuse(setting, key)
+            self.refuse(setting, key)
 
     def remaining(self, setting, key):
         """How many hits of ``setting`` ``key`` has left in the current window (a read)."""
@@ -74,9 +74,6 @@ class RateLimits:
 
     def refuse(self, setting, key):
         """Raise the 429 of ``setting`` for ``key``."""
-        self._refuse(setting, key)
-
-    def _refuse(self, setting, key):
         item = self._limits[setting]
         reset_at = self._limiter.get_window_stats(item, setting, key).reset_time
         retry_after = max(1, math.ceil(reset_at - time.time()))
@@ -84,22 +81,18 @@ class RateLimits:
                           headers={"Retry-After": str(retry_after)})
 
 
-def _key(key):
+def client_key(key=None):
+    """The key a limit is counted under: ``key``, else the client's IP."""
     return (key or request.remote_addr or "-").lower()
 
 
 def enforce(setting, key=None):
     """Apply the limit named ``setting`` to ``key`` (default: the client's IP)."""
-    current_app.extensions["chat.ratelimits"].hit(setting, _key(key))
+    current_app.extensions["chat.ratelimits"].hit(setting, client_key(key))
 
 
 def current_limits():
     return current_app.extensions["chat.ratelimits"]
-
-
-def client_key(key=None):
-    """The key a limit is counted under: ``key``, else the client's IP."""
-    return _key(key)
 
 
 def init_app(app):

@@ -52,29 +52,33 @@ class RoomRegistry:
         """Bring the index up to date (idempotent; run by every worker at start)."""
         return self._migrate([keys.LEGACY_ROOMS, keys.ROOM_NAMES], [DEFAULT_ROOM])
 
+    def _first_missing(self, names):
+        """The first of ``names`` that is no room, or None (one round trip for those not seen yet;
+        a name that can't be a room never reaches Redis)."""
+        unseen = [name for name in names if name not in self._known]
+        invalid = [name for name in unseen if not ROOM_RE.match(name)]
+        if invalid:
+            return invalid[0]
+        if unseen:
+            for name, score in zip(unseen, self.redis.zmscore(keys.ROOM_NAMES, unseen)):
+                if score is None:
+                    return name
+                self._known.add(name)
+        return None
+
     def exists(self, name):
-        if name in self._known:
-            return True
-        if ROOM_RE.match(name) and self.redis.zscore(keys.ROOM_NAMES, name) is not None:
-            self._known.add(name)
-            return True
-        return False
+        return self._first_missing([name]) is None
 
     def require(self, name):
         """Return ``name`` if the room exists; a 404 otherwise."""
-        if not self.exists(name):
-            raise NotFound(f"No room named {name[:64]!r}.", code="unknown_room")
+        self.require_many([name])
         return name
 
     def require_many(self, names):
-        """``names`` if every room exists (one round trip for those not seen yet); a 404 otherwise."""
-        unseen = [name for name in names if name not in self._known]
-        if unseen:
-            scores = self.redis.zmscore(keys.ROOM_NAMES, unseen)
-            for name, score in zip(unseen, scores):
-                if score is None:
-                    raise NotFound(f"No room named {name[:64]!r}.", code="unknown_room")
-                self._known.add(name)
+        """``names`` if every room exists; a 404 naming the first that doesn't otherwise."""
+        missing = self._first_missing(names)
+        if missing is not None:
+            raise NotFound(f"No room named {missing[:64]!r}.", code="unknown_room")
         return names
 
     def create(self, name, user):

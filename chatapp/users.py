@@ -44,14 +44,10 @@ class Account(NamedTuple):
 
 
 def credential(record):
-    """What a stream authenticated by HTTP Basic keeps of the account record it was checked
-    against: the record changes (only) when the password does."""
+    """A fingerprint of an account record as a password was checked against it: the record
+    changes (only) when the password does, and this reveals nothing of either. A Basic
+    stream keeps it (chatapp.sessions.recheck); the shared verified marker holds it."""
     return hashlib.sha256(record).hexdigest()[:32]
-
-
-def _fingerprint(stored_hash):
-    """What the shared marker holds: changes with the password, reveals nothing of it."""
-    return hashlib.sha256(stored_hash.encode()).hexdigest()[:32].encode()
 
 
 class UserStore:
@@ -137,10 +133,10 @@ class UserStore:
         if cached and cached[0] == record["password"] and cached[1] > now:
             stored_hash, _, marker_due = cached
             if marker_due <= now:  # keep the shared marker alive for the other workers
-                self._mark_verified(token, record)
+                self._mark_verified(token, raw)
                 marker_due = now + self.cache_secs / 2
         else:
-            if not (record and marker == _fingerprint(record["password"])):  # nobody verified it lately
+            if not (raw and marker == credential(raw).encode()):  # nobody verified it lately
                 guard.begin()  # a 429 before any hash once the limits are used up
                 outcome = None
                 try:
@@ -149,7 +145,7 @@ class UserStore:
                     guard.end(failed=outcome is False)  # not when no answer came (busy, Redis down)
                 if not outcome:
                     return None
-                self._mark_verified(token, record)
+                self._mark_verified(token, raw)
             stored_hash, marker_due = record["password"], now + self.cache_secs / 2
             if len(self._cache) >= _AUTH_CACHE_MAX:
                 self._cache.clear()
@@ -159,11 +155,11 @@ class UserStore:
             raise Forbidden("This account is banned.", code="banned")
         return Account(record["name"], raw)
 
-    def _mark_verified(self, token, record):
+    def _mark_verified(self, token, raw):
         """Tell every worker this credential is good (for CHAT_AUTH_CACHE_SECS): a client that
         moves to another worker needn't be hashed, nor meet the guessing limits, again."""
         try:
-            self.redis.set(keys.verified(token), _fingerprint(record["password"]), ex=max(1, int(self.cache_secs)))
+            self.redis.set(keys.verified(token), credential(raw), ex=max(1, int(self.cache_secs)))
         except redis.ResponseError as exc:
             if not is_out_of_memory(exc):
                 raise  # full: this worker's own cache still knows
