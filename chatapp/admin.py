@@ -9,7 +9,7 @@ HTTP Basic requests until it is lifted.
 import functools
 
 import click
-from flask import Blueprint, jsonify
+from flask import Blueprint, current_app, jsonify
 
 from .auth import current_user, end_user_sessions, login_required
 from .errors import Forbidden, NotFound
@@ -85,6 +85,7 @@ def create_command(name, password):
 
     try:
         current_users().create(name, password, reserved_ok=True)
+        current_app.extensions["chat.memberships"].join_default(name)
     except ChatError as exc:
         raise click.ClickException(exc.message) from None
     admin = " (an admin)" if current_users().is_admin(name) else ""

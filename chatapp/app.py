@@ -11,8 +11,10 @@ from . import (
     auth,
     direct,
     errors,
+    events,
     health,
     logs,
+    membership,
     messages,
     metrics,
     page,
@@ -53,7 +55,7 @@ def create_app(test_config=None):
     ratelimit.init_app(app)
     users.init_app(app)
     rooms.init_app(app)
-    for module in (auth, rooms, messages, streams, presence, admin, health, metrics, page):
+    for module in (auth, rooms, membership, messages, streams, events, presence, admin, health, metrics, page):
         app.register_blueprint(module.bp)
 
     @app.after_request

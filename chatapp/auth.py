@@ -142,6 +142,7 @@ def register():
     enforce("CHAT_RATE_REGISTER_IP")
     fields = request_fields()
     account = current_users().create(string_field(fields, "username"), string_field(fields, "password"))
+    current_app.extensions["chat.memberships"].join_default(account.name)
     return _start_session(account), 201
 
 

@@ -21,7 +21,7 @@ PUBLICATION_PREFIX = b'{"id":'
 SIGNAL_PREFIX = b'{"type":'
 
 _CURSOR_RE = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
-_U64 = 2**64 - 1
+MAX_SEQ = 2**64 - 1  # the largest part of a stream id
 
 
 class StreamId(NamedTuple):
@@ -42,7 +42,7 @@ class StreamId(NamedTuple):
         ms, seq = int(match[1]), int(match[2])
         # The largest id can't be an exclusive start for Redis ("(max" is refused), and
         # no message ever has it.
-        if ms > _U64 or seq > _U64 or (ms, seq) == (_U64, _U64):
+        if ms > MAX_SEQ or seq > MAX_SEQ or (ms, seq) == (MAX_SEQ, MAX_SEQ):
             raise BadRequest("Cursor out of range.", code="bad_cursor")
         return cls(ms, seq)
 
@@ -61,13 +61,15 @@ ZERO = StreamId(0, 0)
 class Publication:
     """One message at its stream position, encoded once for every reader."""
 
-    __slots__ = ("_chunk", "_frame", "id", "json")
+    __slots__ = ("_chunk", "_frame", "_mux_chunk", "_mux_frame", "id", "json")
 
     def __init__(self, id, json_bytes):
         self.id = id
         self.json = json_bytes
         self._frame = None
         self._chunk = None
+        self._mux_chunk = None
+        self._mux_frame = None
 
     @classmethod
     def from_payload(cls, payload):
@@ -98,6 +100,23 @@ class Publication:
         if self._chunk is None:
             self._chunk = http_chunk(self.frame)
         return self._chunk
+
+    def mux_frame(self, room, cursor=None):
+        """The frame for a multiplexed stream: its id is a cursor over the stream's rooms
+        (:mod:`chatapp.multiplex`). ``cursor`` None means the common one, just this message's
+        ``room:id``, built once and shared."""
+        if cursor is not None:
+            return Event(self.json, event="message", id=cursor).encode()
+        if self._mux_frame is None:
+            self._mux_frame = Event(self.json, event="message", id=f"{room}:{self.id}").encode()
+        return self._mux_frame
+
+    def mux_chunk(self, room):
+        """The common multiplexed frame as an HTTP chunk, built once and shared by every
+        multiplexed stream that is caught up."""
+        if self._mux_chunk is None:
+            self._mux_chunk = http_chunk(self.mux_frame(room))
+        return self._mux_chunk
 
 
 class Signal:
@@ -174,6 +193,11 @@ class Broker:
     def publish_control(self, reason, *, user=None, sid=None):
         """Ask every worker to close the readers of ``user`` (any session) or of session ``sid``."""
         message = {"reason": reason, "user": user.lower() if user else None, "sid": sid}
+        self.redis.publish(keys.CONTROL_CHANNEL, json.dumps(message))
+
+    def publish_membership(self, user, room, at):
+        """Tell every worker that ``user`` joined ``room`` at ``at`` (None: left it)."""
+        message = {"user": user.lower(), "room": room, "joined": str(at) if at is not None else None}
         self.redis.publish(keys.CONTROL_CHANNEL, json.dumps(message))
 
     def read_after(self, room, cursor, count):

@@ -115,6 +115,8 @@ SETTINGS = (
             "Redis and a line in every room list); past it creating one is a 403 `rooms_full`.", 1),
     Setting("CHAT_MAX_ROOMS_PER_USER", int, 20, "Rooms one account may create; past it a 403 "
             "`room_quota`.", 0),
+    Setting("CHAT_MAX_JOINED_ROOMS", int, 100, "Rooms one account may be a member of (each is followed "
+            "by every stream of that user); past it a 403 `membership_quota`.", 1, 10_000),
     Setting("CHAT_REDIS_POOL", int, 64, "Redis connections per worker for commands.", 1, 10_000),
     Setting("CHAT_REDIS_TIMEOUT_SECS", float, 5.0, "Socket timeout for Redis commands.", 0.1, 120),
     Setting("CHAT_SESSION_LIFETIME_SECS", int, 14 * 24 * 3600, "Session cookie lifetime.", 60),
@@ -151,6 +153,7 @@ SETTINGS = (
     Setting("CHAT_RATE_ROOMS", rate, "10 per hour", "Rooms each user may create."),
     Setting("CHAT_RATE_UNREAD", rate, "60 per minute", "Unread-count requests each user may make "
             "(the page makes one every 10 s per tab)."),
+    Setting("CHAT_RATE_MEMBERSHIP", rate, "60 per minute", "Joins and leaves each user may make."),
     Setting("CHAT_RATE_STREAMS", rate, "60 per minute", "New SSE streams and long-polls each user "
             "may open (a long-poll client makes about 3 a minute)."),
 )

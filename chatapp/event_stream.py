@@ -87,6 +87,11 @@ class EventStream:
                  extra={"room": reader.room, "user": reader.user})
         # First bytes at once: headers get past proxies that wait for a body.
         yield sse.Event(retry=self.retry_ms, comment="stream open").encode()
+        yield from self._begin()
+
+    def _begin(self):
+        """Open the reader; ``ready``; the backlog."""
+        reader = self.reader
         initial = reader.open(self.cursor, self.backlog)
         # Subscribed now, so "now" is defined: "ready" tells the client the stream is
         # live (and lets it tell a buffering proxy from a quiet room).
@@ -130,8 +135,7 @@ class EventStream:
     def closed(self, reason):
         """Settle the stream's books (hub, presence, metrics, log); return the last frame to send."""
         reader = self.reader
-        reader.hub.detach(reader)
-        reader.hub.leave_presence(reader)
+        reader.end()
         if self.opened is not None:
             reader.hub.metrics.streams_open.dec()
             seconds = time.monotonic() - self.opened
@@ -139,6 +143,21 @@ class EventStream:
                      reason, extra={"room": reader.room, "user": reader.user, "seconds": round(seconds, 1),
                                     "reason": reason})
         return sse.Event({"reason": reason}, event="retry").encode()
+
+
+class MultiplexStream(EventStream):
+    """The multiplexed stream (:mod:`chatapp.multiplex`): ``ready`` names its rooms and carries
+    the cursor of its start."""
+
+    def __init__(self, mux, member, starts, config):
+        super().__init__(mux, member, None, 0, config)
+        self.starts = starts
+
+    def _begin(self):
+        mux = self.reader
+        mux.open(self.starts)
+        yield mux.ready_frame()
+        mux.join_presence(self.member)
 
 
 class SocketSink:

@@ -35,9 +35,10 @@ import gevent
 import redis
 
 from . import keys
-from .broker import Signal, decode_payload
+from .broker import Signal, StreamId, decode_payload
 from .errors import StoreUnavailable
 from .link import PubSubLink
+from .multiplex import Multiplex
 from .presence import SWEEP_SECS, PresenceKeeper
 from .reader import Reader
 from .reasons import Ending
@@ -57,7 +58,7 @@ _CONTROL = keys.CONTROL_CHANNEL.encode()
 class Hub:
     """Tracks this process's readers and feeds them from one Pub/Sub connection."""
 
-    def __init__(self, redis_url, *, broker, presence, slots, metrics, config):
+    def __init__(self, redis_url, *, broker, presence, slots, memberships, metrics, config):
         self.queue_limit = config["CHAT_READER_QUEUE"]
         self.catchup_page = config["CHAT_CATCHUP_PAGE"]
         self.ring_size = config["CHAT_HUB_RING"]
@@ -69,12 +70,17 @@ class Hub:
         self.broker = broker  # on a pool of its own (HUB_READ_CONNECTIONS), see chatapp.store
         self.presence = PresenceKeeper(presence)
         self.slots = slots
+        self.memberships = memberships
         self.sessions = SessionWatch(broker.redis, config["CHAT_SESSION_RECHECK_SECS"])
         self.metrics = metrics
         self.link = PubSubLink(redis_url, config["CHAT_HUB_PING_SECS"], metrics,
                                channels=lambda: [_CONTROL, *self._rooms], on_message=self._on_message,
                                on_subscribed=self._on_subscribed, on_reconnected=self._on_reconnected)
         self._rooms = {}
+        self._muxes = set()  # multiplexed streams (chatapp.multiplex); their rooms' readers are in _rooms
+        # The largest millisecond of a publication the link has dispatched: every message
+        # of an earlier millisecond has reached this worker (docs/DESIGN.md, invariant 12).
+        self.watermark = 0
         self._pid = None
         self._housekeeper = None
         self.closed = False
@@ -86,8 +92,17 @@ class Hub:
         TooManyStreams at ``CHAT_MAX_STREAMS_PER_USER``)."""
         return Reader(self, room, user, sid, lease=self.slots.acquire(user), credential=credential)
 
+    def multiplex(self, user, sid=None, credential=None, narrowed=None):
+        """A stream over many rooms for ``user``, holding one of the user's stream slots."""
+        return Multiplex(self, user, sid, lease=self.slots.acquire(user), credential=credential, narrowed=narrowed)
+
     def readers(self):
+        """Every room reader, including the rooms of multiplexed streams."""
         return [reader for room in self._rooms.values() for reader in room.readers]
+
+    def streams(self):
+        """Every stream and waiting long-poll: the single-room readers and the multiplexed streams."""
+        return [reader for reader in self.readers() if reader.mux is None] + list(self._muxes)
 
     def reader_count(self):
         return self._reader_count
@@ -100,26 +115,45 @@ class Hub:
 
     def attach(self, reader):
         """Register ``reader`` and wait for its room's subscription; return "now"."""
-        if self.closed:
+        self.register(reader)
+        return self.wait_ready(reader)
+
+    def register(self, reader):
+        """Register ``reader`` and subscribe to its room if needed, without waiting.
+
+        A room of a multiplexed stream isn't counted against ``CHAT_MAX_STREAMS``: its
+        stream is (:meth:`add_stream`)."""
+        if reader.mux is None:
+            self._admit()
+        elif self.closed:
             raise StoreUnavailable("This worker is shutting down; reconnect.", code=Ending.DRAINING)
-        self.check_capacity()  # then count it before anything can yield: a burst can't overshoot
-        self._ensure_started()
         room = self._rooms.get(reader.channel)
         subscribe = room is None
         if subscribe:
             room = self._rooms[reader.channel] = RoomFeed(reader.room, reader.channel, self.ring_size)
         if reader not in room.readers:
             room.readers.add(reader)
-            self._reader_count += 1
+            if reader.mux is None:
+                self._reader_count += 1
         room.idle_since = None
         if subscribe:
             self.link.subscribe(reader.channel)
+
+    def wait_ready(self, reader):
+        """Wait for the subscription of ``reader``'s room; return "now" in it."""
+        room = self._rooms[reader.channel]
         if room.ready.is_set():
             return room.last_id
         if not room.ready.wait(self.subscribe_timeout):
             self.detach(reader)
             raise StoreUnavailable("The live feed is not connected; retry shortly.")
         return room.start_id
+
+    def _admit(self):
+        if self.closed:
+            raise StoreUnavailable("This worker is shutting down; reconnect.", code=Ending.DRAINING)
+        self.check_capacity()  # then count it before anything can yield: a burst can't overshoot
+        self._ensure_started()
 
     def detach(self, reader):
         """The reader's stream ended: unregister it and give back its lease (idempotent)."""
@@ -128,9 +162,25 @@ class Hub:
         room = self._rooms.get(reader.channel)
         if room is not None and reader in room.readers:
             room.readers.remove(reader)
-            self._reader_count -= 1
+            if reader.mux is None:
+                self._reader_count -= 1
             if not room.readers:
                 room.idle_since = time.monotonic()
+
+    def add_stream(self, mux):
+        """Count a multiplexed stream (its rooms register as they open)."""
+        self._admit()
+        self._muxes.add(mux)
+        self._reader_count += 1
+
+    def remove_stream(self, mux):
+        """The multiplexed stream ended (its rooms are detached by it): uncount it, give back
+        its lease (idempotent)."""
+        self._count_delivered([mux])
+        self.slots.release(mux)
+        if mux in self._muxes:
+            self._muxes.remove(mux)
+            self._reader_count -= 1
 
     def join_presence(self, reader, member):
         """Count ``reader`` in its room's presence (announced within a batch window)."""
@@ -156,7 +206,7 @@ class Hub:
     def close_matching(self, reason, user=None, sid=None):
         """Close the readers of ``user`` (every session) or of one session ``sid``."""
         closed = 0
-        for reader in self.readers():
+        for reader in self.streams():
             if (user and reader.user == user) or (sid and reader.sid == sid):
                 reader.close(reason)
                 closed += 1
@@ -165,7 +215,7 @@ class Hub:
     def close(self, reason=Ending.DRAINING):
         """Close every reader (their clients resume elsewhere) and stop listening."""
         self.closed = True
-        readers = self.readers()
+        readers = self.streams()
         for reader in readers:
             reader.close(reason)
         if self._housekeeper is not None:
@@ -222,8 +272,23 @@ class Hub:
             gevent.sleep(0)  # let readers write between pages
 
     def _on_reconnected(self):
-        """Control messages published while the link was down are lost: re-check every session."""
-        self.sessions.check_all_soon(self.readers())
+        """Control messages published while the link was down are lost: re-check every session
+        and every multiplexed stream's rooms."""
+        self.sessions.check_all_soon(self.streams())
+        if self._muxes:
+            gevent.spawn(self._reconcile_memberships, list(self._muxes))
+
+    def _reconcile_memberships(self, muxes):
+        try:
+            joined = self.memberships.rooms_of(sorted({mux.user for mux in muxes}))
+        except redis.RedisError as exc:
+            log.warning("hub: memberships not re-read after a reconnect (%s); ending %d multiplexed streams",
+                        exc, len(muxes))
+            for mux in muxes:  # they resume elsewhere, from their cursors, with the right rooms
+                mux.close(Ending.STORE_UNAVAILABLE)
+            return
+        for mux in muxes:
+            mux.reconcile(joined[mux.user])
 
     def _lost_track(self, room, tail):
         """The link was down longer than the room's retention: every reader checks its own cursor."""
@@ -235,9 +300,19 @@ class Hub:
     def _on_control(self, payload):
         try:
             message = json.loads(payload)
-            self.close_matching(message["reason"], message.get("user"), message.get("sid"))
+            if "joined" in message:
+                self._membership_changed(message["user"], message["room"], message["joined"])
+            else:
+                self.close_matching(message["reason"], message.get("user"), message.get("sid"))
         except (ValueError, KeyError, TypeError, AttributeError):
             log.error("hub: ignoring malformed control message %r", payload[:200])
+
+    def _membership_changed(self, user, room, joined):
+        """A join (at the id ``joined``) or a leave (``joined`` None) reaches the user's streams."""
+        at = StreamId.parse(joined) if joined is not None else None
+        for mux in self._muxes:
+            if mux.user == user:
+                mux.membership_changed(room, at)
 
     def _dispatch(self, channel, payload):
         room = self._rooms.get(channel)
@@ -251,6 +326,7 @@ class Hub:
         if isinstance(item, Signal):
             room.signal(item)
         else:
+            self.watermark = max(self.watermark, item.id.ms)
             room.deliver(item)
 
     # -- housekeeping ------------------------------------------------------------
@@ -262,17 +338,17 @@ class Hub:
             gevent.sleep(WATCH_TICK_SECS)
             now = time.monotonic()
             try:
-                readers = self.readers()
-                self._ping_quiet(readers, now)
+                readers, streams = self.readers(), self.streams()
+                self._ping_quiet(streams, now)
                 if now >= next_sweep:
                     next_sweep = now + SWEEP_SECS
                     self.presence.tick({room.name: room.readers for room in self._rooms.values() if room.readers},
                                        now)
-                self.sessions.check(readers, now)
-                self._count_delivered(readers)
+                self.sessions.check(streams, now)
+                self._count_delivered(readers + list(self._muxes))
                 if now >= next_renewal:
                     next_renewal = now + self.slots.renew_secs
-                    self.slots.renew(readers)
+                    self.slots.renew(streams)
                 self._prune(now)
             except redis.RedisError as exc:  # down, or full (maxmemory): the next tick tries again
                 log.info("hub: housekeeping skipped (%s: %s)", type(exc).__name__, exc)

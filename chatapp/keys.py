@@ -77,3 +77,8 @@ def verified(token):
 
 def session(sid):
     return SESSION_PREFIX + sid
+
+
+def user_memberships(name):
+    """The rooms the user joined: a hash of room name to the id its stream starts after."""
+    return f"{PREFIX}:memberships:{name.lower()}"

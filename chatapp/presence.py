@@ -51,6 +51,14 @@ class Presence:
     def join_many(self, room, members):
         return self._run(room, "join", self.ttl_ms, members)
 
+    def join_rooms(self, rooms, member):
+        """``member`` joins each of ``rooms``, in one round trip (a long-poll over many rooms)."""
+        pipe = self._script.registered_client.pipeline(transaction=False)
+        for room in rooms:
+            self._script([keys.room_presence(room), keys.room_presence_users(room), keys.room_channel(room)],
+                         ["join", self.ttl_ms, room, member], client=pipe)
+        pipe.execute()
+
     def leave_many(self, room, members):
         """Leave after the linger period, unless the user reconnects meanwhile."""
         return self._run(room, "leave", self.linger_ms, members)

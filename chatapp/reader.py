@@ -38,32 +38,68 @@ class ReaderReset(Exception):
         self.reset = reset
 
 
-class Reader:
-    __slots__ = ("_behind", "_delivered", "_lease", "_next_session_check", "_presence_member", "_queue", "_wake",
-                 "channel", "closed_reason", "credential", "hub", "last_id", "room", "sid", "sink", "user")
+class Stream:
+    """What the hub's housekeeping needs of a stream or waiting long-poll, whether it reads
+    one room (:class:`Reader`) or many (:class:`chatapp.multiplex.Multiplex`): who it reads
+    as, when its session is checked next, its lease, its wake-up and its sink."""
 
-    def __init__(self, hub, room, user, sid=None, *, lease=None, credential=None):
+    __slots__ = ("_delivered", "_lease", "_next_session_check", "_wake", "closed_reason", "credential", "hub",
+                 "sid", "sink", "user")
+
+    def __init__(self, hub, user, sid, lease, credential):
         self.hub = hub
         self.credential = credential  # HTTP Basic: the account record it was checked against
         self._lease = lease  # this stream's place in the user's count (chatapp.stream_slots)
-        self.room = room
-        self.channel = keys.room_channel(room).encode()
         self.user = user.lower()
         self.sid = sid  # the session it reads under; None for HTTP Basic
         # The hub checks the session (or for HTTP Basic the account) soon after opening,
         # so a logout or kick that raced the stream's start still ends it, then again
         # every CHAT_SESSION_RECHECK_SECS at most.
         self._next_session_check = time.monotonic() + FIRST_SESSION_CHECK_SECS
-        self.last_id = None
-        self._presence_member = None  # set while this stream counts in the room's presence
         # Written but not yet counted in chat_messages_delivered: a multiprocess
         # counter increment per write cost 4% of a fan-out worker's CPU.
         self._delivered = 0
-        self._queue = []
         self._wake = Flag()  # or, once direct, the socket sink (its set() starts its drainer)
         self.sink = None
-        self._behind = False
         self.closed_reason = None
+
+    @property
+    def lease(self):
+        return self._lease
+
+    def take_lease(self):
+        """The stream's lease, once: whoever releases it gets it, nobody twice."""
+        lease, self._lease = self._lease, None
+        return lease
+
+    def take_delivered(self):
+        """Messages written since the last call (added to the metric in bulk)."""
+        delivered, self._delivered = self._delivered, 0
+        return delivered
+
+    def session_due(self, now):
+        return self._next_session_check <= now
+
+    def check_session_at(self, when):
+        self._next_session_check = when
+
+    def close(self, reason):
+        self.closed_reason = reason
+        self._wake.set()
+
+
+class Reader(Stream):
+    __slots__ = ("_behind", "_presence_member", "_queue", "channel", "last_id", "mux", "room")
+
+    def __init__(self, hub, room, user, sid=None, *, lease=None, credential=None):
+        super().__init__(hub, user, sid, lease, credential)
+        self.room = room
+        self.channel = keys.room_channel(room).encode()
+        self.last_id = None
+        self._presence_member = None  # set while this stream counts in the room's presence
+        self._queue = []
+        self.mux = None  # the multiplexed stream this reader is one room of (chatapp.multiplex)
+        self._behind = False
 
     def open(self, cursor=None, backlog=0):
         """Register with the hub and fix the start; return the backlog to send first.
@@ -82,18 +118,24 @@ class Reader:
             return []
         return self._advance(self.hub.broker.read_before(self.room, None, backlog), force=True)
 
+    def follow_for(self, mux, wake):
+        """Be one room of the multiplexed stream ``mux``: wake it, let it frame what is written."""
+        self.mux = mux
+        self._wake = wake
+
     @property
-    def lease(self):
-        return self._lease
+    def pending(self):
+        """Something queued, or behind: the next batch isn't empty-handed."""
+        return bool(self._queue or self._behind)
+
+    def end(self):
+        """The stream ended: out of the hub and the room's presence."""
+        self.hub.detach(self)
+        self.hub.leave_presence(self)
 
     def queued(self):
         """What waits in the queue now, oldest first (a copy)."""
         return tuple(self._queue)
-
-    def take_delivered(self):
-        """Messages written since the last call (added to the metric in bulk)."""
-        delivered, self._delivered = self._delivered, 0
-        return delivered
 
     @property
     def presence_member(self):
@@ -106,17 +148,6 @@ class Reader:
         """The presence entry to remove, once."""
         member, self._presence_member = self._presence_member, None
         return member
-
-    def session_due(self, now):
-        return self._next_session_check <= now
-
-    def check_session_at(self, when):
-        self._next_session_check = when
-
-    def take_lease(self):
-        """The stream's lease, once: whoever releases it gets it, nobody twice."""
-        lease, self._lease = self._lease, None
-        return lease
 
     def go_direct(self, sink):
         """From now on the hub writes to ``sink`` itself whenever nothing is queued."""
@@ -136,7 +167,7 @@ class Reader:
                     return
                 self.last_id = publication.id
                 self._delivered += 1
-            sink.write_now(publication.chunk)
+            sink.write_now(publication.chunk if self.mux is None else self.mux.live_chunk(self, publication))
         elif len(self._queue) >= self.hub.queue_limit:
             self.fall_behind()
         else:
@@ -197,10 +228,6 @@ class Reader:
             self._behind = True  # more in the stream, or the queue overflowed again meanwhile
             return self._advance(page)
         return self._advance(page + self._take())
-
-    def close(self, reason):
-        self.closed_reason = reason
-        self._wake.set()
 
     def encode(self, batch):
         """``batch`` as one write, counted in ``delivered`` (the hub adds that to the metric in bulk)."""

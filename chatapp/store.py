@@ -8,6 +8,7 @@ from redis.retry import Retry
 
 from .broker import Broker
 from .hub import HUB_READ_CONNECTIONS, Hub
+from .membership import Memberships
 from .metrics import Metrics
 from .presence import Presence
 from .stream_slots import StreamSlots
@@ -71,5 +72,8 @@ def init_app(app):
     # The hub's own reads (tails, backfills) never queue behind requests.
     hub_broker = broker.bound_to(redis.Redis(connection_pool=connection_pool(url, HUB_READ_CONNECTIONS, timeout)))
     slots = StreamSlots(client, config["CHAT_MAX_STREAMS_PER_USER"], config["CHAT_STREAM_LEASE_SECS"])
-    app.extensions["chat.hub"] = Hub(url, broker=hub_broker, presence=presence, slots=slots, metrics=metrics,
+    memberships = Memberships(client, broker, config["CHAT_MAX_JOINED_ROOMS"])
+    app.extensions["chat.memberships"] = memberships
+    app.extensions["chat.hub"] = Hub(url, broker=hub_broker, presence=presence, slots=slots,
+                                     memberships=memberships, metrics=metrics,
                                      config=config)

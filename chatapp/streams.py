@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("streams", __name__, url_prefix="/api/rooms")
 
+SSE_ENDPOINTS = {"streams.events", "events.events"}  # told to come back later in SSE, not in JSON
+
 
 def current_hub():
     return current_app.extensions["chat.hub"]
@@ -54,7 +56,7 @@ def _come_back_later(error):
         log.warning("redis unavailable in %s: %s", request.endpoint, error)
         count_redis_error()
         error = StoreUnavailable()
-    if request.endpoint != "streams.events":
+    if request.endpoint not in SSE_ENDPOINTS:
         return error_response(error)
     retry_ms = current_app.config["CHAT_RETRY_MS"]
     if error.code == "busy":  # spread the crowd a full worker turns away
@@ -64,11 +66,6 @@ def _come_back_later(error):
     return _retry_stream(error.code, retry_ms)
 
 
-for _error in (StoreUnavailable, RateLimited, Busy, TooManyStreams, StorageFull, *REDIS_ERRORS):
-    bp.register_error_handler(_error, _come_back_later)
-
-
-@bp.errorhandler(redis.ResponseError)
 def _refused_by_redis(error):
     """A full store (maxmemory) refusing a write on the way to a stream: come back later too."""
     if is_out_of_memory(error):
@@ -78,13 +75,29 @@ def _refused_by_redis(error):
     return error_response(ChatError())
 
 
-def _open_reader(room):
-    """Checks shared by SSE and long-poll, then a reader bound to who is asking."""
-    current_rooms().require(room)
+def handle_stream_errors(blueprint):
+    """Streams and long-polls answer an overloaded or unreachable store with "come back later"."""
+    for error in (StoreUnavailable, RateLimited, Busy, TooManyStreams, StorageFull, *REDIS_ERRORS):
+        blueprint.register_error_handler(error, _come_back_later)
+    blueprint.register_error_handler(redis.ResponseError, _refused_by_redis)
+
+
+handle_stream_errors(bp)
+
+
+def admit_stream():
+    """Checks shared by every stream and long-poll; return the hub and who is asking."""
     user = current_user()
     hub = current_hub()
     hub.check_capacity()  # before the rate limit: a client told "busy" shouldn't pay for it
     enforce("CHAT_RATE_STREAMS", user)
+    return hub, user
+
+
+def _open_reader(room):
+    """A reader of ``room`` bound to who is asking."""
+    current_rooms().require(room)
+    hub, user = admit_stream()
     return hub.reader(room, user, current_sid(), current_credential())
 
 
@@ -118,8 +131,8 @@ def poll(room):
     extra = b""
     try:
         reader.open(cursor)
-        _join_as_poller(room)
-        batch = _wait_for_batch(reader, timeout)
+        join_as_poller(room)
+        batch = wait_for_batch(reader, timeout)
     except ReaderReset as stale:
         oldest = stale.reset.oldest
         extra = b',"reset":true,"oldest":' + (b'"%s"' % str(oldest).encode() if oldest else b"null")
@@ -140,7 +153,7 @@ def poll(room):
     return json_response(body + extra + b"}")
 
 
-def _join_as_poller(room):
+def join_as_poller(room):
     presence = current_presence()
     try:
         presence.join(room, presence.member(current_user(), POLL_CONNECTION))
@@ -150,7 +163,7 @@ def _join_as_poller(room):
         log.warning("poll in %s not counted in presence: redis is out of memory", room)
 
 
-def _wait_for_batch(reader, timeout):
+def wait_for_batch(reader, timeout):
     deadline = time.monotonic() + timeout
     while True:
         batch = reader.next_batch(max(0.0, deadline - time.monotonic()))

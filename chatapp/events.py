@@ -1,0 +1,124 @@
+"""The multiplexed stream and its long-poll: every room the user joined on one connection.
+
+``GET /api/events`` is an SSE stream whose ids are cursors over all its rooms
+(:mod:`chatapp.multiplex`); ``GET /api/poll`` answers the same cursor in JSON.
+Both take ``rooms=a,b`` to follow only some of the joined rooms.
+"""
+
+import json
+import time
+
+import redis
+from flask import Blueprint, Response, current_app, request
+
+from . import sse
+from .auth import current_credential, current_sid, current_user, login_required
+from .errors import BadRequest, Unauthorized, is_out_of_memory
+from .event_stream import MultiplexStream
+from .membership import current_memberships
+from .messages import json_response
+from .multiplex import Cursor, plan_start
+from .params import query_number
+from .presence import POLL_CONNECTION, current_presence
+from .reader import ReaderClosed
+from .reasons import Ending
+from .rooms import validate_room_name
+from .streams import admit_stream, handle_stream_errors, log
+
+bp = Blueprint("events", __name__, url_prefix="/api")
+handle_stream_errors(bp)
+
+
+def _narrowed():
+    """The rooms of ``rooms=a,b``, or None (every joined room)."""
+    raw = request.args.get("rooms")
+    if raw is None:
+        return None
+    names = [name for name in raw.split(",") if name]
+    if len(names) > current_app.config["CHAT_MAX_JOINED_ROOMS"]:
+        raise BadRequest("'rooms' names more rooms than an account may join.", code="bad_field")
+    return {validate_room_name(name) for name in names}
+
+
+def _cursor(text):
+    return Cursor.parse(text.strip()) if text and text.strip() else None
+
+
+def _open_multiplex(cursor):
+    """The stream for who is asking, and where each of its rooms starts."""
+    narrowed = _narrowed()
+    hub, user = admit_stream()
+    joined = current_memberships().rooms(user)
+    if narrowed is not None:
+        joined = {room: at for room, at in joined.items() if room in narrowed}
+    starts = plan_start(joined, cursor, current_app.extensions["chat.broker"].tails)
+    return hub.multiplex(user, current_sid(), current_credential(), narrowed), starts
+
+
+@bp.get("/events")
+@login_required
+def events():
+    """Server-Sent Events for every room you joined, resumable with Last-Event-ID."""
+    if request.method == "HEAD":  # the headers a GET would have; no stream (nor a slot) is opened
+        return Response(mimetype=sse.MIMETYPE, headers=sse.HEADERS)
+    cursor = _cursor(request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+                     or request.args.get("lastEventId"))
+    mux, starts = _open_multiplex(cursor)
+    stream = MultiplexStream(mux, current_presence().member(current_user()), starts, current_app.config)
+    return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
+
+
+@bp.get("/poll")
+@login_required
+def poll():
+    """Long-poll for every room you joined: what follows ``cursor`` at once, else wait up to
+    ``timeout`` seconds. The answer's ``cursor`` goes into the next poll."""
+    config = current_app.config
+    cursor = _cursor(request.args.get("cursor"))
+    timeout = query_number("timeout", config["CHAT_POLL_TIMEOUT_SECS"], 0,
+                           config["CHAT_POLL_MAX_TIMEOUT_SECS"], kind=float)
+    mux, starts = _open_multiplex(cursor)
+    metrics = mux.hub.metrics
+    metrics.polls_open.inc()
+    try:
+        mux.open(starts)
+        _join_as_poller(list(mux.rooms))
+        messages, events, resets = _wait_for_answer(mux, timeout)
+    except ReaderClosed as closed:
+        if closed.reason != Ending.DRAINING:
+            raise Unauthorized("Your session ended.", code=closed.reason) from None
+        messages, events, resets = [], [], []  # answer now; the client polls again, on another worker
+    finally:
+        mux.end()
+        metrics.polls_open.dec()
+    metrics.delivered.inc(len(messages))
+    return _answer(mux, messages, events, resets)
+
+
+def _join_as_poller(rooms):
+    presence = current_presence()
+    try:
+        presence.join_rooms(rooms, presence.member(current_user(), POLL_CONNECTION))
+    except redis.ResponseError as exc:
+        if not is_out_of_memory(exc):
+            raise
+        log.warning("poll not counted in presence: redis is out of memory")
+
+
+def _wait_for_answer(mux, timeout):
+    deadline = time.monotonic() + timeout
+    while True:
+        if not mux.wait(max(0.0, deadline - time.monotonic())):
+            return [], [], []
+        answer = mux.take_answer()
+        if any(answer) or time.monotonic() >= deadline:
+            return answer
+
+
+def _answer(mux, messages, events, resets):
+    """The answer's JSON; messages and presence/typing events are already JSON, shared with
+    every other reader, so they are joined in, not encoded again."""
+    rest = json.dumps({"resets": resets, "rooms": sorted(mux.rooms), "cursor": mux.exact_cursor()},
+                      separators=(",", ":")).encode()
+    return json_response(b'{"messages":[' + b",".join(messages) + b'],"events":[' + b",".join(events) + b"],"
+                         + rest[1:])
