@@ -133,11 +133,8 @@ class Multiplex(Stream):
         return sse.Event(data, event="ready", id=self.exact_cursor()).encode()
 
     def exact_cursor(self):
-        """Every room at its position, the newest first (its millisecond is the watermark of
-        the rooms left out: those joined later, which start at their join point anyway)."""
-        pairs = sorted(((room, reader.last_id) for room, reader in self.rooms.items()), key=lambda p: p[1],
-                       reverse=True)
-        return format_cursor(pairs) or None
+        """Every room at its position."""
+        return format_cursor(_newest_first({room: reader.last_id for room, reader in self.rooms.items()})) or None
 
     def join_presence(self, member):
         self.member = member
@@ -268,44 +265,55 @@ class Multiplex(Stream):
             raise ReaderClosed(self.closed_reason)
         notices, self._notices = self._notices, []
         frames = [sse.Event(data, event=event).encode() for event, data in notices]
-        taken = bool(frames)
-        for room, batch, reset in self._batches():
-            taken = True
-            if reset is not None:
-                frames.append(self._reset_frame(room, reset))
-            else:
-                frames.extend(self._frames(self.rooms[room], batch))
-        return frames if taken else None
+        taken = self._take()
+        if taken is None:
+            return frames or None
+        positions, resets, signals, messages = taken
+        for room, reset in resets:
+            frames.append(sse.Event(_reset_data(room, reset), event="reset",
+                                    id=format_cursor(_newest_first(positions))).encode())
+        frames.extend(signal.frame for _, signal in signals)
+        watermark = self.hub.watermark
+        for room, publication in messages:
+            positions[room] = position = publication.id
+            ms = position.ms
+            listed = [(other, at) for other, at in positions.items() if other != room and (
+                ms > watermark or at.ms >= ms or self.rooms[other].pending)]
+            cursor = format_cursor([(room, position), *listed]) if listed else None
+            frames.append(publication.mux_frame(room, cursor))
+        self._delivered += len(messages)
+        return frames
 
-    def _batches(self):
-        """``(room, publications, reset)`` for each room with something pending, one room at a
-        time: each room's frames are framed before the next room's cursor moves."""
+    def _take(self):
+        """What every room has ready, or None if none had anything pending.
+
+        Returns ``(positions, resets, signals, messages)``: each room's position before
+        this take (what the client has), the rooms reset, the live-only signals, and the
+        messages of all rooms merged in id order, which keeps their ids short: a message is
+        framed after every message of an earlier millisecond.
+        """
+        positions = {room: reader.last_id for room, reader in self.rooms.items()}
+        resets, signals, messages = [], [], []
+        taken = False
         for room, reader in list(self.rooms.items()):
             if not reader.pending:
                 continue
+            taken = True
             try:
                 batch = reader.take_ready()
             except ReaderReset as stale:
-                yield room, None, stale.reset
+                resets.append((room, stale.reset))
+                positions[room] = stale.reset.latest
                 continue
-            if batch and self.rooms.get(room) is reader:  # not left while it read
-                yield room, batch, None
-
-    def _frames(self, reader, batch):
-        frames = []
-        for publication in batch:
-            if publication.id is None:
-                frames.append(publication.frame)
+            if self.rooms.get(room) is not reader:  # left while it read
                 continue
-            self._delivered += 1
-            listed = self._listed(reader, publication.id)
-            cursor = format_cursor([(reader.room, publication.id), *listed]) if listed else None
-            frames.append(publication.mux_frame(reader.room, cursor))
-        return frames
-
-    def _reset_frame(self, room, reset):
-        data = {"room": room, "oldest": str(reset.oldest) if reset.oldest else None, "latest": str(reset.latest)}
-        return sse.Event(data, event="reset", id=self.exact_cursor()).encode()
+            for publication in batch or ():
+                (messages if publication.id is not None else signals).append((room, publication))
+        if not taken:
+            return None
+        positions = {room: at for room, at in positions.items() if room in self.rooms}  # none left meanwhile
+        messages.sort(key=lambda item: item[1].id)
+        return positions, resets, signals, messages
 
     @staticmethod
     def encode(frames):
@@ -318,13 +326,21 @@ class Multiplex(Stream):
         leaves, presence, typing) as JSON, resets as dicts."""
         notices, self._notices = self._notices, []
         events = [json.dumps({"type": event, **data}).encode() for event, data in notices]
-        messages, resets = [], []
-        for room, batch, reset in self._batches():
-            if reset is not None:
-                resets.append({"room": room, "oldest": str(reset.oldest) if reset.oldest else None,
-                               "latest": str(reset.latest)})
-                continue
-            for publication in batch:
-                (messages if publication.id is not None else events).append(publication.json)
+        taken = self._take()
+        if taken is None:
+            return [], events, []
+        _, resets, signals, messages = taken
         self._delivered += len(messages)
-        return messages, events, resets
+        return ([publication.json for _, publication in messages], events + [signal.json for _, signal in signals],
+                [_reset_data(room, reset) for room, reset in resets])
+
+
+def _reset_data(room, reset):
+    return {"room": room, "oldest": str(reset.oldest) if reset.oldest else None, "latest": str(reset.latest)}
+
+
+def _newest_first(positions):
+    """``(room, position)`` pairs, the newest first: its millisecond is the watermark of the
+    rooms left out of an id listing every room (those joined later, which start at their
+    join point anyway)."""
+    return sorted(positions.items(), key=lambda pair: pair[1], reverse=True)

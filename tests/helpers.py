@@ -372,3 +372,117 @@ def gunicorn_with_redis(folder, workers=2, env=None):
             yield server, store
     finally:
         store.stop()
+
+
+class _RoomCounts:
+    """What a reader of many rooms received: ``received[room]``, every message id of that room
+    in arrival order, duplicates included."""
+
+    def has(self, room, last_id):
+        ids = self.received.get(room)
+        return bool(ids) and parse_id(ids[-1]) >= parse_id(last_id)
+
+    def wait_until(self, done, timeout=30):
+        """Wait until ``done(self)`` is true; True if it became so."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if done(self):
+                return True
+            gevent.sleep(0.05)
+        return False
+
+    def stop(self):
+        self._greenlet.kill()
+
+
+class MultiplexReader(_RoomCounts):
+    """Reads ``/api/events`` like a browser's EventSource: reconnects with Last-Event-ID, forever.
+
+    ``received[room]`` is every message id of that room in arrival order, duplicates
+    included; ``frames`` every event as parsed, for tests about ids and notices.
+    """
+
+    def __init__(self, api, query="", last_id=None, retry_secs=0.2, path="/api/events"):
+        self.api = api
+        self.path = path + (f"?{query}" if query else "")
+        self.last_id = self.first_id = last_id
+        self.retry_secs = retry_secs
+        self.received = {}
+        self.frames = []
+        self.pids = set()
+        self.connects = 0
+        self.ready = 0
+        self.resets = []
+        self._stream = None
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        while True:
+            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
+            try:
+                self._stream = stream = self.api.stream(self.path, headers, timeout=60)
+                self.connects += 1
+                if stream.status != 200:
+                    raise RuntimeError(f"stream answered {stream.status}")
+                self.pids.add(stream.pid)
+                for event in stream.events():
+                    self._on_event(event)
+            except (OSError, http.client.HTTPException, RuntimeError):
+                pass
+            gevent.sleep(self.retry_secs)
+
+    def _on_event(self, event):
+        if "id" in event:
+            self.last_id = event["id"]
+        kind = event.get("event")
+        if kind:
+            self.frames.append(event)
+        if kind == "message":
+            data = json.loads(event["data"])
+            self.received.setdefault(data["room"], []).append(data["id"])
+        elif kind == "reset":
+            self.resets.append(json.loads(event["data"]))
+        elif kind == "ready":
+            self.ready += 1
+
+    def events_of(self, kind):
+        return [json.loads(e["data"]) for e in self.frames if e.get("event") == kind]
+
+    def drop(self):
+        """Cut the connection, as a network failure would; the reader reconnects by itself."""
+        if self._stream is not None:
+            self._stream.abort()
+
+
+class MultiplexPoller(_RoomCounts):
+    """Reads ``/api/poll`` like the page's fallback: cursor in, cursor out, retry on errors."""
+
+    def __init__(self, api, query="", cursor=None, timeout=5, retry_secs=0.3):
+        self.api = api
+        self.query = query
+        self.cursor = cursor
+        self.timeout = timeout
+        self.retry_secs = retry_secs
+        self.received = {}
+        self.answers = 0
+        self.resets = []
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        while True:
+            params = [p for p in (self.query, f"timeout={self.timeout}") if p]
+            if self.cursor:
+                params.append(f"cursor={self.cursor}")
+            try:
+                response = self.api.get("/api/poll?" + "&".join(params), timeout=self.timeout + 20)
+                if response.status == 200:
+                    body = response.json
+                    for message in body["messages"]:
+                        self.received.setdefault(message["room"], []).append(message["id"])
+                    self.resets += body["resets"]
+                    self.cursor = body["cursor"]
+                    self.answers += 1
+                    continue
+            except (OSError, http.client.HTTPException, ValueError):
+                pass
+            gevent.sleep(self.retry_secs)

@@ -1,0 +1,335 @@
+"""The multiplexed stream (GET /api/events), its long-poll (GET /api/poll) and membership.
+
+The first tests drive the app in-process (Flask's test client, the WSGI path)
+and write ids into Redis by hand where a millisecond must be shared; the later
+ones run real gunicorn workers and count every message of every room.
+"""
+
+import json
+import os
+import signal
+
+import gevent
+import pytest
+
+from chatapp import keys
+from tests.conftest import GENEROUS_LIMITS
+from tests.helpers import (
+    LocalStream,
+    MultiplexPoller,
+    MultiplexReader,
+    account,
+    all_ids,
+    assert_exactly_once_in_order,
+    gunicorn_with_redis,
+    parse_id,
+    unique,
+)
+
+
+def join(client, room, create=True):
+    if create:
+        assert client.post("/api/rooms", json={"name": room}).status_code in (200, 201)
+    response = client.post(f"/api/rooms/{room}/join")
+    assert response.status_code == 200, response.json
+    return response.json
+
+
+def send(client, room, text):
+    response = client.post(f"/api/rooms/{room}/messages", json={"text": text})
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def until(stream, kind, limit=20):
+    """The next event of ``kind`` (skipping pings and others)."""
+    for _ in range(limit):
+        event = stream.next_event()
+        assert event is not None, f"no {kind} event came"
+        if event.get("event") == kind:
+            return event
+    raise AssertionError(f"no {kind} event within {limit} events")
+
+
+def inject(redis_client, room, position, text="x", publish=True):
+    """A message at an id of our choosing, stored and (unless ``publish`` is False) published
+    exactly as the append script would."""
+    body = json.dumps({"room": room, "user": "bob", "text": text}, separators=(",", ":")).encode()
+    redis_client.xadd(keys.room_log(room), {"body": body}, id=position)
+    if publish:
+        ms = position.split("-")[0].encode()
+        payload = b'{"id":"' + position.encode() + b'","ts":' + ms + b"," + body[1:]
+        redis_client.publish(keys.room_channel(room), payload)
+
+
+# -- membership -------------------------------------------------------------------
+
+def test_a_new_account_is_in_general_and_joins_and_leaves_rooms(alice):
+    assert alice.get("/api/me/rooms").json == {"rooms": ["general"]}
+    joined = join(alice, "dev")
+    assert joined["joined"] is True and joined["room"] == "dev" and joined["at"] == "0-0"
+    sent = send(alice, "dev", "hello")
+    assert join(alice, "dev", create=False)["at"] == "0-0", "a repeated join keeps its join point"
+    assert alice.get("/api/me/rooms").json == {"rooms": ["dev", "general"]}
+    assert alice.post("/api/rooms/dev/leave").json == {"room": "dev", "joined": False}
+    assert alice.get("/api/me/rooms").json == {"rooms": ["general"]}
+    assert join(alice, "dev", create=False)["at"] == sent["id"], "a new join starts at the room's newest"
+
+
+def test_membership_errors_are_json_with_a_code(alice, client, app):
+    assert alice.post("/api/rooms/nope/join").json["error"] == "unknown_room"
+    assert alice.post("/api/rooms/NOPE!/leave").status_code in (400, 404)
+    anonymous = app.test_client()
+    assert anonymous.get("/api/me/rooms").status_code == 401
+    assert anonymous.post("/api/rooms/general/join").status_code in (401, 403)
+
+
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_MAX_JOINED_ROOMS": 3}])
+def test_joining_past_the_cap_is_a_403_and_changes_nothing(alice):
+    join(alice, "a1")
+    join(alice, "a2")
+    assert alice.post("/api/rooms", json={"name": "a3"}).status_code == 201
+    response = alice.post("/api/rooms/a3/join")
+    assert response.status_code == 403 and response.json["error"] == "membership_quota"
+    assert alice.get("/api/me/rooms").json == {"rooms": ["a1", "a2", "general"]}
+
+
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_RATE_MEMBERSHIP": "3 per minute"}])
+def test_joins_and_leaves_are_rate_limited(alice):
+    assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
+    codes = [alice.post(f"/api/rooms/dev/{op}").status_code for op in ("join", "leave", "join", "leave")]
+    assert codes == [200, 200, 200, 429]
+
+
+# -- the stream and its cursor ---------------------------------------------------------
+
+def test_one_stream_carries_every_joined_room_with_one_pair_ids(alice):
+    rooms = [f"r{i}" for i in range(50)]
+    for room in rooms:
+        join(alice, room)
+    stream = LocalStream(alice, "/api/events")
+    ready = until(stream, "ready")
+    assert sorted(json.loads(ready["data"])["rooms"]) == sorted([*rooms, "general"])
+    sent = [send(alice, room, f"to {room}") for room in rooms[::7]]
+    got = stream.messages(len(sent))
+    assert got == sent
+    # Caught up, so every id is just the event's own room:id (not 51 pairs).
+    stream.close()
+
+
+def test_ids_of_a_caught_up_stream_are_one_pair(alice):
+    join(alice, "dev")
+    stream = LocalStream(alice, "/api/events")
+    until(stream, "ready")
+    sent = [send(alice, room, "x") for room in ("dev", "general", "dev")]
+    frames = [until(stream, "message") for _ in sent]
+    assert [f["id"] for f in frames] == [f"{m['room']}:{m['id']}" for m in sent]
+    stream.close()
+
+
+def test_rooms_sharing_a_millisecond_are_listed_in_the_id(alice, redis_client):
+    """Ids of two rooms in one millisecond don't tell which came first: the later event's id
+    must list the other room, or a resume from it would skip or repeat."""
+    join(alice, "dev")
+    join(alice, "ops")
+    stream = LocalStream(alice, "/api/events")
+    until(stream, "ready")
+    inject(redis_client, "dev", "5000-0")
+    inject(redis_client, "ops", "5000-0")
+    inject(redis_client, "dev", "5001-0")
+    ids = [until(stream, "message")["id"] for _ in range(3)]
+    assert ids == ["dev:5000-0", "ops:5000-0,dev:5000-0", "dev:5001-0"]
+    stream.close()
+    for cursor, expected in [("dev:5000-0", [("ops", "5000-0"), ("dev", "5001-0")]),
+                             ("ops:5000-0,dev:5000-0", [("dev", "5001-0")])]:
+        resumed = LocalStream(alice, "/api/events", {"Last-Event-ID": cursor})
+        until(resumed, "ready")
+        got = [(m["room"], m["id"]) for m in resumed.messages(len(expected), timeout=3)]
+        assert sorted(got) == sorted(expected), cursor
+        assert resumed.messages(1, timeout=0.5) == [], f"more than expected after {cursor}"
+        resumed.close()
+
+
+def test_an_event_read_ahead_of_the_link_lists_every_room(alice, redis_client):
+    """A catch-up reads Redis directly, past what the link has dispatched: the watermark
+    proves nothing there, so the id must list every room."""
+    join(alice, "dev")
+    join(alice, "ops")
+    stream = LocalStream(alice, "/api/events")
+    until(stream, "ready")
+    inject(redis_client, "dev", "5000-0")
+    until(stream, "message")
+    stream.close()
+    gevent.sleep(0.5)  # past CHAT_ROOM_LINGER_SECS: the worker no longer follows the rooms (nor keeps a ring)
+    inject(redis_client, "dev", "7000-0", publish=False)  # stored, never seen by the hub's link
+    resumed = LocalStream(alice, "/api/events", {"Last-Event-ID": "dev:5000-0"})
+    until(resumed, "ready")
+    frame = until(resumed, "message")
+    pairs = dict(pair.split(":") for pair in frame["id"].split(","))
+    assert frame["id"].startswith("dev:7000-0,") and set(pairs) == {"dev", "ops", "general"}
+    resumed.close()
+
+
+def test_a_stale_room_gets_its_own_reset_and_the_others_go_on(alice, app):
+    app.extensions["chat.broker"].maxlen = 10
+    join(alice, "dev")
+    first = send(alice, "dev", "first")
+    calm = send(alice, "general", "calm")
+    for i in range(300):
+        send(alice, "dev", str(i))
+    stream = LocalStream(alice, "/api/events", {"Last-Event-ID": f"general:{calm['id']},dev:{first['id']}"})
+    until(stream, "ready")
+    reset = until(stream, "reset")
+    data = json.loads(reset["data"])
+    assert data["room"] == "dev" and parse_id(data["oldest"]) > parse_id(first["id"])
+    assert f"dev:{data['latest']}" in reset["id"].split(",")
+    after = [send(alice, "general", "still here"), send(alice, "dev", "after the reset")]
+    assert stream.messages(2) == after
+    stream.close()
+    polled = alice.get(f"/api/poll?cursor=general:{calm['id']},dev:{first['id']}&timeout=0").json
+    assert [r["room"] for r in polled["resets"]] == ["dev"] and polled["messages"] == after[:1]
+
+
+def test_bad_cursors_and_room_lists_are_400(alice):
+    for cursor in ("abc", "dev", "dev:1-x", "Dev:1-0", "dev:1-0,dev:2-0", "dev:1-0,", "x" * 20000):
+        response = alice.get("/api/events", headers={"Last-Event-ID": cursor})
+        assert response.status_code == 400 and response.json["error"] == "bad_cursor", cursor
+        assert alice.get(f"/api/poll?cursor={cursor[:3000]}&timeout=0").json["error"] == "bad_cursor"
+    assert alice.get("/api/poll?rooms=BAD!&timeout=0").status_code == 400
+
+
+def test_rooms_narrows_the_stream_to_joined_rooms(alice):
+    join(alice, "dev")
+    join(alice, "ops")
+    stream = LocalStream(alice, "/api/events?rooms=dev,general,notjoined")
+    assert sorted(json.loads(until(stream, "ready")["data"])["rooms"]) == ["dev", "general"]
+    sent = [send(alice, "ops", "not for us"), send(alice, "dev", "for us")]
+    assert stream.messages(1) == sent[1:]
+    stream.close()
+
+
+def test_joining_and_leaving_change_an_open_stream_at_once(alice):
+    stream = LocalStream(alice, "/api/events")
+    until(stream, "ready")
+    assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
+    before = send(alice, "dev", "before the join")
+    at = join(alice, "dev", create=False)["at"]
+    assert at == before["id"]
+    assert json.loads(until(stream, "joined")["data"]) == {"room": "dev", "at": at}
+    after = send(alice, "dev", "after the join")
+    assert stream.messages(1) == [after], "the room starts at the join point"
+    assert alice.post("/api/rooms/dev/leave").status_code == 200
+    assert json.loads(until(stream, "left")["data"]) == {"room": "dev"}
+    sent = [send(alice, "dev", "after the leave"), send(alice, "general", "general goes on")]
+    assert stream.messages(1) == sent[1:]
+    stream.close()
+
+
+def test_typing_and_presence_follow_membership(alice, app, auth):
+    join(alice, "dev")
+    stream = LocalStream(alice, "/api/events")
+    until(stream, "ready")
+    bob = app.test_client()
+    bob_auth = type(auth)(bob)
+    assert bob_auth.register("bob").status_code == 201
+    join(bob, "dev", create=False)
+    assert bob.post("/api/rooms/dev/typing").status_code == 202
+    assert json.loads(until(stream, "typing")["data"]) == {"type": "typing", "room": "dev", "user": "bob"}
+    gevent.sleep(0.3)  # presence joins are batched
+    assert "alice" in bob.get("/api/rooms/dev/presence").json["users"]
+    assert "alice" in bob.get("/api/rooms/general/presence").json["users"]
+    stream.close()
+
+
+def test_logout_ends_the_multiplexed_stream(alice, auth):
+    join(alice, "dev")
+    stream = LocalStream(alice, "/api/events")
+    until(stream, "ready")
+    assert auth.logout().status_code == 200
+    assert json.loads(until(stream, "retry")["data"])["reason"] == "logged_out"
+    stream.close()
+
+
+# -- real workers --------------------------------------------------------------------
+
+def test_resume_across_workers_is_exact_for_every_room_sse_and_poll(server, user):
+    """Streams cut again and again while messages flow into 10 rooms; each resumes with the
+    last id it saw, on whichever worker: every room's messages once, in order."""
+    rooms = [unique("m") for _ in range(10)]
+    for room in rooms:
+        assert user.post("/api/rooms", {"name": room}).status == 201
+        assert user.post(f"/api/rooms/{room}/join").status == 200
+    query = "rooms=" + ",".join(rooms)
+    readers = [MultiplexReader(user, query) for _ in range(4)]
+    poller = MultiplexPoller(user, query, timeout=1)
+    assert all(r.wait_until(lambda r: r.ready) for r in readers)
+
+    def post_all():
+        for i in range(300):
+            response = user.post(f"/api/rooms/{rooms[i % 10]}/messages", {"text": str(i)})
+            assert response.status == 201, response.body
+    poster = gevent.spawn(post_all)
+    while not poster.dead:
+        gevent.sleep(0.15)
+        for reader in readers[:2]:
+            reader.drop()
+    poster.get()
+    expected = {room: all_ids(user, room) for room in rooms}
+    for reader in [*readers, poller]:
+        assert reader.wait_until(lambda r: all(r.has(room, expected[room][-1]) for room in rooms))
+        reader.stop()
+        for room in rooms:
+            assert_exactly_once_in_order(reader.received[room], expected[room],
+                                         who=f"{room} on {type(reader).__name__}")
+    assert any(r.connects > 3 for r in readers[:2]) and len(set().union(*(r.pids for r in readers))) == 2
+
+
+def test_twenty_rooms_join_leave_and_a_sigkilled_worker(tmp_path):
+    """One stream over 20 rooms; rooms joined and left while messages flow into all of them;
+    the worker holding the stream is SIGKILLed. After resuming elsewhere every room the stream
+    follows has its messages exactly once, in order, from its join point on."""
+    env = {**GENEROUS_LIMITS, "CHAT_HEARTBEAT_SECS": "1"}
+    with gunicorn_with_redis(tmp_path, workers=2, env=env) as (server, _):
+        user = account(server)
+        rooms = [f"t{i}" for i in range(24)]
+        for room in rooms:
+            assert user.post("/api/rooms", {"name": room}).status == 201
+        for room in rooms[:20]:
+            assert user.post(f"/api/rooms/{room}/join").status == 200
+        reader = MultiplexReader(user)
+        assert reader.wait_until(lambda r: r.ready)
+        starts = {}
+        killed = []
+
+        def post_all():
+            for i in range(480):
+                response = user.post(f"/api/rooms/{rooms[i % 24]}/messages", {"text": str(i)})
+                if response.status != 201:  # a POST cut by the SIGKILL: retry it once on the survivor
+                    response = user.post(f"/api/rooms/{rooms[i % 24]}/messages", {"text": str(i)})
+                assert response.status == 201, response.body
+                if i == 120:
+                    starts["t20"] = user.post("/api/rooms/t20/join").json["at"]
+                    starts["t21"] = user.post("/api/rooms/t21/join").json["at"]
+                if i == 200:
+                    assert user.post("/api/rooms/t0/leave").status == 200
+                if i == 240:
+                    holder = next(iter(reader.pids))
+                    os.kill(holder, signal.SIGKILL)
+                    killed.append(holder)
+                if i == 300:
+                    starts["t22"] = user.post("/api/rooms/t22/join").json["at"]
+        poster = gevent.spawn(post_all)
+        poster.get(timeout=120)
+        expected = {}
+        for room in rooms[1:23]:
+            ids = all_ids(user, room)
+            start = starts.get(room)
+            expected[room] = [i for i in ids if start is None or parse_id(i) > parse_id(start)]
+        assert reader.wait_until(lambda r: all(r.has(room, ids[-1]) for room, ids in expected.items()), 30)
+        reader.stop()
+        for room, ids in expected.items():
+            assert_exactly_once_in_order(reader.received[room], ids, who=room)
+        assert "t23" not in reader.received, "a room never joined reached the stream"
+        left = reader.received.get("t0", [])
+        assert left == sorted(set(left), key=parse_id), "t0 before its leave: once each, in order"
+        assert killed and reader.connects >= 2 and not reader.resets
