@@ -50,10 +50,10 @@ def on_starting(server):
         _embedded["metrics_dir"] = metrics_dir
     if not os.environ.get("REDIS_URL"):
         try:
-            maxmemory = setting("CHAT_REDIS_MAXMEMORY")
+            maxmemory, durability = setting("CHAT_REDIS_MAXMEMORY"), setting("CHAT_DURABILITY")
         except ConfigError as exc:
             raise SystemExit(f"configuration error: {exc}") from None
-        redis_server = EmbeddedRedis(DATA_DIR / "redis", maxmemory=maxmemory)
+        redis_server = EmbeddedRedis(DATA_DIR / "redis", maxmemory=maxmemory, durability=durability)
         os.environ["REDIS_URL"] = redis_server.start()
         _embedded["redis"] = redis_server
     if not os.environ.get("SECRET_KEY"):

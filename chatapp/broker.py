@@ -10,8 +10,8 @@ import re
 from importlib import resources
 from typing import NamedTuple
 
-from . import keys
-from .errors import BadRequest
+from . import keys, topology
+from .errors import BadRequest, NotReplicated
 from .sse import Event, http_chunk
 
 # What travels on a room's channel is one of two kinds, told apart by how its JSON
@@ -19,6 +19,12 @@ from .sse import Event, http_chunk
 # typing: never stored). The Lua scripts write the same shapes.
 PUBLICATION_PREFIX = b'{"id":'
 SIGNAL_PREFIX = b'{"type":'
+ACK_PREFIX = b'{"acked":'  # with replica acknowledgement: "everything published up to this id is safe"
+
+# What a 201 means (CHAT_DURABILITY): written on the primary; fsynced there (the
+# embedded Redis runs appendfsync always); or on CHAT_DURABILITY_REPLICAS replicas.
+PRIMARY, FSYNC, REPLICAS = "primary", "fsync", "replicas"
+DURABILITY_MODES = (PRIMARY, FSYNC, REPLICAS)
 
 _CURSOR_RE = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
 MAX_SEQ = 2**64 - 1  # the largest part of a stream id
@@ -134,13 +140,23 @@ class Signal:
         self.chunk = http_chunk(self.frame)
 
 
+class Ack(NamedTuple):
+    """With replica acknowledgement: the message ``id`` of the channel's room, and every
+    message published before it on the same server, is on enough replicas."""
+
+    id: StreamId
+
+
 def decode_payload(payload):
-    """A channel payload as a :class:`Publication` or a :class:`Signal`; ValueError if neither."""
+    """A channel payload as a :class:`Publication`, a :class:`Signal` or an :class:`Ack`;
+    ValueError if none."""
     if payload.startswith(PUBLICATION_PREFIX):
         return Publication.from_payload(payload)
     if payload.startswith(SIGNAL_PREFIX):
         return Signal(payload)
-    raise ValueError("neither a message nor a signal")
+    if payload.startswith(ACK_PREFIX):
+        return Ack(StreamId.parse(json.loads(payload)["acked"]))
+    raise ValueError("neither a message, a signal nor an acknowledgement")
 
 
 class Reset(NamedTuple):
@@ -158,12 +174,20 @@ def lua_script(name):
 class Broker:
     """Saves to history and publishes atomically per room; reads history back."""
 
-    def __init__(self, redis, maxlen, idempotency_ttl):
+    def __init__(self, redis, maxlen, idempotency_ttl, *, durability=PRIMARY, replicas=1, wait_ms=1000):
         self.redis = redis
         self.maxlen = maxlen
         self.idempotency_ttl = idempotency_ttl
+        self.durability = durability
+        self.replicas = replicas
+        self.wait_ms = wait_ms
         self._append_publish = redis.register_script(lua_script("append_publish"))
         self._count_after = redis.register_script(lua_script("count_after"))
+        self._confirm = redis.register_script(lua_script("confirm"))
+
+    @property
+    def waits_for_replicas(self):
+        return self.durability == REPLICAS
 
     def publish(self, room, user, text, idempotency_key=None):
         """Append and publish a message; return ``(Publication, created)``.
@@ -178,8 +202,38 @@ class Broker:
         if idempotency_key:
             fields["client_id"] = idempotency_key  # lets the sender's page match its pending copy
         body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
-        created, payload = self._append_publish(names, [body, self.maxlen, self.idempotency_ttl])
-        return Publication.from_payload(payload), bool(created)
+        args = [body, self.maxlen, self.idempotency_ttl]
+        if not self.waits_for_replicas:
+            created, payload = self._append_publish(names, args)
+            return Publication.from_payload(payload), bool(created)
+        names.append(keys.room_acked(room))
+        args.append("1")
+        # WAIT counts the replicas that have every earlier write of its connection, so it
+        # goes after the script on the same connection: one pipeline, one round trip.
+        pipe = self.redis.pipeline(transaction=False)
+        self._append_publish(names, args, client=pipe)
+        pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+        (created, payload), acknowledged = pipe.execute()
+        publication = Publication.from_payload(payload)
+        if acknowledged < self.replicas:
+            # Stored, but a failover could still take it back: not acknowledged. Readers
+            # don't see it yet; a retry with the same key returns this message, once safe.
+            raise NotReplicated(f"The message reached {acknowledged} of {self.replicas} replicas in time; "
+                                "retry (the same Idempotency-Key is safe).", headers={"Retry-After": "1"})
+        self._confirm([keys.room_acked(room), keys.room_channel(room)], [str(publication.id)])
+        return publication, bool(created)
+
+    def primary_address(self):
+        """Where this broker's writes go now (see :func:`chatapp.topology.address`)."""
+        return topology.address(self.redis)
+
+    def replicated(self, probe_key):
+        """With replica acknowledgement: a write and a WAIT on one connection. True if enough
+        replicas have everything written before it (the hub releases what it holds)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(probe_key, b"1", px=60_000)
+        pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+        return pipe.execute()[1] >= self.replicas
 
     def signal(self, room, event, user):
         """Publish a live-only event to the room's readers on every worker; nothing is stored.
@@ -200,28 +254,48 @@ class Broker:
         message = {"user": user.lower(), "room": room, "joined": str(at) if at is not None else None}
         self.redis.publish(keys.CONTROL_CHANNEL, json.dumps(message))
 
-    def read_after(self, room, cursor, count):
-        """Up to ``count`` publications strictly after ``cursor``, oldest first."""
-        entries = self.redis.xrange(keys.room_log(room), f"({cursor}", "+", count=count)
+    def read_after(self, room, cursor, count, acknowledged=True):
+        """Up to ``count`` publications strictly after ``cursor``, oldest first (with replica
+        acknowledgement only acknowledged ones, unless ``acknowledged`` is False)."""
+        end = self._newest_readable(room) if acknowledged else "+"
+        entries = self.redis.xrange(keys.room_log(room), f"({cursor}", end, count=count)
         return [Publication.from_entry(entry) for entry in entries]
 
     def read_before(self, room, cursor, count):
         """Up to ``count`` publications strictly before ``cursor`` (or the newest), oldest first."""
-        end = "+" if cursor is None else f"({cursor}"
+        newest = self._newest_readable(room)
+        end = newest if cursor is None or (newest != "+" and StreamId.parse(newest) < cursor) else f"({cursor}"
         entries = self.redis.xrevrange(keys.room_log(room), end, "-", count=count)
         return [Publication.from_entry(entry) for entry in reversed(entries)]
 
     def tail(self, room):
-        """The id of the newest message, or ZERO for an empty room."""
-        entries = self.redis.xrevrange(keys.room_log(room), "+", "-", count=1)
-        return StreamId.from_bytes(entries[0][0]) if entries else ZERO
+        """The id of the newest message readers may see, or ZERO for an empty room."""
+        return self.tails([room])[0]
 
     def tails(self, rooms):
-        """The newest id of each room, in one round trip."""
+        """The newest id readers may see of each room, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for room in rooms:
             pipe.xrevrange(keys.room_log(room), "+", "-", count=1)
-        return [StreamId.from_bytes(e[0][0]) if e else ZERO for e in pipe.execute()]
+            if self.waits_for_replicas:
+                pipe.get(keys.room_acked(room))
+        replies = iter(pipe.execute())
+        tails = []
+        for _ in rooms:
+            newest = next(replies)
+            tail = StreamId.from_bytes(newest[0][0]) if newest else ZERO
+            if self.waits_for_replicas:
+                tail = _clamp(tail, next(replies))
+            tails.append(tail)
+        return tails
+
+    def _newest_readable(self, room):
+        """The end of a read of the room's log: "+", or with replica acknowledgement the
+        newest acknowledged id (none recorded: the log predates the mode, all of it)."""
+        if not self.waits_for_replicas:
+            return "+"
+        acked = self.redis.get(keys.room_acked(room))
+        return acked.decode() if acked else "+"
 
     def count_after(self, cursors, cap):
         """For each ``{room: cursor}``, how many messages follow the cursor (at most ``cap``), in
@@ -231,14 +305,16 @@ class Broker:
             self._count_after([keys.room_log(room)], [str(cursor), cap], client=pipe)
         return pipe.execute() if cursors else []
 
-    def catch_up(self, room, cursor, count):
+    def catch_up(self, room, cursor, count, upto=None):
         """Up to ``count`` publications after ``cursor``, and a :class:`Reset` if it is stale.
 
         A cursor is stale when messages after it may have been trimmed away, or
         when it is newer than anything this stream ever held (the store was
         wiped). Then the page is empty and the reader must be told (invariant 8),
         never silently moved on. One transaction, so a trim can't land between
-        the reads.
+        the reads. With replica acknowledgement nothing past ``upto`` (what the
+        hub has released) or else the room's acknowledged marker is returned
+        (invariant 11).
         """
         log, trimmed = keys.room_log(room), keys.room_trimmed(room)
         pipe = self.redis.pipeline(transaction=True)
@@ -246,13 +322,27 @@ class Broker:
         pipe.xrange(log, "-", "+", count=1)
         pipe.xrevrange(log, "+", "-", count=1)
         pipe.exists(trimmed)
-        entries, first, last, was_trimmed = pipe.execute()
+        if self.waits_for_replicas and upto is None:
+            pipe.get(keys.room_acked(room))
+        entries, first, last, was_trimmed, *acked = pipe.execute()
         oldest = StreamId.from_bytes(first[0][0]) if first else None
         newest = StreamId.from_bytes(last[0][0]) if last else ZERO
         if cursor > newest or (was_trimmed and (oldest is None or cursor < oldest)):
-            return [], Reset(newest, oldest)
-        return [Publication.from_entry(entry) for entry in entries], None
+            bound = newest if not self.waits_for_replicas else (upto or _clamp(newest, acked[0]))
+            return [], Reset(min(newest, bound), oldest)
+        page = [Publication.from_entry(entry) for entry in entries]
+        if self.waits_for_replicas:
+            bound = upto or _clamp(newest, acked[0])
+            page = [p for p in page if p.id <= bound]
+        return page, None
 
     def bound_to(self, redis):
         """The same broker on another connection pool (the hub reads on its own)."""
-        return Broker(redis, self.maxlen, self.idempotency_ttl)
+        return Broker(redis, self.maxlen, self.idempotency_ttl, durability=self.durability, replicas=self.replicas,
+                      wait_ms=self.wait_ms)
+
+
+def _clamp(newest, acked):
+    """``newest``, but not past the acknowledged marker ``acked`` (raw, or None: no marker,
+    the log predates replica acknowledgement)."""
+    return newest if acked is None else min(newest, StreamId.from_bytes(acked))

@@ -117,6 +117,14 @@ SETTINGS = (
             "`room_quota`.", 0),
     Setting("CHAT_MAX_JOINED_ROOMS", int, 100, "Rooms one account may be a member of (each is followed "
             "by every stream of that user); past it a 403 `membership_quota`.", 1, 10_000),
+    Setting("CHAT_DURABILITY", str, "primary", "What a 201 means: `primary` (written on the Redis primary; its "
+            "AOF is fsynced every second), `fsync` (fsynced there first: the embedded Redis runs appendfsync "
+            "always), or `replicas` (also on CHAT_DURABILITY_REPLICAS replicas: WAIT after the append; readers "
+            "only see a message once it is). See docs/deploy.md."),
+    Setting("CHAT_DURABILITY_REPLICAS", int, 1, "With CHAT_DURABILITY=replicas: replicas that must have a "
+            "message before its 201.", 1, 16),
+    Setting("CHAT_DURABILITY_TIMEOUT_MS", int, 1000, "With CHAT_DURABILITY=replicas: how long a POST waits for "
+            "them; past it a retryable 503 `not_replicated`.", 10, 60_000),
     Setting("CHAT_REDIS_POOL", int, 64, "Redis connections per worker for commands.", 1, 10_000),
     Setting("CHAT_REDIS_TIMEOUT_SECS", float, 5.0, "Socket timeout for Redis commands.", 0.1, 120),
     Setting("CHAT_SESSION_LIFETIME_SECS", int, 14 * 24 * 3600, "Session cookie lifetime.", 60),
@@ -179,6 +187,8 @@ def load_settings(environ=None, overrides=None):
                           "embedded Redis) or point REDIS_URL at a Redis server")
     if not values["SECRET_KEY"]:
         values["SECRET_KEY"] = secrets.token_hex(32)
+    if values["CHAT_DURABILITY"] not in ("primary", "fsync", "replicas"):
+        raise ConfigError("CHAT_DURABILITY must be primary, fsync or replicas")
     if values["CHAT_LOG_FORMAT"] not in ("text", "json"):
         raise ConfigError("CHAT_LOG_FORMAT must be text or json")
     if values["CHAT_POLL_TIMEOUT_SECS"] > values["CHAT_POLL_MAX_TIMEOUT_SECS"]:

@@ -42,12 +42,15 @@ def redis_server_binary():
 class EmbeddedRedis:
     """A redis-server process with its data, socket and pid file under ``data_dir``."""
 
-    def __init__(self, data_dir, port=0, maxmemory=None):
+    def __init__(self, data_dir, port=0, maxmemory=None, durability="primary"):
         self.data_dir = Path(data_dir).resolve()
         self.port = port
         # With a cap Redis refuses writes past it (noeviction: never drop stored messages);
         # the app answers those with a 507 storage_full.
         self.maxmemory = maxmemory
+        # CHAT_DURABILITY=fsync: a write is fsynced to the AOF before Redis answers it (and before
+        # it sends the publication to any subscriber), so a 201 survives a power cut.
+        self.appendfsync = "always" if durability == "fsync" else "everysec"
         self.socket_path = self.data_dir / "redis.sock"
         self.pid_file = self.data_dir / "redis.pid"
         self.process = None
@@ -67,7 +70,7 @@ class EmbeddedRedis:
         args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--unixsocket", str(self.socket_path), "--unixsocketperm", "700",
                 "--dir", str(self.data_dir), "--pidfile", str(self.pid_file),
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "",
                 "--maxmemory-policy", "noeviction", *(["--maxmemory", self.maxmemory] if self.maxmemory else []),
                 "--daemonize", "no", "--loglevel", "warning",
                 "--logfile", str(self.data_dir / "redis.log")]
@@ -87,7 +90,9 @@ class EmbeddedRedis:
         if self._ping():
             log.warning("reusing Redis pid=%d left running by an earlier run", pid)
             self.pid = pid
-            if self.maxmemory:  # this run's settings, not the earlier run's
+            # This run's settings, not the earlier run's.
+            self._command("CONFIG", "SET", "appendfsync", self.appendfsync)
+            if self.maxmemory:
                 self._command("CONFIG", "SET", "maxmemory", self.maxmemory)
                 self._command("CONFIG", "SET", "maxmemory-policy", "noeviction")
             return True

@@ -61,6 +61,10 @@ class StoreUnavailable(ChatError):
     status, code, message = 503, "store_unavailable", "The message store is unavailable; retry shortly."
 
 
+class NotReplicated(StoreUnavailable):
+    code, message = "not_replicated", "The message is not yet on enough replicas; retry with the same key."
+
+
 class Busy(ChatError):
     status, code, message = 503, "busy", "The server is busy; retry shortly."
 

@@ -26,6 +26,7 @@ session re-checks (:class:`SessionWatch`), stream leases
 nobody reads.
 """
 
+import collections
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ import gevent
 import redis
 
 from . import keys
-from .broker import Signal, StreamId, decode_payload
+from .broker import Ack, Signal, StreamId, decode_payload
 from .errors import StoreUnavailable
 from .link import PubSubLink
 from .multiplex import Multiplex
@@ -58,7 +59,7 @@ _CONTROL = keys.CONTROL_CHANNEL.encode()
 class Hub:
     """Tracks this process's readers and feeds them from one Pub/Sub connection."""
 
-    def __init__(self, redis_url, *, broker, presence, slots, memberships, metrics, config):
+    def __init__(self, where, *, broker, presence, slots, memberships, metrics, config):
         self.queue_limit = config["CHAT_READER_QUEUE"]
         self.catchup_page = config["CHAT_CATCHUP_PAGE"]
         self.ring_size = config["CHAT_HUB_RING"]
@@ -73,7 +74,7 @@ class Hub:
         self.memberships = memberships
         self.sessions = SessionWatch(broker.redis, config["CHAT_SESSION_RECHECK_SECS"])
         self.metrics = metrics
-        self.link = PubSubLink(redis_url, config["CHAT_HUB_PING_SECS"], metrics,
+        self.link = PubSubLink(where, config["CHAT_HUB_PING_SECS"], metrics,
                                channels=lambda: [_CONTROL, *self._rooms], on_message=self._on_message,
                                on_subscribed=self._on_subscribed, on_reconnected=self._on_reconnected)
         self._rooms = {}
@@ -81,6 +82,11 @@ class Hub:
         # The largest millisecond of a publication the link has dispatched: every message
         # of an earlier millisecond has reached this worker (docs/DESIGN.md, invariant 12).
         self.watermark = 0
+        # With replica acknowledgement (invariant 11): publications received but not yet known
+        # to be on enough replicas, in arrival order, as (channel, publication, came live).
+        self._held = collections.deque()
+        self._held_since = 0.0
+        self._link_address = None
         self._pid = None
         self._housekeeper = None
         self.closed = False
@@ -195,6 +201,15 @@ class Hub:
         if total:
             self.metrics.delivered.inc(total)
 
+    def catch_up(self, reader, count):
+        """A page of the reader's room after its cursor, and a Reset if stale. With replica
+        acknowledgement, not past what this hub has released to the room's readers."""
+        upto = None
+        if self.broker.waits_for_replicas:
+            room = self._rooms.get(reader.channel)
+            upto = room.last_id if room is not None else None
+        return self.broker.catch_up(reader.room, reader.last_id, count, upto=upto)
+
     def recent_after(self, reader):
         """Publications after the reader's cursor from the ring, or None if it doesn't cover it."""
         room = self._rooms.get(reader.channel)
@@ -257,6 +272,7 @@ class Hub:
             room.start_id = self.broker.tail(room.name)
             room.restart_at(room.start_id)
             room.ready.set()
+            self._hold_unacknowledged(room)
             return
         # A (re)subscription: whatever was published while we were not
         # subscribed is in the stream after the last id we dispatched.
@@ -268,12 +284,23 @@ class Hub:
             for publication in page:
                 room.deliver(publication)
             if len(page) < self.catchup_page:
-                return
+                break
             gevent.sleep(0)  # let readers write between pages
+        self._hold_unacknowledged(room)
+
+    def _hold_unacknowledged(self, room):
+        """With replica acknowledgement: what the room's log has past its acknowledged marker
+        is held like a live publication, so the acknowledgement that covers it releases it."""
+        if not self.broker.waits_for_replicas:
+            return
+        for publication in self.broker.read_after(room.name, room.last_id, self.catchup_page, acknowledged=False):
+            self._hold(room.channel, publication, live=False)
 
     def _on_reconnected(self):
         """Control messages published while the link was down are lost: re-check every session
-        and every multiplexed stream's rooms."""
+        and every multiplexed stream's rooms. Held publications may be on a primary that is gone:
+        dropped (each room's resubscription reads its log again)."""
+        self._held.clear()
         self.sessions.check_all_soon(self.streams())
         if self._muxes:
             gevent.spawn(self._reconcile_memberships, list(self._muxes))
@@ -325,9 +352,56 @@ class Hub:
             return
         if isinstance(item, Signal):
             room.signal(item)
+        elif isinstance(item, Ack):
+            self._release_through(channel, item.id)
+        elif self.broker.waits_for_replicas:
+            self._hold(channel, item, live=True)
         else:
-            self.watermark = max(self.watermark, item.id.ms)
-            room.deliver(item)
+            self._deliver(room, item, live=True)
+
+    def _deliver(self, room, publication, live):
+        if live:  # catch-ups are read ahead of the link: they say nothing of other rooms
+            self.watermark = max(self.watermark, publication.id.ms)
+        room.deliver(publication)
+
+    # -- replica acknowledgement (invariant 11) ------------------------------------------
+
+    def _hold(self, channel, publication, live):
+        if not self._held:
+            self._held_since = time.monotonic()
+        self._held.append((channel, publication, live))
+
+    def _release_through(self, channel, position):
+        """Release every held publication up to the one of ``channel`` at ``position``: replication
+        is one ordered log, so whatever the server published before it is on the replicas too."""
+        for index, (held_channel, publication, _) in enumerate(self._held):
+            if held_channel == channel and publication.id == position:
+                self._release(index + 1)
+                return
+
+    def _release(self, count):
+        for _ in range(count):
+            channel, publication, live = self._held.popleft()
+            room = self._rooms.get(channel)
+            if room is not None and room.last_id is not None:
+                self._deliver(room, publication, live)
+        self._held_since = time.monotonic()
+
+    def _probe_replication(self, now):
+        """Release what was held longer than a tick with no acknowledgement (its poster's WAIT
+        timed out, or its acknowledgement was lost): one write and WAIT on the primary the
+        link listens to, which covers everything it published before."""
+        if not self._held or now - self._held_since < WATCH_TICK_SECS:
+            return
+        last = self._held[-1]
+        address = self.link.address
+        if address is None or address != self.broker.primary_address():
+            return  # mid-failover: what we hold came from another server
+        if self.broker.replicated(keys.DURABILITY_PROBE):
+            for index, item in enumerate(self._held):
+                if item is last:
+                    self._release(index + 1)
+                    return
 
     # -- housekeeping ------------------------------------------------------------
 
@@ -345,6 +419,7 @@ class Hub:
                     self.presence.tick({room.name: room.readers for room in self._rooms.values() if room.readers},
                                        now)
                 self.sessions.check(streams, now)
+                self._probe_replication(now)
                 self._count_delivered(readers + list(self._muxes))
                 if now >= next_renewal:
                     next_renewal = now + self.slots.renew_secs

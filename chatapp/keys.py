@@ -14,6 +14,7 @@ ROOM_NAMES = f"{PREFIX}:room-names"  # sorted set, every score 0: ZRANGE BYLEX p
 LEGACY_ROOMS = f"{PREFIX}:rooms"  # the plain set earlier releases kept; migrated at start
 SESSION_PREFIX = f"{PREFIX}:session:"  # + sid (flask-session builds the key from it)
 RATE_LIMIT_PREFIX = f"{PREFIX}:rl"  # the ``limits`` library's windows
+DURABILITY_PROBE = f"{PREFIX}:durability-probe"  # a hub's write before a WAIT (replica acknowledgement)
 
 
 def _room(room):
@@ -33,6 +34,11 @@ def room_channel(room):
 def room_trimmed(room):
     """Set once the room's stream has lost entries to its cap."""
     return f"{_room(room)}:trimmed"
+
+
+def room_acked(room):
+    """With replica acknowledgement: the newest id known to be on enough replicas."""
+    return f"{_room(room)}:acked"
 
 
 def room_idempotency(room, user, key):

@@ -15,9 +15,9 @@ import random
 import time
 
 import gevent
-import redis
 from gevent.lock import Semaphore
 
+from . import topology
 from .errors import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
@@ -31,9 +31,10 @@ class PubSubLink:
     """Subscribes to ``channels()`` whenever it (re)connects and feeds replies to the callbacks:
     ``on_message(channel, payload)``, ``on_subscribed(channel)``, ``on_reconnected()``."""
 
-    def __init__(self, redis_url, ping_secs, metrics, *, channels, on_message, on_subscribed, on_reconnected):
-        # RESP2: replies are plain [kind, channel, data] lists.
-        self._client = redis.Redis.from_url(redis_url, protocol=2, socket_timeout=None, socket_connect_timeout=2)
+    def __init__(self, where, ping_secs, metrics, *, channels, on_message, on_subscribed, on_reconnected):
+        # RESP2: replies are plain [kind, channel, data] lists. With Sentinel each new
+        # connection asks for the current primary.
+        self._client = topology.client(where, 1, None, protocol=2)
         self.ping_secs = ping_secs
         self._metrics = metrics
         self._channels = channels
@@ -43,6 +44,7 @@ class PubSubLink:
         self._conn = None
         self._write_lock = Semaphore()
         self._last_heard = 0.0
+        self.address = None  # the server the link listens to (a socket path or (host, port))
         self._greenlets = []
         self.closed = False
 
@@ -115,8 +117,7 @@ class PubSubLink:
     def _connect(self):
         # A bare connection, not one from the pool: the pool counts what it
         # makes and would refuse after max_connections reconnects.
-        pool = self._client.connection_pool
-        conn = pool.connection_class(**pool.connection_kwargs)
+        conn = topology.bare_connection(self._client)
         try:
             conn.connect()
             with self._write_lock:
@@ -126,6 +127,7 @@ class PubSubLink:
             conn.disconnect()
             raise
         self._last_heard = time.monotonic()
+        self.address = topology.address(conn)
         return conn
 
     def _disconnect(self, conn):

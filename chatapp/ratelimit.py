@@ -13,10 +13,10 @@ import time
 import redis
 from flask import current_app, request
 from limits import parse
-from limits.storage import RedisStorage
+from limits.storage import RedisClusterStorage, RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-from . import keys
+from . import keys, topology
 from .errors import RateLimited, is_out_of_memory, storage_full
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,12 @@ LIMITS = ("CHAT_RATE_MESSAGES", "CHAT_RATE_LOGIN_IP", "CHAT_RATE_LOGIN_USER", "C
 class RateLimits:
     """The configured limits and a sliding-window counter on the app's Redis pool."""
 
-    def __init__(self, redis_url, connection_pool, config):
-        uri = "redis+unix://" + redis_url[len("unix://"):] if redis_url.startswith("unix://") else redis_url
-        storage = RedisStorage(uri, connection_pool=connection_pool, key_prefix=keys.RATE_LIMIT_PREFIX)
+    def __init__(self, where, client, config):
+        if where.kind == topology.CLUSTER:
+            storage = RedisClusterStorage(where.url, key_prefix=keys.RATE_LIMIT_PREFIX)
+        else:  # on the app's pool, which for Sentinel follows the primary
+            storage = RedisStorage("redis://", connection_pool=client.connection_pool,
+                                   key_prefix=keys.RATE_LIMIT_PREFIX)
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._limits = {name: parse(config[name]) for name in LIMITS}
         # Hits this worker knows are coming but can't count yet ((setting, key) -> n): the
@@ -97,4 +100,4 @@ def current_limits():
 
 def init_app(app):
     app.extensions["chat.ratelimits"] = RateLimits(
-        app.config["REDIS_URL"], app.extensions["chat.redis"].connection_pool, app.config)
+        app.extensions["chat.topology"], app.extensions["chat.redis"], app.config)

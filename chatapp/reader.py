@@ -215,7 +215,7 @@ class Reader(Stream):
             return self._advance(recent + self._take())
         page_size = self.hub.catchup_page
         try:
-            page, reset = self.hub.broker.catch_up(self.room, self.last_id, page_size)
+            page, reset = self.hub.catch_up(self, page_size)
         except BaseException:
             self._behind = True  # still behind: whoever retries must not skip ahead
             raise

@@ -104,7 +104,8 @@ class Cluster:
         self.tls_cert = Path(tls_cert).resolve() if tls_cert else None
         self.tls_key = Path(tls_key).resolve() if tls_key else None
         self.env = env or {}
-        self.redis = EmbeddedRedis(self.data_dir / "redis", maxmemory=setting("CHAT_REDIS_MAXMEMORY"))
+        self.redis = EmbeddedRedis(self.data_dir / "redis", maxmemory=setting("CHAT_REDIS_MAXMEMORY"),
+                                   durability=setting("CHAT_DURABILITY"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.instances = [instance(p, self.redis.url, workers, self.data_dir, self.env) for p in instance_ports]
         self.nginx = None

@@ -2,8 +2,14 @@
 
 import pytest
 import redis
+import redis.sentinel
 
-from chatapp.store import connection_pool
+from chatapp import topology
+from chatapp.config import ConfigError
+
+
+def connection_pool(url, max_connections, timeout):
+    return topology.client(topology.parse(url), max_connections, timeout).connection_pool
 
 
 @pytest.fixture
@@ -43,3 +49,23 @@ def test_clean_connection_is_kept(pool):
 def test_tls_urls_keep_redis_pys_ssl_connection():
     """Regression: the peeking class replaced SSLConnection, so rediss:// went out in plaintext."""
     assert connection_pool("rediss://localhost:6380/0", 1, 1).connection_class is redis.SSLConnection
+
+
+def test_redis_url_selects_the_topology():
+    assert topology.parse("redis://h:1/0").kind == topology.SINGLE
+    assert topology.parse("unix:///tmp/r.sock").kind == topology.SINGLE
+    sentinel = topology.parse("redis+sentinel://:secret@a:26379,b:26380/mymaster?db=2")
+    assert (sentinel.kind, sentinel.nodes, sentinel.service) == (topology.SENTINEL, (("a", 26379), ("b", 26380)),
+                                                                  "mymaster")
+    assert sentinel.options == {"password": "secret", "db": 2} and "secret" not in sentinel.label
+    cluster = topology.parse("redis+cluster://a:7000,b:7001")
+    assert (cluster.kind, cluster.nodes) == (topology.CLUSTER, (("a", 7000), ("b", 7001)))
+    for bad in ("http://x", "redis+sentinel://a:1", "redis+cluster://a", "redis+sentinel://a:x/m"):
+        with pytest.raises(ConfigError):
+            topology.parse(bad)
+
+
+def test_a_sentinel_pool_waits_for_a_free_connection_and_peeks():
+    pool = topology.client(topology.parse("redis+sentinel://127.0.0.1:1/m"), 3, 1).connection_pool
+    assert isinstance(pool, redis.BlockingConnectionPool) and pool.max_connections == 3
+    assert issubclass(pool.connection_class, redis.sentinel.SentinelManagedConnection)

@@ -7,6 +7,9 @@
 -- KEYS[2] room channel (chat:{room}:live)
 -- KEYS[3] marker set once the stream has been trimmed (chat:{room}:trimmed)
 -- KEYS[4] optional idempotency key (chat:{room}:idem:<user>:<key>)
+-- KEYS[last] with ARGV[4] = '1' (replica acknowledgement): the room's acknowledged marker
+--           (chat:{room}:acked). The first append in that mode records the tail before it,
+--           so reads know the older log is readable (invariant 11).
 -- ARGV[1] message body: a JSON object without "id" and "ts", e.g. {"room":..,"user":..,"text":..}
 -- ARGV[2] stream cap (approximate MAXLEN)
 -- ARGV[3] idempotency window in seconds
@@ -18,8 +21,17 @@ local function message_json(id, body)
   return '{"id":"' .. id .. '","ts":' .. string.match(id, '^%d+') .. ',' .. string.sub(body, 2)
 end
 
-if KEYS[4] then
-  local first = redis.call('GET', KEYS[4])
+local marker = nil
+if ARGV[4] == '1' then
+  marker = KEYS[#KEYS]
+end
+local idempotency = KEYS[4]
+if idempotency == marker then
+  idempotency = nil
+end
+
+if idempotency then
+  local first = redis.call('GET', idempotency)
   if first then
     if string.sub(first, 1, 1) == '{' then
       return {0, first}  -- a record written by an earlier release: the whole message
@@ -36,6 +48,10 @@ if KEYS[4] then
 end
 
 -- The first write: a store at maxmemory refuses it (noeviction) before anything is written.
+if marker and redis.call('EXISTS', marker) == 0 then
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  redis.call('SET', marker, last[1] and last[1][1] or '0-0')
+end
 local id = redis.call('XADD', KEYS[1], '*', 'body', ARGV[1])
 -- The timestamp is the id's millisecond part, so "ts" never disagrees with the order.
 local message = message_json(id, ARGV[1])
@@ -47,7 +63,7 @@ if redis.call('XTRIM', KEYS[1], 'MAXLEN', '~', ARGV[2]) > 0 then
   redis.call('SET', KEYS[3], '1')
 end
 
-if KEYS[4] then
-  redis.call('SET', KEYS[4], id, 'EX', ARGV[3])
+if idempotency then
+  redis.call('SET', idempotency, id, 'EX', ARGV[3])
 end
 return {1, message}

@@ -1,0 +1,123 @@
+"""What a 201 means (CHAT_DURABILITY), and invariant 11: with replica acknowledgement a
+reader never sees a message that isn't on enough replicas.
+
+A primary and a replica of our own (embedded redis-server processes on TCP ports),
+so a test can leave the primary without its replica, then attach one.
+"""
+
+import json
+
+import gevent
+import pytest
+import redis
+
+from chatapp import create_app
+from chatapp.embedded_redis import EmbeddedRedis
+from deploy.launch import free_port
+from tests.conftest import GENEROUS_LIMITS, AuthActions
+from tests.helpers import LocalStream
+
+
+@pytest.fixture
+def primary(tmp_path):
+    server = EmbeddedRedis(tmp_path / "primary", port=free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def attach_replica(tmp_path, primary):
+    replica = EmbeddedRedis(tmp_path / "replica", port=free_port())
+    replica.start()
+    client = redis.Redis.from_url(replica.url)
+    client.replicaof("127.0.0.1", primary.port)
+    with gevent.Timeout(20):
+        while client.info("replication").get("master_link_status") != "up":
+            gevent.sleep(0.05)
+    return replica
+
+
+def replicas_app(primary, **extra):
+    return create_app({"REDIS_URL": primary.url, "SECRET_KEY": "test", "TESTING": True, "CHAT_HEARTBEAT_SECS": 0.5,
+                       "CHAT_DURABILITY": "replicas", "CHAT_DURABILITY_TIMEOUT_MS": 100, **GENEROUS_LIMITS,
+                       **extra})
+
+
+def signed_in(app, name="alice"):
+    client = app.test_client()
+    assert AuthActions(client).register(name).status_code == 201
+    return client
+
+
+def post(client, text, key, room="general"):
+    return client.post(f"/api/rooms/{room}/messages", json={"text": text}, headers={"Idempotency-Key": key})
+
+
+def test_a_message_no_replica_confirms_is_a_503_readers_never_see_it_and_its_retry_makes_one(tmp_path, primary):
+    app = replicas_app(primary)
+    alice = signed_in(app)
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    stream.next_event()
+    assert stream.next_event()["event"] == "ready"
+    refused = post(alice, "not yet safe", "k1")
+    assert refused.status_code == 503 and refused.json["error"] == "not_replicated"
+    assert refused.headers["Retry-After"] == "1"
+    assert stream.messages(1, timeout=1) == [], "a reader saw a message no replica has"
+    assert alice.get("/api/rooms/general/messages").json["messages"] == []
+    assert alice.get("/api/rooms/general/poll?cursor=0&timeout=0").json["messages"] == []
+    replica = attach_replica(tmp_path, primary)
+    try:
+        # The hub's probe (a write and WAIT of its own) releases what it held; the client's
+        # retry with the same key then gets the same message, stored once.
+        assert [m["text"] for m in stream.messages(1, timeout=10)] == ["not yet safe"]
+        retried = post(alice, "not yet safe", "k1")
+        assert retried.status_code in (200, 201) and retried.json["text"] == "not yet safe"
+        assert [m["id"] for m in alice.get("/api/rooms/general/messages").json["messages"]] == [retried.json["id"]]
+        after = post(alice, "safe", "k2")
+        assert after.status_code == 201
+        assert stream.messages(1) == [after.json]
+        assert stream.messages(1, timeout=0.5) == [], "something came twice"
+    finally:
+        stream.close()
+        app.extensions["chat.hub"].close("test over")
+        replica.stop()
+
+
+def test_an_acknowledgement_releases_every_room_in_publish_order(tmp_path, primary):
+    """Held messages go out in the order the server published them, whichever is
+    acknowledged first, so a multiplexed stream's compact ids stay exact (invariant 12)."""
+    replica = attach_replica(tmp_path, primary)
+    app = replicas_app(primary, CHAT_DURABILITY_TIMEOUT_MS=2000)
+    try:
+        alice = signed_in(app)
+        for room in ("dev", "ops"):
+            assert alice.post("/api/rooms", json={"name": room}).status_code == 201
+            assert alice.post(f"/api/rooms/{room}/join").status_code == 200
+        stream = LocalStream(alice, "/api/events")
+        while (event := stream.next_event()) and event.get("event") != "ready":
+            pass
+        sent = [post(alice, f"m{i}", f"k{i}", room=("dev", "ops", "general")[i % 3]).json for i in range(30)]
+        got = stream.messages(30)
+        assert [m["id"] for m in got] == [m["id"] for m in sent]
+        stream.close()
+    finally:
+        app.extensions["chat.hub"].close("test over")
+        replica.stop()
+
+
+def test_fsync_durability_runs_the_embedded_redis_with_appendfsync_always(tmp_path):
+    server = EmbeddedRedis(tmp_path / "r", durability="fsync")
+    server.start()
+    try:
+        assert redis.Redis.from_url(server.url).config_get("appendfsync") == {"appendfsync": "always"}
+    finally:
+        server.stop()
+    assert EmbeddedRedis(tmp_path / "s").appendfsync == "everysec"
+
+
+def test_an_unknown_durability_is_a_config_error():
+    from chatapp.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError):
+        load_settings({"REDIS_URL": "redis://x", "CHAT_DURABILITY": "maybe"})
+    assert json.dumps(load_settings({"REDIS_URL": "redis://x"})["CHAT_DURABILITY"]) == '"primary"'
