@@ -41,7 +41,7 @@ from measure import (
     new_loop,
     percentiles,
     process_tree,
-    pss_kib,
+    pss_by_command,
     raise_nofile,
 )
 from publishers import guess_flood, plan_lanes, publish
@@ -55,7 +55,7 @@ def run_scenario(spec):
     readers = spec["readers"]
     procs = max(1, min(spec.get("procs", 1), readers or 1))
     pids = process_tree(spec.get("server_pids") or [])
-    mem_before = pss_kib(pids) if pids and spec.get("measure_memory") else None
+    mem_before = pss_by_command(pids) if pids and spec.get("measure_memory") else None
     ctx = multiprocessing.get_context("fork")
     children = []
     for p in range(procs):
@@ -107,10 +107,7 @@ async def _coordinate(spec, children, pids, mem_before):
               "connect_secs": round(connect_wall, 3), "connect_ms": percentiles(per_connect)}
     await asyncio.sleep(spec.get("settle", 1.0))
     if mem_before is not None:
-        result["pss_before_kib"] = mem_before
-        result["pss_after_kib"] = pss_kib(process_tree(spec.get("server_pids")))
-        if result["opened"]:
-            result["kib_per_stream"] = round((result["pss_after_kib"] - mem_before) / result["opened"], 2)
+        result.update(memory(mem_before, pss_by_command(process_tree(spec.get("server_pids"))), result["opened"]))
     lane_rooms = plan_lanes(spec)
     go_wall = time.time() + 0.2
     go_mono = time.monotonic() + 0.2
@@ -136,6 +133,9 @@ async def _coordinate(spec, children, pids, mem_before):
     result["server_cpu_cores"] = {name: round((secs - server_cpu0.get(name, 0.0)) / pub_secs, 2)
                                   for name, secs in server_cpu1.items()}
     result["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    if mem_before is not None and lane_rooms:  # the same streams after the publishing (scenario j)
+        loaded = memory(mem_before, pss_by_command(process_tree(spec.get("server_pids"))), result["opened"])
+        result["loaded"] = {k.replace("pss_after", "pss"): v for k, v in loaded.items() if k != "pss_before_kib"}
     if flood is not None:  # its last answers (queued hashes) come after the window measured above
         result["flood"] = await flood
     expected = {lane: (sent, failed) for lane, (sent, failed, _) in lanes.items()}
@@ -162,6 +162,9 @@ async def _coordinate(spec, children, pids, mem_before):
         "expected": sum(p["expected"] for p in parts), "deliveries": delivered,
         "loss": sum(p["loss"] for p in parts), "readers_with_loss": sum(p["readers_with_loss"] for p in parts),
         "dups": sum(p["dups"] for p in parts), "reorders": sum(p["reorders"] for p in parts),
+        "foreign": sum(p["foreign"] for p in parts),
+        "room_order_errors": sum(p["room_order_errors"] for p in parts),
+        "multi_room_ids": sum(p["multi_room_ids"] for p in parts),
         "deliveries_per_s": round(delivered / pub_secs, 1),
         "latency_ms": percentiles(list(lat)),
         "server_closes": sum(p["server_closes"] for p in parts), "drops": sum(p["drops"] for p in parts),
@@ -174,6 +177,17 @@ async def _coordinate(spec, children, pids, mem_before):
         "errors": errors,
     })
     return result
+
+
+def memory(before, after, opened):
+    """PSS of the server's processes before and after ``opened`` streams, in all and by command
+    (``{command: KiB}``; for chat the gunicorn master and workers, and redis-server)."""
+    out = {"pss_before_kib": sum(before.values()), "pss_after_kib": sum(after.values())}
+    if opened:
+        out["kib_per_stream"] = round((out["pss_after_kib"] - out["pss_before_kib"]) / opened, 2)
+        out["kib_per_stream_by_command"] = {name: round((kib - before.get(name, 0)) / opened, 2)
+                                            for name, kib in after.items()}
+    return out
 
 
 def fake_server(sock, frames_per_chunk, conns_expected, seconds, ready):

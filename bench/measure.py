@@ -59,6 +59,20 @@ def pss_kib(pids):
     return total
 
 
+def pss_by_command(pids):
+    """{command name: Pss KiB} summed over the given pids."""
+    out = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as fh:
+                name = fh.read().strip()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        kib = pss_kib([pid])
+        out[name] = out.get(name, 0) + kib
+    return out
+
+
 def cpu_by_command(pids):
     """{command name: CPU seconds (user+system)} summed over the given pids."""
     tick = os.sysconf("SC_CLK_TCK")

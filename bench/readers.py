@@ -4,6 +4,7 @@ and count every message (latency, duplicates, reorders), and the forked processe
 
 import array
 import asyncio
+import json
 import os
 import random
 import time
@@ -29,6 +30,10 @@ class Tally:
         self.reconnect_failures = 0
         self.errors = {}
         self.bytes = 0
+        # Multiplexed streams (chat): a message whose id is not past its room's last one, and
+        # how many ids list more rooms than the event's own (a frame not shared between streams).
+        self.room_order_errors = 0
+        self.multi_room_ids = 0
 
     def error(self, key):
         self.errors[key] = self.errors.get(key, 0) + 1
@@ -42,6 +47,7 @@ class BaseReader(asyncio.Protocol):
         self.tally = ctx.tally
         self.index = index
         self.room = room
+        self.rooms = (room,)  # every room the stream follows (several for a MuxReader)
         self.seen = {}  # lane -> bytearray bitmap of seqs
         self.high = {}  # lane -> highest seq seen
         self.got = 0  # distinct messages received
@@ -178,6 +184,10 @@ class BaseReader(asyncio.Protocol):
             missing += sent - len(failed) - have
         return missing
 
+    def foreign(self, expected):
+        """Messages received from lanes of rooms this reader doesn't follow."""
+        return sum(sum(bitmap) for lane, bitmap in self.seen.items() if lane not in expected)
+
 
 class SSEReader(HeadParser, BaseReader):
     """One EventSource-like stream: reconnects with Last-Event-ID (where the system has it)."""
@@ -229,6 +239,77 @@ class SSEReader(HeadParser, BaseReader):
             i += 1
             j = block.find(b"\n", i)
             self.last_id = block[i + 3:j if j >= 0 else len(block)].strip()
+
+
+class MuxReader(SSEReader):
+    """One multiplexed stream over several rooms (chat's ``/api/events``, nchan's multi-channel
+    subscriber). Besides the per-lane accounting every reader does, it checks chat's message
+    events room by room: the event's room is one it asked for, its id passes that room's last
+    one (exactly once, in order per room, whatever the lanes), and counts ids that list more
+    than the event's own room."""
+
+    def __init__(self, ctx, index, rooms):
+        SSEReader.__init__(self, ctx, index, "*")
+        self.rooms = tuple(rooms)
+        self.room_set = {room.encode() for room in rooms}
+        self.room_last = {}  # room -> (ms, seq) of its last message
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.connected = True
+        self._reset_http()
+        self.buf = b""
+        transport.write(self.ctx.target.mux_request(self.rooms, self.index, self.last_id))
+
+    def _scan(self, block, now_ns):
+        find = block.find
+        tally = self.tally
+        if b"event: ready" in block:
+            self._check_ready(block)
+        pos = find(b'data: {"id":"')
+        while pos >= 0:
+            a = pos + 13
+            b = find(b'"', a)
+            r = find(b'"room":"', b)
+            if r < 0:
+                tally.error("message_without_room")
+                break
+            e = find(b'"', r + 8)
+            room = block[r + 8:e]
+            ms, _, seq = block[a:b].partition(b"-")
+            try:
+                key = (int(ms), int(seq))
+            except ValueError:
+                tally.error("bad_message_id")
+                pos = find(b'data: {"id":"', e)
+                continue
+            if room not in self.room_set:
+                tally.error("foreign_room")
+            last = self.room_last.get(room)
+            if last is not None and key <= last:
+                tally.room_order_errors += 1
+            else:
+                self.room_last[room] = key
+            i = block.rfind(b"id: ", 0, pos)
+            if i >= 0 and b"," in block[i:find(b"\n", i)]:
+                tally.multi_room_ids += 1
+            pos = find(b'data: {"id":"', e)
+        BaseReader._scan(self, block, now_ns)
+
+    def _check_ready(self, block):
+        """chat's ``ready`` names the stream's rooms: exactly the ones asked for."""
+        i = block.find(b"event: ready")
+        j = block.find(b"data: ", i)
+        if j < 0:
+            return
+        end = block.find(b"\n", j)
+        try:
+            rooms = json.loads(block[j + 6:end if end >= 0 else len(block)]).get("rooms")
+        except ValueError:
+            self.tally.error("bad_ready")
+            return
+        if rooms is not None and sorted(rooms) != sorted(self.rooms):
+            self.tally.error("ready_rooms_mismatch")
 
 
 class PollReader(HeadParser, BaseReader):
@@ -337,8 +418,11 @@ class ReaderProcess:
         self.loop = new_loop()
         self.ctx = ReaderContext(spec, self.loop)
         rooms = spec["rooms"]
-        cls = PollReader if spec.get("mode") == "poll" else SSEReader
-        self.readers = [cls(self.ctx, i, rooms[i % len(rooms)]) for i in indexes]
+        if spec.get("mux"):  # reader i follows rooms i .. i+mux-1 (mod the room count) on one stream
+            self.readers = [MuxReader(self.ctx, i, mux_rooms(rooms, i, spec["mux"])) for i in indexes]
+        else:
+            cls = PollReader if spec.get("mode") == "poll" else SSEReader
+            self.readers = [cls(self.ctx, i, rooms[i % len(rooms)]) for i in indexes]
         self.commands = asyncio.Queue()
         self.loop.add_reader(conn.fileno(), self._on_command)
 
@@ -395,24 +479,36 @@ class ReaderProcess:
         room_lanes = {}
         for lane, room in stop["lane_rooms"].items():
             room_lanes.setdefault(room, {})[int(lane)] = expected[int(lane)]
-        per_reader = {r.index: sum(n - len(f) for n, f in room_lanes.get(r.room, {}).values())
-                      for r in self.readers}
+        lanes_of = {}
+        for r in self.readers:
+            lanes = lanes_of[r.index] = {}
+            for room in r.rooms:
+                lanes.update(room_lanes.get(room, {}))
+        per_reader = {r.index: sum(n - len(f) for n, f in lanes_of[r.index].values()) for r in self.readers}
         await self.drain(per_reader)
         t1, cpu = time.monotonic(), time.process_time() - cpu0
         for r in self.readers:
             r.stop()
-        missing = [r.expected_missing(room_lanes.get(r.room, {})) for r in self.readers]
+        missing = [r.expected_missing(lanes_of[r.index]) for r in self.readers]
+        foreign = sum(r.foreign(lanes_of[r.index]) for r in self.readers)
         await asyncio.sleep(0.05)
         self.loop.remove_reader(self.conn.fileno())
         tally = self.ctx.tally
         send_message(self.conn, {
             "type": "result", "expected": sum(per_reader.values()), "deliveries": tally.deliveries,
             "loss": sum(missing), "readers_with_loss": sum(1 for m in missing if m), "dups": tally.dups,
-            "reorders": tally.reorders, "server_closes": tally.server_closes, "drops": tally.drops,
+            "reorders": tally.reorders, "foreign": foreign, "room_order_errors": tally.room_order_errors,
+            "multi_room_ids": tally.multi_room_ids, "server_closes": tally.server_closes, "drops": tally.drops,
             "reconnects": tally.reconnects, "reconnect_failures": tally.reconnect_failures,
             "errors": tally.errors, "bytes": tally.bytes, "cpu_secs": cpu, "wall_secs": t1 - t0,
             "poll_requests": sum(getattr(r, "requests", 0) for r in self.readers),
             "lat": tally.lat.tobytes(), "secs": tally.secs.tobytes() if tally.secs is not None else None})
+
+
+def mux_rooms(rooms, index, count):
+    """The rooms multiplexed reader ``index`` follows: ``count`` consecutive ones from
+    ``index`` on, wrapping, so every room has the same number of readers."""
+    return [rooms[(index + k) % len(rooms)] for k in range(min(count, len(rooms)))]
 
 
 def reader_process(conn, spec, indexes):

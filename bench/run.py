@@ -18,6 +18,12 @@ Scenarios (full size; --smoke shrinks them):
      instance with the shipped login limits (CHAT_RATE_LOGIN_IP/_USER unset); chat only
   i  guessing, limits lifted: the same flood on the instance that ran (a), whose login limits
      are lifted like all the bench's limits, so every guess reaches the hash pool; chat only
+  j  multiplexed: 1,000 SSE readers, each on one stream over 10 of 100 rooms (~100 readers per
+     room), 200 msg/s over all rooms: loss, order per room, p99 against (a)'s, PSS per stream;
+     on its own instance (chat: GET /api/events?rooms=...; nchan: /msub/a,b,...; flask-sse: n/a)
+  k  multiplexed idle: (c) for multiplexed streams: 10,000 open streams, each over 10 of 100
+     rooms, PSS per stream, on its own instance (at (j)'s 1,000 streams the server's fixed
+     costs still weigh on the figure; at (c)'s 10,000 they don't)
 
 Writes <out>/benchmarks-results.json and <out>/benchmarks.png (bench/plot.py).
 """
@@ -53,8 +59,15 @@ SCENARIOS = {
     "h": dict(title="(a) + 50 guesses/s, login limits", rooms=1, readers=1000, rate=50, flood=50,
               server_env={"CHAT_RATE_LOGIN_IP": None, "CHAT_RATE_LOGIN_USER": None}),
     "i": dict(title="(a) + 50 guesses/s, limits lifted", rooms=1, readers=1000, rate=50, flood=50),
+    # Issue 13: reader i follows rooms i .. i+9 (mod 100) on one multiplexed stream. Its own
+    # instance (``own_instance``), so its memory per stream is measured on a fresh server, as (c)'s.
+    "j": dict(title="multiplexed 1000 x 10 of 100 rooms @200/s", rooms=100, readers=1000, rate=200, mux=10,
+              own_instance=True),
+    "k": dict(title="multiplexed idle 10000 x 10 of 100 rooms", rooms=100, readers=10000, rate=0, idle=True,
+              mux=10, own_instance=True),
 }
 FLOODS = "hi"  # scenarios with a guessing flood, compared with (a)
+MUX_TARGETS = {"p99_x_a": 3.0, "kib_per_stream": 8.0}  # issue 13: p99 <= 3x (a)'s, <= 8 KiB per stream
 SMOKE = {
     "a": dict(readers=20, rate=20),
     "b": dict(rooms=4, readers=20, rate=20),
@@ -65,14 +78,17 @@ SMOKE = {
     "g": dict(readers=20, rate=20),
     "h": dict(readers=20, rate=20),
     "i": dict(readers=20, rate=20),
+    "j": dict(rooms=8, readers=16, rate=16, mux=3),
+    "k": dict(rooms=8, readers=20, mux=3),
 }
 # Runs (c) first, on a fresh server, so its memory baseline is not inflated by earlier load;
 # (i) right after (a), on the same server.
-ORDER = "caihbdefg"
+ORDER = "caihbdefgjk"
 
 
 KINDS = {"a": "fan-out", "b": "rooms", "c": "idle", "d": "resume", "e": "throughput", "f": "big room",
-         "g": "long-poll", "h": "fan-out + guesses, login limits", "i": "fan-out + guesses, limits lifted"}
+         "g": "long-poll", "h": "fan-out + guesses, login limits", "i": "fan-out + guesses, limits lifted",
+         "j": "multiplexed", "k": "multiplexed idle"}
 
 
 def sized(key, args):
@@ -84,7 +100,10 @@ def sized(key, args):
         sc["readers"] = max(sc["rooms"], int(sc["readers"] * args.scale))
     if sc.get("flood") and args.guess_rate is not None:
         sc["flood"] = args.guess_rate
-    title = f"{KINDS[key]} {sc['rooms']}x{sc['readers'] // sc['rooms']}"
+    if sc.get("mux"):
+        title = f"{KINDS[key]} {sc['readers']} streams x {sc['mux']} of {sc['rooms']} rooms"
+    else:
+        title = f"{KINDS[key]} {sc['rooms']}x{sc['readers'] // sc['rooms']}"
     if sc.get("rate"):
         title += f" @{sc['rate']:g}/s"
     if sc.get("drops"):
@@ -114,9 +133,10 @@ def scenario_spec(key, args, system):
         "procs": args.procs or (2 if sc["readers"] >= 2000 else 1),
         "connect_concurrency": args.connect_concurrency, "poll_timeout": 25,
         "flood_rate": sc.get("flood", 0), "timeline": key == "a" or bool(sc.get("flood")),
+        "mux": sc.get("mux", 0),
     }
     spec["server_pids"] = system.pids()
-    spec["measure_memory"] = bool(sc.get("idle"))
+    spec["measure_memory"] = bool(sc.get("idle") or sc.get("mux"))
     return spec
 
 
@@ -153,17 +173,22 @@ def unsupported(key, cls):
         return "no long-poll"
     if sc.get("flood") and not cls.has_accounts:
         return "no accounts"
+    if sc.get("mux") and not cls.has_mux:
+        return "no multiplexed stream"
     return None
 
 
 def instances(keys):
-    """[(server env, keys)]: the scenarios that need their own ``server_env`` get their own
-    instance of the system, started after the one that runs the rest."""
+    """[(server env, keys)]: the scenarios that need their own ``server_env`` (or ask for
+    ``own_instance``) get their own instance of the system, started after the one that runs
+    the rest, in ``keys``' order."""
     groups = {}
     for key in keys:
         env = SCENARIOS[key].get("server_env") or {}
-        groups.setdefault(tuple(sorted(env.items())), []).append(key)
-    return [(dict(env), group) for env, group in sorted(groups.items(), key=lambda kv: bool(kv[0]))]
+        own = key if SCENARIOS[key].get("own_instance") else ""
+        groups.setdefault((own, tuple(sorted(env.items()))), []).append(key)
+    ordered = sorted(groups.items(), key=lambda kv: bool(kv[0][0] or kv[0][1]))  # stable: keys' order
+    return [(dict(env), group) for (_own, env), group in ordered]
 
 
 def run_systems(name, keys, args, log):
@@ -201,10 +226,10 @@ def run_system(name, keys, args, log, env=None):
                 log(f"[{name}] {key}: n/a ({reason})")
                 continue
             spec = scenario_spec(key, args, system)
-            n_users = min(spec["readers"], args.users)
+            n_users = min(spec["readers"], args.mux_users if spec["mux"] else args.users)
             n_posters = max(1, min(args.posters, len(spec["rooms"]) * 2))
             t = time.monotonic()
-            system.prepare(spec["rooms"], n_users, n_posters)
+            system.prepare(spec["rooms"], n_users, n_posters, members=bool(spec["mux"]))
             spec.update(system.spec_extra())
             prep = time.monotonic() - t
             log(f"[{name}] {key}: {spec['title']} readers={spec['readers']} rooms={len(spec['rooms'])} "
@@ -243,7 +268,19 @@ def one_line(r):
             f"{r['deliveries_per_s']}/s" + (f"; {r['kib_per_stream']} KiB/stream" if "kib_per_stream" in r else "")
             + f"; loadgen cpu {r['loadgen_cpu']}; server cores {r.get('server_cpu_cores')}"
             + f"; loadavg {r.get('loadavg_1m')}" + (f"\n    {flood_line(r['flood'])}" if r.get("flood") else "")
-            + (f"\n    {timeline_line(r)}" if r.get("latency_by_second") else ""))
+            + (f"\n    {timeline_line(r)}" if r.get("latency_by_second") else "")
+            + (f"\n    {mux_line(r)}" if SCENARIOS.get(r.get("scenario"), {}).get("mux") else ""))
+
+
+def mux_line(r):
+    """The multiplexed scenarios' own checks: messages from rooms not asked for, per-room
+    order, ids listing several rooms; memory per stream by process."""
+    line = (f"foreign {r.get('foreign')} room order errors {r.get('room_order_errors')} "
+            f"ids listing several rooms {r.get('multi_room_ids')}; KiB/stream by process "
+            f"{r.get('kib_per_stream_by_command')}")
+    if r.get("loaded"):
+        line += f"; after publishing {r['loaded'].get('kib_per_stream')} KiB/stream"
+    return line
 
 
 def timeline_line(r):
@@ -283,7 +320,7 @@ def row_values(r):
     if "error" in r:
         return [r["system"], "ERROR"] + [""] * (len(COLUMNS) - 2)
     lat = r.get("latency_ms", {})
-    idle = r.get("scenario") == "c"
+    idle = bool(SCENARIOS.get(r.get("scenario"), {}).get("idle"))
     return [r["system"], r["sent"], r["deliveries"], r["loss"], r["dups"], r["reorders"],
             lat.get("p50"), lat.get("p99"), None if idle else r["posts_per_s"],
             None if idle else r["deliveries_per_s"], r.get("kib_per_stream"), r["connect_secs"],
@@ -328,10 +365,54 @@ def table(results, keys, systems, titles=None):
                         out.append("".join(fmt(v, w) if i else str(v).ljust(w)
                                            for i, ((_, w), v) in enumerate(zip(COLUMNS, vals))))
                     out.append(f"  {name} {flood_line(r['flood'])}")
-    summary = guess_summary(results, keys, systems)
-    if summary:
-        out.append(summary)
+    for summary in (guess_summary(results, keys, systems), mux_summary(results, keys, systems)):
+        if summary:
+            out.append(summary)
     return "\n".join(out)
+
+
+def mux_summary(results, keys, systems, targets=MUX_TARGETS):
+    """Issue 13: the multiplexed streams (j) beside the single-room fan-out (a) of the same run,
+    and their memory per stream at 1,000 (j) and, idle, at 10,000 (k; (c) for single rooms)."""
+    if "j" not in keys and "k" not in keys:
+        return ""
+    by = {(r["system"], r["scenario"]): r for r in results}
+
+    def ok(r):
+        return r if r and "error" not in r and not r.get("na") else {}
+
+    out = [f"\nMultiplexed streams (issue 13): p99 within {targets['p99_x_a']:g}x of (a)'s, "
+           f"<= {targets['kib_per_stream']:g} KiB per stream (judged at 10,000 streams (k) when it ran)",
+           f"{'system':<10}{'opened':>11}{'posts ok':>11}{'posts/s':>9}{'loss':>6}{'dups':>6}{'reord':>6}"
+           f"{'order':>6}{'foreign':>8}{'p50ms':>8}{'p99ms':>8}{'(a)p50':>8}{'(a)p99':>8}{'x(a)p99':>8}"
+           f"{'KiB(j)':>8}{'KiB(k)':>8}{'KiB(c)':>8}  target"]
+    for name in systems:
+        r, idle = by.get((name, "j")), by.get((name, "k"))
+        if all(not x or x.get("na") for x in (r, idle)):
+            continue
+        for x in (r, idle):
+            if x and "error" in x:
+                out.append(f"{name:<10}  ({x['scenario']}) ERROR {x['error'][:80]}")
+        r, idle = ok(r), ok(idle)
+        blat = ok(by.get((name, "a"))).get("latency_ms", {})
+        lat = r.get("latency_ms", {})
+        x99 = ratio(lat.get("p99"), blat.get("p99"))
+        kib = idle.get("kib_per_stream", r.get("kib_per_stream"))
+        verdict = []
+        if x99 is not None:
+            verdict.append(f"p99 {'met' if x99 <= targets['p99_x_a'] else 'MISSED'}")
+        if kib is not None:
+            verdict.append(f"memory {'met' if kib <= targets['kib_per_stream'] else 'MISSED'}")
+        if r:
+            clean = r["loss"] == r["dups"] == r["reorders"] == r.get("room_order_errors", 0) == r.get("foreign", 0)
+            verdict.append("no loss" if clean and r["loss"] == 0 else "LOSS/ORDER")
+        cells = [f"{r['opened']}/{r['readers']}" if r else None, f"{r['accepted']}/{r['sent']}" if r else None,
+                 r.get("posts_per_s"), r.get("loss"), r.get("dups"), r.get("reorders"), r.get("room_order_errors"),
+                 r.get("foreign"), lat.get("p50"), lat.get("p99"), blat.get("p50"), blat.get("p99"), x99,
+                 r.get("kib_per_stream"), idle.get("kib_per_stream"), ok(by.get((name, "c"))).get("kib_per_stream")]
+        widths = [11, 11, 9, 6, 6, 6, 6, 8, 8, 8, 8, 8, 8, 8, 8, 8]
+        out.append(f"{name:<10}" + "".join(fmt(v, w) for v, w in zip(cells, widths)) + "  " + ", ".join(verdict))
+    return "\n".join(out) if len(out) > 2 else ""
 
 
 def guess_summary(results, keys, systems, target=1.5):
@@ -375,7 +456,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description="Benchmark chat (and flask-sse, nchan) on this machine.")
     parser.add_argument("--peers", action="store_true", help="also run flask-sse and nchan")
     parser.add_argument("--systems", help="comma list instead of chat[,flask-sse,nchan]")
-    parser.add_argument("--scenarios", default="abcdefghi", help="e.g. a,c,e (default: all)")
+    parser.add_argument("--scenarios", default="abcdefghijk", help="e.g. a,c,e (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, ~2 s each")
     parser.add_argument("--out", default=str(BENCH / "results"), help="folder (or .json path) for results")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of publishing per scenario")
@@ -385,6 +466,8 @@ def parse_args(argv):
     parser.add_argument("--settle", type=float, help="pause after all streams open (1 s; smoke 0.5 s)")
     parser.add_argument("--drain", type=float, default=5.0, help="max wait for late deliveries")
     parser.add_argument("--users", type=int, default=100, help="reader accounts (chat); readers share them")
+    parser.add_argument("--mux-users", type=int, default=10,
+                        help="reader accounts of the multiplexed scenario j (chat), each a member of every room")
     parser.add_argument("--posters", type=int, default=20, help="poster accounts (chat)")
     parser.add_argument("--procs", type=int, default=0, help="reader processes (0: 2 from 2,000 readers)")
     parser.add_argument("--lane-rate", type=float, default=10.0, help="msgs/s per sequential publisher")

@@ -168,6 +168,7 @@ class System:
     name = "?"
     has_poll = False
     has_accounts = False  # passwords and login rate limits (the guessing-flood scenarios)
+    has_mux = False  # one stream over several rooms (scenario j)
     resumable = False
     open_on_headers = False
 
@@ -183,6 +184,7 @@ class System:
         self.server = None
         self.port = None
         self.users, self.posters = [], []
+        self.readers = []  # the accounts the current scenario's readers use (chat)
 
     def pids(self):
         roots = []
@@ -201,11 +203,12 @@ class System:
                 self.redis.stop()
             shutil.rmtree(self.tmp, ignore_errors=True)
 
-    def prepare(self, rooms, n_users, n_posters):
-        """Rooms and accounts the scenario needs (no-op for peers without either)."""
+    def prepare(self, rooms, n_users, n_posters, members=False):
+        """Rooms and accounts the scenario needs (no-op for peers without either); with
+        ``members``, reader accounts that joined every room (multiplexed streams)."""
 
     def spec_extra(self):
-        return {"users": self.users, "posters": self.posters, "open_on_headers": self.open_on_headers}
+        return {"users": self.readers, "posters": self.posters, "open_on_headers": self.open_on_headers}
 
     def logs(self):
         return self.server.log_text() if self.server else ""
@@ -217,12 +220,16 @@ class Chat(System):
     name = "chat"
     has_poll = True
     has_accounts = True
+    has_mux = True
     resumable = True
 
     def __init__(self, workers=2, **kw):
         super().__init__(**kw)
         self.workers = workers
         self.rooms_made = set()
+        self.registered = set()
+        self.members = []  # accounts bm0, bm1, ... for multiplexed streams
+        self.joined = {}  # such an account -> the rooms it joined
         self.warm = {}  # account -> monotonic time of its last sign-in on every worker
 
     def start(self):
@@ -265,12 +272,13 @@ class Chat(System):
         except RuntimeError:
             pass  # one worker answering everything is still a running server
 
-    def prepare(self, rooms, n_users, n_posters):
-        """Accounts (one scrypt hash each, paid here) and rooms; reused across scenarios."""
-        want_users = [(f"bu{i}", PASSWORD) for i in range(n_users)]
+    def prepare(self, rooms, n_users, n_posters, members=False):
+        """Accounts (one scrypt hash each, paid here) and rooms; reused across scenarios.
+        With ``members`` the readers' accounts are ``bm0``, ``bm1``, ... that left ``general``
+        and joined every room of ``rooms`` (at most CHAT_MAX_JOINED_ROOMS, 100 by default)."""
+        want_users = [(f"{'bm' if members else 'bu'}{i}", PASSWORD) for i in range(n_users)]
         want_posters = [(f"bp{i}", PASSWORD) for i in range(n_posters)]
-        have = {u for u, _ in self.users + self.posters}
-        todo = [u for u in want_users + want_posters if u[0] not in have]
+        todo = [u for u in want_users + want_posters if u[0] not in self.registered]
 
         def register(account):
             status, body = http_request(self.port, "POST", "/api/auth/register",
@@ -279,7 +287,13 @@ class Chat(System):
                 raise RuntimeError(f"register {account[0]}: {status} {body[:200]!r}")
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(register, todo))
-        self.users = want_users if len(want_users) > len(self.users) else self.users
+        self.registered.update(u for u, _ in todo)
+        if members:
+            self.members = want_users if len(want_users) > len(self.members) else self.members
+            self.readers = self.members
+        else:
+            self.users = want_users if len(want_users) > len(self.users) else self.users
+            self.readers = self.users
         self.posters = want_posters if len(want_posters) > len(self.posters) else self.posters
         new_rooms = [r for r in rooms if r not in self.rooms_made]
 
@@ -290,12 +304,36 @@ class Chat(System):
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(make_room, new_rooms))
         self.rooms_made.update(new_rooms)
+        if members:
+            self._join_all(self.readers, rooms)
         stale = time.monotonic() - WARM_SECS
         warm = [p for p in self.posters if self.warm.get(p, stale) <= stale]
         if not self.cold_auth:
-            warm += [u for u in self.users if self.warm.get(u, stale) <= stale]
+            warm += [u for u in self.readers if self.warm.get(u, stale) <= stale]
         with ThreadPoolExecutor(4) as pool:
             list(pool.map(self._warm, warm))
+
+    def _join_all(self, accounts, rooms):
+        """Each account leaves ``general`` (new accounts start in it; it would count against
+        the cap) and joins every room of ``rooms``: ``POST /api/rooms/<r>/leave|join`` with
+        HTTP Basic, which needs no CSRF token."""
+        def post(job):
+            account, room, action = job
+            status, body = http_request(self.port, "POST", f"/api/rooms/{room}/{action}", auth=account)
+            if status != 200:
+                raise RuntimeError(f"{action} {room} as {account[0]}: {status} {body[:200]!r}")
+        leaves, joins = [], []
+        for account in accounts:
+            joined = self.joined.get(account[0])
+            if joined is None:
+                joined = self.joined[account[0]] = set()
+                if "general" not in rooms:
+                    leaves.append((account, "general", "leave"))
+            joins += [(account, room, "join") for room in rooms if room not in joined]
+            joined.update(rooms)
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(post, leaves))  # all left before any join: a join past the cap is refused
+            list(pool.map(post, joins))
 
     def _warm(self, account):
         """Sign in: have every worker verify the password once (a scrypt hash, ~70 ms of a
@@ -324,6 +362,7 @@ class FlaskSSE(Chat):
     name = "flask-sse"
     has_poll = False
     has_accounts = False
+    has_mux = False  # flask-sse's stream follows one channel (?channel=)
     resumable = False
     open_on_headers = False  # the app writes a first comment, so "open" is the first body bytes
 
@@ -339,7 +378,7 @@ class FlaskSSE(Chat):
         wait_for(lambda: http_request(self.port, "POST", "/pub/warmup", b"x", timeout=2)[0] == 202, 30,
                  "flask-sse")
 
-    def prepare(self, rooms, n_users, n_posters):
+    def prepare(self, rooms, n_users, n_posters, members=False):
         pass  # no accounts, no rooms
 
 
@@ -378,6 +417,13 @@ http {{
       nchan_redis_pass redis_store;
       nchan_subscriber_first_message newest;
     }}
+    location ~ ^/msub/([\\w,-]+)$ {{
+      nchan_subscriber eventsource;
+      nchan_channel_id $1;
+      nchan_channel_id_split_delimiter ",";
+      nchan_redis_pass redis_store;
+      nchan_subscriber_first_message newest;
+    }}
     location ~ ^/lp/([\\w-]+)$ {{
       nchan_subscriber longpoll;
       nchan_channel_id $1;
@@ -395,6 +441,7 @@ class Nchan(System):
 
     name = "nchan"
     has_poll = True
+    has_mux = True  # /msub/a,b,c: one subscriber over several channels
     resumable = True
 
     def __init__(self, workers=2, buffer=10000, **kw):

@@ -33,6 +33,22 @@ class Target:
             path = f"/api/rooms/{room}/events"
         else:  # nchan, flask-sse and the fake server share /sub/<room>
             path = f"/sub/{room}"
+        return self._stream_request(path, index, last_id)
+
+    def mux_request(self, rooms, index, last_id=None):
+        """One stream over several rooms: chat's ``/api/events?rooms=a,b`` (the account joined
+        every room; ``rooms=`` narrows the stream to these), nchan's ``/msub/a,b`` (a
+        multiplexed subscriber: one channel id per room)."""
+        names = ",".join(rooms)
+        if self.system == "chat":
+            path = f"/api/events?rooms={names}"
+        elif self.system == "nchan":
+            path = f"/msub/{names}"
+        else:
+            raise ValueError(f"{self.system} has no multiplexed stream")
+        return self._stream_request(path, index, last_id)
+
+    def _stream_request(self, path, index, last_id):
         extra = b"Last-Event-ID: " + last_id + b"\r\n" if last_id and self.resumable else b""
         return (b"GET " + path.encode() + b" HTTP/1.1\r\nHost: " + self.hostport + b"\r\n"
                 + self._auth(index, self.users) + b"Accept: text/event-stream\r\nCache-Control: no-cache\r\n"

@@ -75,6 +75,47 @@ def test_sse_reader_counts_every_frame_however_the_bytes_are_split(seed):
     assert reader.expected_missing({0: (52, set())}) == 2
 
 
+def _mux_frame(room, ms, seq, lane, lane_seq, *, cursor=None):
+    """chat's multiplexed message event: message ``ms-seq`` of ``room``, ``lane_seq`` of ``lane``."""
+    data = b'{"id":"%d-%d","ts":%d,"room":"%s","user":"u","text":"bm:%d:%d:%d:","client_id":"x"}' % (
+        ms, seq, ms, room, lane, lane_seq, 1)
+    return b"id: %s\nevent: message\ndata: %s\n\n" % (cursor or b"%s:%d-%d" % (room, ms, seq), data)
+
+
+def test_mux_reader_checks_rooms_order_per_room_and_counts_listing_ids():
+    ctx = _Ctx()
+    reader = readers.MuxReader(ctx, 0, ["m0", "m1"])
+    reader.transport = _Transport()
+    frames = [b'event: ready\nid: m0:5-0,m1:4-0\ndata: {"worker":1,"rooms":["m0","m1"]}\n\n',
+              _mux_frame(b"m0", 6, 0, 0, 0),
+              _mux_frame(b"m1", 6, 1, 1, 1, cursor=b"m1:6-1,m0:6-0"),  # an id listing two rooms
+              _mux_frame(b"m0", 7, 0, 0, 1),
+              _mux_frame(b"m1", 5, 0, 1, 2),  # m1's id goes back: an order error (not one per lane)
+              _mux_frame(b"m2", 8, 0, 2, 0)]  # a room not asked for
+    raw = _chunked_stream(frames)
+    for i in range(0, len(raw), 11):
+        reader.data_received(raw[i:i + 11])
+    assert reader.got == 5
+    assert ctx.tally.room_order_errors == 1
+    assert ctx.tally.multi_room_ids == 1
+    assert ctx.tally.errors == {"foreign_room": 1}
+    assert reader.foreign({0: (2, set()), 1: (3, set())}) == 1  # lane 2 isn't one of its rooms'
+    assert reader.expected_missing({0: (2, set()), 1: (3, set())}) == 1  # lane 1's seq 0 never came
+    assert reader.last_id == b"m2:8-0"
+    assert b"GET /api/events?rooms=m0,m1 " in ctx.target.mux_request(reader.rooms, 0)
+
+
+def test_mux_rooms_give_every_room_the_same_readers():
+    rooms = [f"j{i}" for i in range(100)]
+    counts = {}
+    for i in range(1000):
+        chosen = readers.mux_rooms(rooms, i, 10)
+        assert len(set(chosen)) == 10
+        for room in chosen:
+            counts[room] = counts.get(room, 0) + 1
+    assert set(counts.values()) == {100}
+
+
 def test_poll_reader_reads_a_whole_json_response_and_keeps_the_cursor():
     ctx = _Ctx()
     reader = readers.PollReader(ctx, 0, "r")
@@ -116,13 +157,38 @@ def test_smoke_run_against_chat_loses_nothing(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_smoke_multiplexed_streams(tmp_path):
+    """Issue 13 (scenarios j, k): every reader on one stream over several rooms gets every
+    message of its rooms once, in order per room, and nothing of other rooms."""
+    doc = _run_bench(tmp_path, "--scenarios", "a,j,k")
+    results = {r["scenario"]: r for r in doc["results"]}
+    assert set(results) == {"a", "j", "k"}
+    sc = doc["scenarios"]["j"]
+    r = results["j"]
+    assert "error" not in r and r["server_tracebacks"] == 0, r
+    assert r["opened"] == r["readers"] == sc["readers"], r
+    assert r["sent"] > 0 and r["accepted"] == r["sent"], r
+    # Every room has readers x rooms per reader / rooms readers (the rooms are dealt evenly).
+    assert r["expected"] == r["accepted"] * sc["readers"] * sc["mux"] // sc["rooms"], r
+    assert (r["deliveries"], r["loss"], r["dups"], r["reorders"]) == (r["expected"], 0, 0, 0), r
+    assert (r["room_order_errors"], r["foreign"], r["errors"]) == (0, 0, {}), r
+    assert r["latency_ms"]["p99"] is not None and r["kib_per_stream"] is not None, r
+    idle = results["k"]
+    assert "error" not in idle and idle["opened"] == idle["readers"] and idle["kib_per_stream"] is not None, idle
+    assert "Multiplexed streams (issue 13)" in doc["table"]
+
+
+@pytest.mark.timeout(300)
 def test_smoke_run_against_the_peers(tmp_path):
-    doc = _run_bench(tmp_path, "--systems", "nchan,flask-sse", "--scenarios", "a,c")
+    doc = _run_bench(tmp_path, "--systems", "nchan,flask-sse", "--scenarios", "a,c,j")
     for r in doc["results"]:
         assert "error" not in r, r
+        if r.get("na"):
+            assert (r["system"], r["scenario"]) == ("flask-sse", "j"), r
+            continue
         assert r["opened"] == r["readers"], r
-        if r["scenario"] == "a":
-            assert r["deliveries"] == r["expected"] > 0, r
+        if r["scenario"] in "aj":
+            assert r["deliveries"] == r["expected"] > 0 and r["loss"] == r["foreign"] == 0, r
         else:
             assert r["kib_per_stream"] is not None, r
 
