@@ -30,6 +30,11 @@ worker_connections = int(os.environ.get("CHAT_WORKER_CONNECTIONS", "11000"))
 graceful_timeout = 10
 # Idle keep-alive connections delay a graceful stop by this much; stay at the default.
 keepalive = 2
+# A multiplexed stream's cursor lists the rooms that are behind, about 30-90 bytes each:
+# room for all of a user's rooms in Last-Event-ID, and for most in a long-poll's query
+# (gunicorn's defaults are 4094 and 8190; 8190 is the most a request line may be).
+limit_request_line = 8190
+limit_request_field_size = 16384
 # Several instances on one machine (tests, a local cluster) must not share one socket.
 control_socket_disable = True
 

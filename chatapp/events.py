@@ -13,7 +13,7 @@ from flask import Blueprint, Response, current_app, request
 
 from . import sse
 from .auth import current_credential, current_sid, current_user, login_required
-from .errors import BadRequest, Unauthorized, is_out_of_memory
+from .errors import BadRequest, StoreUnavailable, Unauthorized, is_out_of_memory
 from .event_stream import MultiplexStream
 from .membership import current_memberships
 from .messages import json_response
@@ -21,7 +21,7 @@ from .multiplex import Cursor, plan_start
 from .params import query_number
 from .presence import POLL_CONNECTION, current_presence
 from .reader import ReaderClosed
-from .reasons import Ending
+from .reasons import SESSION_ENDED, Ending
 from .rooms import validate_room_name
 from .streams import admit_stream, handle_stream_errors, log
 
@@ -48,11 +48,16 @@ def _open_multiplex(cursor):
     """The stream for who is asking, and where each of its rooms starts."""
     narrowed = _narrowed()
     hub, user = admit_stream()
-    joined = current_memberships().rooms(user)
-    if narrowed is not None:
-        joined = {room: at for room, at in joined.items() if room in narrowed}
-    starts = plan_start(joined, cursor, current_app.extensions["chat.broker"].tails)
-    return hub.multiplex(user, current_sid(), current_credential(), narrowed), starts
+    mux = hub.multiplex(user, current_sid(), current_credential(), narrowed)
+    try:  # registered first, so no join or leave falls between this read and the stream
+        joined = current_memberships().rooms(user)
+        if narrowed is not None:
+            joined = {room: at for room, at in joined.items() if room in narrowed}
+        starts = plan_start(joined, cursor, current_app.extensions["chat.broker"].tails)
+    except BaseException:
+        mux.end()
+        raise
+    return mux, starts
 
 
 @bp.get("/events")
@@ -85,8 +90,10 @@ def poll():
         _join_as_poller(list(mux.rooms))
         messages, events, resets = _wait_for_answer(mux, timeout)
     except ReaderClosed as closed:
-        if closed.reason != Ending.DRAINING:
+        if closed.reason in SESSION_ENDED:
             raise Unauthorized("Your session ended.", code=closed.reason) from None
+        if closed.reason != Ending.DRAINING:
+            raise StoreUnavailable(code=closed.reason) from None
         messages, events, resets = [], [], []  # answer now; the client polls again, on another worker
     finally:
         mux.end()

@@ -37,7 +37,7 @@ import redis
 
 from . import keys
 from .broker import Ack, Signal, StreamId, decode_payload
-from .errors import StoreUnavailable
+from .errors import ChatError, StoreUnavailable
 from .link import PubSubLink
 from .multiplex import Multiplex
 from .presence import SWEEP_SECS, PresenceKeeper
@@ -99,8 +99,15 @@ class Hub:
         return Reader(self, room, user, sid, lease=self.slots.acquire(user), credential=credential)
 
     def multiplex(self, user, sid=None, credential=None, narrowed=None):
-        """A stream over many rooms for ``user``, holding one of the user's stream slots."""
-        return Multiplex(self, user, sid, lease=self.slots.acquire(user), credential=credential, narrowed=narrowed)
+        """A stream over many rooms for ``user``, holding one of the user's stream slots, and
+        registered at once: membership changes from now on reach it (its rooms open later)."""
+        mux = Multiplex(self, user, sid, lease=self.slots.acquire(user), credential=credential, narrowed=narrowed)
+        try:
+            self.add_stream(mux)
+        except BaseException:
+            self.slots.release(mux)
+            raise
+        return mux
 
     def readers(self):
         """Every room reader, including the rooms of multiplexed streams."""
@@ -331,7 +338,7 @@ class Hub:
                 self._membership_changed(message["user"], message["room"], message["joined"])
             else:
                 self.close_matching(message["reason"], message.get("user"), message.get("sid"))
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, ChatError):
             log.error("hub: ignoring malformed control message %r", payload[:200])
 
     def _membership_changed(self, user, room, joined):

@@ -18,6 +18,8 @@ from .rooms import DEFAULT_ROOM, current_rooms
 
 bp = Blueprint("membership", __name__, url_prefix="/api")
 
+SET_UP = b"."  # the field that marks a user's memberships as set up (not a room name)
+
 
 class Memberships:
     def __init__(self, redis, broker, max_per_user):
@@ -45,21 +47,28 @@ class Memberships:
         self.broker.publish_membership(user, room, None)
 
     def rooms(self, user):
-        """``{room: join point}`` of every room ``user`` joined."""
+        """``{room: join point}`` of every room ``user`` joined (an account older than
+        memberships joins the default room first)."""
         found = self.redis.hgetall(keys.user_memberships(user))
-        return {room.decode(): StreamId.from_bytes(at) for room, at in found.items()}
+        if not found:
+            self.join_default(user)
+            found = self.redis.hgetall(keys.user_memberships(user))
+        return _decoded(found)
 
     def rooms_of(self, users):
         """:meth:`rooms` for many users, in one round trip."""
         pipe = self.redis.pipeline(transaction=False)
         for user in users:
             pipe.hgetall(keys.user_memberships(user))
-        return {user: {room.decode(): StreamId.from_bytes(at) for room, at in found.items()}
-                for user, found in zip(users, pipe.execute())}
+        return {user: _decoded(found) for user, found in zip(users, pipe.execute())}
 
 
 def current_memberships():
     return current_app.extensions["chat.memberships"]
+
+
+def _decoded(found):
+    return {room.decode(): StreamId.from_bytes(at) for room, at in found.items() if room != SET_UP}
 
 
 @bp.post("/rooms/<room>/join")

@@ -41,43 +41,59 @@ log = logging.getLogger(__name__)
 # 100 joined rooms at ~45 bytes a pair, with room to spare; gunicorn refuses a header line past 8 KiB anyway.
 MAX_CURSOR_CHARS = 16_384
 _PAIR_RE = re.compile(r"\A([a-z0-9_-]{1,64}):(\d{1,20}-\d{1,20})\Z")
+_WATERMARK_RE = re.compile(r"\A@(\d{1,20})\Z")
 
 
 class Cursor:
-    """A multiplexed cursor as read back from a client: the rooms it lists and its watermark."""
+    """A multiplexed cursor as read back from a client: the rooms it lists and its watermark.
+
+    ``room:id[,room:id...]``: the first pair's millisecond is the watermark. Or
+    ``@<ms>[,room:id...]``: the watermark given alone (a cursor of the whole stream, as
+    ``ready`` and long-poll answers carry), then the rooms that must be listed.
+    """
 
     __slots__ = ("positions", "watermark")
 
-    def __init__(self, positions):
-        self.positions = positions  # {room: id}, in the order sent; the first gives the watermark
-        self.watermark = next(iter(positions.values())).ms
+    def __init__(self, positions, watermark):
+        self.positions = positions  # {room: id}
+        self.watermark = watermark
 
     @classmethod
     def parse(cls, text):
-        """Parse ``room:id[,room:id...]``; raise BadRequest."""
+        """Parse a cursor; raise BadRequest."""
         if not text or len(text) > MAX_CURSOR_CHARS:
             raise BadRequest("Malformed cursor: expected room:<ms>-<seq>[,room:<ms>-<seq>...].", code="bad_cursor")
+        items = text.split(",")
+        watermark = None
+        if match := _WATERMARK_RE.match(items[0]):
+            watermark = int(match[1])
+            items = items[1:]
         positions = {}
-        for pair in text.split(","):
+        for pair in items:
             match = _PAIR_RE.match(pair)
             if not match or match[1] in positions:
                 raise BadRequest(f"Malformed cursor pair {pair[:80]!r}: expected room:<ms>-<seq>, each room once.",
                                  code="bad_cursor")
             positions[match[1]] = StreamId.parse(match[2])
-        return cls(positions)
+        if watermark is None:
+            if not positions:
+                raise BadRequest("Malformed cursor: no room in it.", code="bad_cursor")
+            watermark = next(iter(positions.values())).ms
+        return cls(positions, watermark)
 
     def start(self, room, tail, joined_at):
         """Where ``room`` resumes (exclusive): its listed position; else the watermark's
         millisecond, but never past the room's newest message (a quiet room isn't a wiped
-        one) nor before the user joined it."""
+        one); either way never before the user (last) joined it."""
         if room in self.positions:
-            return self.positions[room]
+            return max(self.positions[room], joined_at)
         before = StreamId(self.watermark - 1, MAX_SEQ) if self.watermark else ZERO
         return max(min(before, tail), joined_at)
 
 
 def format_cursor(pairs):
-    return ",".join(f"{room}:{position}" for room, position in pairs)
+    """``room:id,...``; a pair ``("@", ms)`` gives the watermark alone (first)."""
+    return ",".join(f"@{position}" if room == "@" else f"{room}:{position}" for room, position in pairs)
 
 
 def plan_start(joined, cursor, tails):
@@ -93,7 +109,7 @@ def plan_start(joined, cursor, tails):
 class Multiplex(Stream):
     """One user's stream over many rooms: a reader per room, one wake-up, one sink, one cursor."""
 
-    __slots__ = ("_changes", "_joining", "_notices", "member", "narrowed", "rooms")
+    __slots__ = ("_changes", "_ended", "_joining", "_notices", "member", "narrowed", "rooms")
 
     room = "*"  # what logs name as a stream's room
 
@@ -103,14 +119,16 @@ class Multiplex(Stream):
         self.rooms = {}  # room -> its Reader, once open
         self.member = None  # this stream's presence entry, the same in each room
         self._notices = []  # (event, data) of joins and leaves, sent before anything else
-        self._joining = set()  # rooms being opened after a join
-        self._changes = []  # membership changes that arrived while the stream was opening
+        self._joining = {}  # room -> join point, for rooms being opened after a join (listed in ids)
+        # Membership changes that arrive before the stream is open (it is registered with the
+        # hub before its memberships are read, so none falls between the two): applied once open.
+        self._changes = []
+        self._ended = False
 
     # -- opening and closing -----------------------------------------------------
 
     def open(self, starts):
         """Follow each room of ``{room: start id or None (now)}``: subscribe to all, then wait."""
-        self.hub.add_stream(self)
         # In self.rooms at once, so that end() detaches them all whatever fails below; nothing
         # frames an event before open returns.
         self.rooms = {room: self._reader(room) for room in starts}
@@ -119,8 +137,8 @@ class Multiplex(Stream):
         for room, reader in self.rooms.items():
             reader.open(starts[room])
         changes, self._changes = self._changes, None
-        for room, at in changes:
-            self.membership_changed(room, at)
+        for change in changes:
+            change()
 
     def _reader(self, room):
         reader = Reader(self.hub, room, self.user, self.sid)
@@ -133,8 +151,12 @@ class Multiplex(Stream):
         return sse.Event(data, event="ready", id=self.exact_cursor()).encode()
 
     def exact_cursor(self):
-        """Every room at its position."""
-        return format_cursor(_newest_first({room: reader.last_id for room, reader in self.rooms.items()})) or None
+        """A cursor of the whole stream: ``@W`` (the link's watermark) and the rooms that can't be
+        left out against it (behind, joining, or with a message of that millisecond or later)."""
+        watermark = self.hub.watermark
+        listed = [(room, reader.last_id) for room, reader in self.rooms.items()
+                  if reader.pending or reader.last_id.ms >= watermark]
+        return format_cursor([("@", watermark), *listed, *self._joining.items()])
 
     def join_presence(self, member):
         self.member = member
@@ -143,6 +165,7 @@ class Multiplex(Stream):
 
     def end(self):
         """The stream ended: its rooms out of the hub and their presence, the stream uncounted."""
+        self._ended = True
         self._joining.clear()
         for reader in self.rooms.values():
             reader.end()
@@ -166,18 +189,25 @@ class Multiplex(Stream):
     def membership_changed(self, room, at):
         """The user joined ``room`` at ``at``, or left it (``at`` None). Called by the hub's
         link: never blocks."""
+        if self._ended:
+            return
         if self._changes is not None:
-            self._changes.append((room, at))  # still opening: applied once open
+            self._changes.append(lambda: self.membership_changed(room, at))
         elif at is None:
             self._leave(room)
         elif room not in self.rooms and room not in self._joining \
                 and (self.narrowed is None or room in self.narrowed) and not self.closed_reason:
-            self._joining.add(room)
+            self._joining[room] = at
             gevent.spawn(self._join, room, at)
 
     def reconcile(self, joined):
         """After the link was down: follow exactly the rooms of ``joined`` (``{room: join point}``)."""
-        for room in list(self.rooms):
+        if self._ended:
+            return
+        if self._changes is not None:
+            self._changes.append(lambda: self.reconcile(joined))
+            return
+        for room in [*self.rooms, *self._joining]:
             if room not in joined:
                 self._leave(room)
         for room, at in joined.items():
@@ -189,14 +219,15 @@ class Multiplex(Stream):
             reader.open(at)  # behind from the join point, so it is listed until caught up
         except Exception as exc:
             reader.end()
-            log.warning("stream user=%s: joined room %s not followed (%s); ending the stream so it resumes "
-                        "with it", self.user, room, exc)
-            self.close(Ending.STORE_UNAVAILABLE)
+            if self._joining.get(room) is at and not self._ended:
+                log.warning("stream user=%s: joined room %s not followed (%s); ending the stream so it resumes "
+                            "with it", self.user, room, exc)
+                self.close(Ending.STORE_UNAVAILABLE)
             return
-        if room not in self._joining or self.closed_reason:  # left meanwhile, or the stream ended
-            reader.end()
+        if self._joining.get(room) is not at or self._ended or self.closed_reason:
+            reader.end()  # left (or left and joined again) meanwhile, or the stream ended
             return
-        self._joining.discard(room)
+        del self._joining[room]
         self.rooms[room] = reader
         if self.member:
             self.hub.join_presence(reader, self.member)
@@ -205,11 +236,12 @@ class Multiplex(Stream):
             reader.go_direct(self.sink)
 
     def _leave(self, room):
-        self._joining.discard(room)
+        joining = self._joining.pop(room, None)
         reader = self.rooms.pop(room, None)
         if reader is not None:
             reader.end()
             reader.close_queue()
+        if reader is not None or joining is not None:
             self._notice("left", {"room": room})
 
     def _notice(self, event, data):
@@ -230,11 +262,13 @@ class Multiplex(Stream):
                                                                                 *listed])))
 
     def _listed(self, reader, position):
-        """The other rooms an id at ``position`` of ``reader``'s room must list (see the module)."""
+        """The other rooms an id at ``position`` of ``reader``'s room must list (see the module);
+        a room being joined always (its messages start at its join point)."""
         ms = position.ms
         exact = ms > self.hub.watermark
-        return [(room, other.last_id) for room, other in self.rooms.items()
-                if other is not reader and (exact or other.pending or other.last_id.ms >= ms)]
+        listed = [(room, other.last_id) for room, other in self.rooms.items()
+                  if other is not reader and (exact or other.pending or other.last_id.ms >= ms)]
+        return [*listed, *self._joining.items()] if self._joining else listed
 
     def _pending(self):
         return bool(self._notices) or any(reader.pending for reader in self.rooms.values())
@@ -271,14 +305,20 @@ class Multiplex(Stream):
         positions, resets, signals, messages = taken
         for room, reset in resets:
             frames.append(sse.Event(_reset_data(room, reset), event="reset",
-                                    id=format_cursor(_newest_first(positions))).encode())
+                                    id=format_cursor([*_newest_first(positions), *self._joining.items()])).encode())
         frames.extend(signal.frame for _, signal in signals)
         watermark = self.hub.watermark
         for room, publication in messages:
             positions[room] = position = publication.id
             ms = position.ms
-            listed = [(other, at) for other, at in positions.items() if other != room and (
-                ms > watermark or at.ms >= ms or self.rooms[other].pending)]
+            listed = []
+            for other, reader in self.rooms.items():
+                at = positions.get(other)
+                if at is None:  # joined while this batch was read: behind, at its join point
+                    listed.append((other, reader.last_id))
+                elif other != room and (ms > watermark or at.ms >= ms or reader.pending):
+                    listed.append((other, at))
+            listed += self._joining.items()
             cursor = format_cursor([(room, position), *listed]) if listed else None
             frames.append(publication.mux_frame(room, cursor))
         self._delivered += len(messages)

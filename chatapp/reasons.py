@@ -20,3 +20,8 @@ class Ending(StrEnum):
     BANNED = "banned"
     SESSION_EXPIRED = "session_expired"
     ACCOUNT_GONE = "account_gone"
+
+
+# The endings that mean the client's session (or account) is gone: a long-poll answers them 401.
+SESSION_ENDED = frozenset({Ending.LOGGED_OUT, Ending.PASSWORD_CHANGED, Ending.KICKED, Ending.BANNED,
+                           Ending.SESSION_EXPIRED, Ending.ACCOUNT_GONE})

@@ -10,9 +10,11 @@ import os
 import signal
 
 import gevent
+import gevent.event
 import pytest
 
 from chatapp import keys
+from chatapp.errors import StoreUnavailable
 from tests.conftest import GENEROUS_LIMITS
 from tests.helpers import (
     LocalStream,
@@ -99,6 +101,15 @@ def test_joins_and_leaves_are_rate_limited(alice):
     assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
     codes = [alice.post(f"/api/rooms/dev/{op}").status_code for op in ("join", "leave", "join", "leave")]
     assert codes == [200, 200, 200, 429]
+
+
+def test_an_account_older_than_memberships_starts_in_general_and_one_that_left_everything_stays_out(alice,
+                                                                                                  redis_client):
+    redis_client.delete(keys.user_memberships("alice"))  # as an account made before this release
+    assert alice.get("/api/me/rooms").json == {"rooms": ["general"]}
+    assert alice.post("/api/rooms/general/leave").status_code == 200
+    assert alice.get("/api/me/rooms").json == {"rooms": []}
+    assert alice.get("/api/poll?timeout=0").json["rooms"] == []
 
 
 # -- the stream and its cursor ---------------------------------------------------------
@@ -250,6 +261,201 @@ def test_logout_ends_the_multiplexed_stream(alice, auth):
     stream.close()
 
 
+# -- found in review: races of joins, leaves, reconnects and catch-ups -------------------
+
+def _ms(message_id):
+    return int(message_id.split("-")[0])
+
+
+def _send_later_ms(client, room, text, after):
+    """Send until the message's millisecond is after ``after``'s."""
+    gevent.sleep(0.003)
+    sent = send(client, room, text)
+    assert _ms(sent["id"]) > _ms(after["id"])
+    return sent
+
+
+# Found in review: A room being joined (Multiplex._joining) is left out of ids: a resume skips its messages.
+def test_a_room_being_joined_is_listed_at_its_join_point_until_it_is_followed(alice, app):
+    hub = app.extensions["chat.hub"]
+    assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
+    stream = LocalStream(alice, "/api/events")
+    until(stream, "ready")
+
+    real_wait_ready = hub.wait_ready
+
+    def slow_subscription(reader):  # the confirmation of dev's SUBSCRIBE is slow (a busy listener)
+        if reader.room == "dev":
+            gevent.sleep(1.0)
+        return real_wait_ready(reader)
+    hub.wait_ready = slow_subscription
+
+    at = join(alice, "dev", create=False)["at"]
+    gevent.sleep(0.1)  # the control message reached the stream: dev is being joined
+    in_dev = send(alice, "dev", "posted after the join")
+    in_general = _send_later_ms(alice, "general", "later, in general", in_dev)
+    frame = until(stream, "message")
+    assert json.loads(frame["data"])["id"] == in_general["id"]
+    last_event_id = frame["id"]
+    stream.close()  # the client is cut right after that event
+    gevent.sleep(1.2)
+    hub.wait_ready = real_wait_ready
+
+    resumed = LocalStream(alice, "/api/events", {"Last-Event-ID": last_event_id})
+    until(resumed, "ready")
+    got = resumed.messages(1, timeout=2)
+    resumed.close()
+    assert [m["id"] for m in got] == [in_dev["id"]], (
+        f"joined dev at {at}; id {last_event_id!r} omits dev, so the resume starts dev after "
+        f"({_ms(in_general['id'])}-1)-max clamped to its tail: {in_dev['id']} is never delivered")
+
+
+# Found in review: A join published between the view's read of the memberships and Hub.add_stream is lost
+#    for that stream, and a resume then skips the room's messages.
+def test_a_join_racing_the_streams_opening_reaches_it(alice, app):
+    memberships = app.extensions["chat.memberships"]
+    assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
+    first = LocalStream(alice, "/api/events")  # the worker's hub is running, as in production
+    until(first, "ready")
+    first.close()
+    real_rooms = memberships.rooms
+
+    def rooms_then_join_elsewhere(user):
+        found = real_rooms(user)
+        memberships.join(user, "dev")  # another tab joins now
+        gevent.sleep(0.2)  # its control message reaches this worker before the stream registers
+        return found
+    memberships.rooms = rooms_then_join_elsewhere
+    stream = LocalStream(alice, "/api/events")
+    ready = until(stream, "ready")
+    memberships.rooms = real_rooms
+    assert alice.get("/api/me/rooms").json["rooms"] == ["dev", "general"]
+    in_dev = send(alice, "dev", "in dev")
+    in_general = _send_later_ms(alice, "general", "in general", in_dev)
+    frames = [stream.next_event(timeout=1) for _ in range(3)]
+    stream.close()
+    kinds = [f and f.get("event") for f in frames]
+    assert "dev" in json.loads(ready["data"])["rooms"] or "joined" in kinds, f"dev never followed: {kinds}"
+    messages = [f for f in frames if f and f.get("event") == "message"]
+    assert [json.loads(f["data"])["id"] for f in messages] == [in_dev["id"], in_general["id"]]
+    # Cut after the first message: the resume gets the second, once.
+    resumed = LocalStream(alice, "/api/events", {"Last-Event-ID": messages[0]["id"]})
+    until(resumed, "ready")
+    got = resumed.messages(2, timeout=2)
+    resumed.close()
+    assert [m["id"] for m in got] == [in_general["id"]]
+
+
+# Found in review: Multiplex.take_ready: a room left while a later room catches up from Redis is put back
+#    into ``positions``, then ``self.rooms[other]`` raises KeyError.
+def test_a_leave_during_a_catch_up_does_not_break_the_batch(alice, app):
+    hub = app.extensions["chat.hub"]
+    memberships = app.extensions["chat.memberships"]
+    join(alice, "dev")
+    join(alice, "ops")
+    g0 = send(alice, "general", "g0")
+    d0 = send(alice, "dev", "d0")
+    o1 = send(alice, "ops", "o1")
+    # Resume: general and dev at their newest (catch up from the ring), ops from the start (Redis).
+    cursor = f"ops:0-0,general:{g0['id']},dev:{d0['id']}"
+    frames = iter(alice.get("/api/events", headers={"Last-Event-ID": cursor}, buffered=False).response)
+    assert b"stream open" in next(frames)
+    assert b"event: ready" in next(frames)
+    g1 = _send_later_ms(alice, "general", "g1", o1)
+    d1 = _send_later_ms(alice, "dev", "d1", g1)
+    gevent.sleep(0.1)  # both queued by the hub
+
+    real_catch_up = hub.broker.catch_up
+
+    def slow_catch_up(room, cursor, count, upto=None):
+        if room == "ops":
+            memberships.leave("alice", "general")  # another tab leaves general meanwhile
+            gevent.sleep(0.2)
+        return real_catch_up(room, cursor, count)
+    hub.broker.catch_up = slow_catch_up
+    try:
+        batch = next(frames)  # KeyError: 'general'
+    finally:
+        hub.broker.catch_up = real_catch_up
+    assert d1["id"].encode() in batch
+
+
+# Found in review: Hub._reconcile_memberships runs on streams that ended while it read the memberships:
+#    their new rooms' readers stay in the hub for ever (and count the user present).
+def test_a_stream_ending_during_the_reconcile_leaves_no_reader_behind(alice, app, redis_client):
+    hub = app.extensions["chat.hub"]
+    memberships = app.extensions["chat.memberships"]
+    assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
+    stream = LocalStream(alice, "/api/events")
+    until(stream, "ready")
+    # alice joins dev while this worker's link is down: the control message is lost...
+    redis_client.hset(keys.user_memberships("alice"), "dev", "0-0")
+    real_rooms_of = memberships.rooms_of
+    reading = gevent.event.Event()
+
+    def slow_rooms_of(users):
+        reading.set()
+        gevent.sleep(0.5)  # a slow Redis round trip (it was just down)
+        return real_rooms_of(users)
+    memberships.rooms_of = slow_rooms_of
+    redis_client.client_kill_filter(_type="pubsub")  # ...the link reconnects: memberships re-read
+    assert reading.wait(5)
+    stream.close()  # the stream ends meanwhile (client gone)
+    gevent.sleep(1.5)
+    memberships.rooms_of = real_rooms_of
+    assert not hub._muxes
+    dev = hub._rooms.get(keys.room_channel("dev").encode())
+    leaked = [r for r in dev.readers] if dev else []
+    assert not leaked, (f"{len(leaked)} reader(s) of an ended stream left in dev "
+                        f"(presence member {[r.presence_member for r in leaked]})")
+
+
+# Found in review: A join whose subscription fails ends a long-poll with a 401, as if the session ended.
+def test_a_failed_join_answers_a_long_poll_with_a_retry_not_a_401(alice, app):
+    hub = app.extensions["chat.hub"]
+    assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
+    real_wait_ready = hub.wait_ready
+
+    def no_subscription(reader):  # what wait_ready does when CHAT_SUBSCRIBE_TIMEOUT_SECS passes
+        if reader.room == "dev":
+            hub.detach(reader)
+            raise StoreUnavailable("The live feed is not connected; retry shortly.")
+        return real_wait_ready(reader)
+    hub.wait_ready = no_subscription
+    poll = gevent.spawn(alice.get, "/api/poll?timeout=2")
+    gevent.sleep(0.3)
+    join(alice, "dev", create=False)
+    response = poll.get(timeout=5)
+    hub.wait_ready = real_wait_ready
+    assert response.status_code != 401, (response.status_code, response.json)
+
+
+# Found in review: Multiplex.reconcile's leaves apply at once, even while Multiplex.open iterates self.rooms.
+def test_a_reconcile_during_the_opening_does_not_break_it(alice, app, redis_client):
+    hub = app.extensions["chat.hub"]
+    join(alice, "dev")
+    join(alice, "ops")
+    first = LocalStream(alice, "/api/events")  # the hub is running
+    until(first, "ready")
+    first.close()
+    real_wait_ready = hub.wait_ready
+
+    def slow_subscription(reader):
+        if reader.room == "ops":
+            gevent.sleep(1.0)
+        return real_wait_ready(reader)
+    hub.wait_ready = slow_subscription
+    stream = LocalStream(alice, "/api/events")
+    gevent.sleep(0.2)  # opening: waiting for ops
+    redis_client.hdel(keys.user_memberships("alice"), "dev")  # left while the link is down...
+    redis_client.client_kill_filter(_type="pubsub")  # ...which reconnects and re-reads memberships
+    events = [stream.next_event(timeout=3) for _ in range(3)]
+    hub.wait_ready = real_wait_ready
+    stream.close()
+    kinds = [e and e.get("event") for e in events]
+    assert "ready" in kinds, f"the stream died while opening: {kinds}"
+
+
 # -- real workers --------------------------------------------------------------------
 
 def test_resume_across_workers_is_exact_for_every_room_sse_and_poll(server, user):
@@ -282,6 +488,19 @@ def test_resume_across_workers_is_exact_for_every_room_sse_and_poll(server, user
             assert_exactly_once_in_order(reader.received[room], expected[room],
                                          who=f"{room} on {type(reader).__name__}")
     assert any(r.connects > 3 for r in readers[:2]) and len(set().union(*(r.pids for r in readers))) == 2
+
+
+def test_a_long_poll_over_100_joined_rooms_can_send_its_cursor_back(user):
+    """Found in review: a cursor listing every room outgrew gunicorn's request line."""
+    rooms = [unique("team-announcements-") for _ in range(99)]  # ~30 characters; names may have 64
+    for room in rooms:
+        assert user.post("/api/rooms", {"name": room}).status == 201
+        assert user.post(f"/api/rooms/{room}/join").status == 200
+        assert user.post(f"/api/rooms/{room}/messages", {"text": "hi"}).status == 201
+    first = user.get("/api/poll?timeout=0")
+    assert first.status == 200 and len(first.json["rooms"]) == 100
+    second = user.get(f"/api/poll?timeout=0&cursor={first.json['cursor']}")
+    assert second.status == 200 and second.json["messages"] == [], (len(first.json["cursor"]), second.body[:200])
 
 
 def test_twenty_rooms_join_leave_and_a_sigkilled_worker(tmp_path):

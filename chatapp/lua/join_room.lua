@@ -7,14 +7,17 @@
 -- ARGV[3] most rooms one user may be in
 --
 -- Returns the join point: the stored one if already a member (a repeated join changes
--- nothing), ARGV[2] if joined now; or -1 if the cap is reached.
+-- nothing), ARGV[2] if joined now; or -1 if the cap is reached. The field "." marks the
+-- hash as set up (an account with it left every room; one without it predates
+-- memberships and starts in the default room).
 
 local at = redis.call('HGET', KEYS[1], ARGV[1])
 if at then
   return at
 end
-if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+local count = redis.call('HLEN', KEYS[1]) - redis.call('HEXISTS', KEYS[1], '.')
+if count >= tonumber(ARGV[3]) then
   return -1
 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2], '.', '1')
 return ARGV[2]
