@@ -17,6 +17,7 @@ from . import (
     membership,
     messages,
     metrics,
+    migrations,
     page,
     presence,
     ratelimit,
@@ -49,6 +50,7 @@ def create_app(test_config=None):
     logs.init_app(app)
     errors.init_app(app)
     store.init_app(app)
+    migrations.init_app(app)
     metrics.init_app(app)
     sessions.init_app(app)
     security.init_app(app)

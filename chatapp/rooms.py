@@ -43,14 +43,13 @@ class RoomRegistry:
         self.max_rooms = max_rooms
         self.max_per_user = max_per_user
         self._create = redis.register_script(lua_script("create_room"))
-        self._migrate = redis.register_script(lua_script("migrate_rooms"))
         # Rooms are never deleted, so a name seen once needs no second lookup; the
         # total cap bounds this set.
         self._known = {DEFAULT_ROOM}
 
     def migrate(self):
-        """Bring the index up to date (idempotent; run by every worker at start)."""
-        return self._migrate([keys.LEGACY_ROOMS, keys.ROOM_NAMES], [DEFAULT_ROOM])
+        """Make sure the default room is listed (idempotent; run by every worker at start)."""
+        self.redis.zadd(keys.ROOM_NAMES, {DEFAULT_ROOM: 0}, nx=True)
 
     def _first_missing(self, names):
         """The first of ``names`` that is no room, or None (one round trip for those not seen yet;

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 SESSION_COOKIE_NAME = "chat_session"
 ANON_CSRF_COOKIE = "chat_csrf"  # an anonymous visitor's CSRF token, signed; never in Redis
 CSRF_FIELD = "csrf_token"  # where flask-wtf keeps the raw token in the session
-_SID_RE = re.compile(r"\A[A-Za-z0-9_-]{16,128}\Z")
+# A session id: its user's hash tag (see keys.session_id; none in earlier releases) and a token.
+_SID_RE = re.compile(r"\A(\{user:[a-z0-9._-]{2,32}\})?[A-Za-z0-9_-]{16,128}\Z")
 UNAVAILABLE = "chat.session_unavailable"
 
 
@@ -119,6 +120,7 @@ class RedisSessions(RedisSessionInterface):
         session["user"] = user
         session.permanent = True
         self.regenerate(session)
+        session.sid = keys.session_id(user, session.sid)
         names = [self._get_store_id(session.sid), keys.user_sessions(user), keys.user(user), keys.banned(user)]
         try:
             result = self._start(names, [self.serializer.encode(session), int(lifetime.total_seconds()),

@@ -51,7 +51,7 @@ def credential(record):
 
 
 class UserStore:
-    """Accounts under ``chat:user:<lowercased name>`` (JSON), bans under ``chat:banned:<name>``."""
+    """Accounts (JSON) and bans under the user's keys (:func:`chatapp.keys.user`, :func:`chatapp.keys.banned`)."""
 
     def __init__(self, redis, hasher, cache_secs, secret):
         self.redis = redis

@@ -8,6 +8,7 @@ import re
 import pytest
 import redis
 
+from chatapp import keys
 from chatapp.logs import TEXT_FORMAT, TextFormatter
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
 from tests.helpers import LocalStream
@@ -64,7 +65,7 @@ def test_admin_names_cannot_be_registered(redis_server, redis_client):
     app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "t", "CHAT_ADMINS": "boss"})
     response = AuthActions(app.test_client()).register("Boss")
     assert response.status_code == 409 and response.json["error"] == "username_reserved"
-    assert not redis_client.exists("chat:user:boss")
+    assert not redis_client.exists(keys.user("boss"))
     app.extensions["chat.hub"].close()
 
 
@@ -240,7 +241,7 @@ def test_a_forged_anonymous_csrf_cookie_is_refused(auth, app):
 # -- sessions can't escape ---------------------------------------------------------------
 
 def indexed(redis_client, user):
-    return {sid.decode() for sid in redis_client.zrange(f"chat:user-sessions:{user}", 0, -1)}
+    return {sid.decode() for sid in redis_client.zrange(keys.user_sessions(user), 0, -1)}
 
 
 def stored_sessions_of(redis_client, app, user):
@@ -359,7 +360,7 @@ def test_a_basic_auth_stream_of_a_user_banned_silently_closes(auth, app, redis_c
     stream = LocalStream(curl, "/api/rooms/general/events", headers=basic("bob", PASSWORD))
     stream.next_event()
     gevent.sleep(1.5)
-    redis_client.set("chat:banned:bob", "1")  # as a ban whose control message was missed
+    redis_client.set(keys.banned("bob"), "1")  # as a ban whose control message was missed
     assert ended_with(stream, "banned")
 
 

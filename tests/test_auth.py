@@ -1,5 +1,6 @@
 import base64
 
+from chatapp import keys
 from tests.conftest import PASSWORD
 
 
@@ -22,7 +23,7 @@ def test_register_accepts_a_form_post_with_the_csrf_token(client):
 
 def test_password_is_hashed_at_rest(auth, redis_client):
     auth.register("alice")
-    stored = redis_client.get("chat:user:alice")
+    stored = redis_client.get(keys.user("alice"))
     assert PASSWORD.encode() not in stored and b"scrypt:" in stored
 
 

@@ -1,6 +1,7 @@
 import pytest
 
-from tests.conftest import GENEROUS_LIMITS
+from chatapp import create_app, keys
+from tests.conftest import GENEROUS_LIMITS, AuthActions
 
 
 def test_general_always_exists(alice):
@@ -49,7 +50,7 @@ def test_the_server_holds_at_most_its_total_of_rooms(alice, redis_client):
         assert alice.post("/api/rooms", json={"name": f"r{i}"}).status_code == 201
     refused = alice.post("/api/rooms", json={"name": "r3"})
     assert refused.status_code == 403 and refused.json["error"] == "rooms_full"
-    assert redis_client.zcard("chat:room-names") == 4
+    assert redis_client.zcard(keys.ROOM_NAMES) == 4
 
 
 @pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_RATE_ROOMS": "2 per hour"}])
@@ -80,12 +81,39 @@ def test_room_list_is_paged_by_name(alice):
     assert alice.get("/api/rooms?after=Not*A*Room").status_code == 400
 
 
-def test_rooms_kept_by_an_older_release_are_migrated(app, redis_client):
+def test_keys_of_earlier_releases_are_migrated_at_start(redis_server, redis_client, config):
+    """Rooms in the plain set of early releases and in the untagged index of the last, accounts,
+    bans, session indexes and creation counters under their untagged names: all renamed once,
+    and a session of the earlier release still signs its user in."""
+    first = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **config})
+    client = first.test_client()
+    assert AuthActions(client).register("carol").status_code == 201
+    first.extensions["chat.hub"].close("test over")
+    record = redis_client.get(keys.user("carol"))
+    sid = redis_client.zrange(keys.user_sessions("carol"), 0, -1)[0].decode()
+    old_sid = sid.split("}")[-1]
+    redis_client.rename(keys.session(sid), keys.session(old_sid))  # as the earlier release named them
+    for old, new in [("chat:user:carol", keys.user("carol")), ("chat:user-sessions:carol", keys.user_sessions("carol")),
+                     ("chat:user-rooms:carol", keys.user_rooms("carol")), ("chat:room-names", keys.ROOM_NAMES)]:
+        if redis_client.exists(new):
+            redis_client.rename(new, old)
+    redis_client.delete("chat:room-names")
+    redis_client.zadd("chat:room-names", {"old-three": 0, "general": 0})
     redis_client.sadd("chat:rooms", "old-one", "old-two")
-    app.extensions["chat.rooms"].migrate()
-    assert redis_client.exists("chat:rooms") == 0
-    names = [n.decode() for n in redis_client.zrange("chat:room-names", 0, -1)]
-    assert names == ["general", "old-one", "old-two"]
+    redis_client.zadd("chat:user-sessions:carol", {old_sid: 1})
+    redis_client.set("chat:banned:dave", "1")
+    redis_client.delete(keys.SCHEMA)
+    app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **config})
+    try:
+        assert redis_client.exists("chat:rooms", "chat:room-names", "chat:user:carol", "chat:banned:dave") == 0
+        names = [n.decode() for n in redis_client.zrange(keys.ROOM_NAMES, 0, -1)]
+        assert names == ["general", "old-one", "old-three", "old-two"]
+        assert redis_client.get(keys.user("carol")) == record and redis_client.exists(keys.banned("dave"))
+        old_session = app.test_client()
+        old_session.set_cookie("chat_session", old_sid)
+        assert old_session.get("/api/auth/me").json["user"] == "carol"
+    finally:
+        app.extensions["chat.hub"].close("test over")
 
 
 def test_unread_counts_for_many_rooms_in_one_request(alice):

@@ -2,6 +2,7 @@
 
 import pytest
 
+from chatapp import keys
 from tests.conftest import PASSWORD, AuthActions
 from tests.helpers import LocalStream
 from tests.test_auth import basic
@@ -170,13 +171,13 @@ def test_session_index_never_expires_under_a_live_session_and_is_pruned_at_login
     renewed by use, lived on; a later ban or kick then found nothing to end."""
     auth.register("alice")
     first = client.get_cookie("chat_session").value
-    assert redis_client.ttl("chat:user-sessions:alice") == -1
+    assert redis_client.ttl(keys.user_sessions("alice")) == -1
     redis_client.delete(f"chat:session:{first}")  # that session expired
     client.environ_base["HTTP_X_CSRFTOKEN"] = client.get("/api/auth/csrf").json["csrf_token"]
     assert auth.login("alice").status_code == 200
     second = client.get_cookie("chat_session").value
     assert second != first
-    assert redis_client.zrange("chat:user-sessions:alice", 0, -1) == [second.encode()]
+    assert redis_client.zrange(keys.user_sessions("alice"), 0, -1) == [second.encode()]
 
 
 def test_stream_whose_session_ends_as_it_opens_stops_within_2_seconds(alice, redis_client):
