@@ -37,6 +37,7 @@ import measure
 from measure import (
     by_second,
     cpu_by_command,
+    machine_cpu_secs,
     merge_latencies,
     new_loop,
     percentiles,
@@ -116,6 +117,7 @@ async def _coordinate(spec, children, pids, mem_before):
     cpu0 = time.process_time()
     server_cpu0 = cpu_by_command(process_tree(spec.get("server_pids") or []))
     load0 = os.getloadavg()[0]
+    machine0 = machine_cpu_secs()
     run_id = f"{os.getpid():x}{int(time.time()) % 100000:x}"
     # A guessing client (scenarios h, i) alongside the publishers, over the same window.
     flood = asyncio.ensure_future(guess_flood(spec, target, go_mono)) if spec.get("flood_rate") else None
@@ -133,6 +135,8 @@ async def _coordinate(spec, children, pids, mem_before):
     result["server_cpu_cores"] = {name: round((secs - server_cpu0.get(name, 0.0)) / pub_secs, 2)
                                   for name, secs in server_cpu1.items()}
     result["loadavg_1m"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    # Every core's busy time: the server's, the generator's, and whatever else runs on the machine.
+    result["machine_busy_cores"] = round((machine_cpu_secs() - machine0) / pub_secs, 2)
     if mem_before is not None and lane_rooms:  # the same streams after the publishing (scenario j)
         loaded = memory(mem_before, pss_by_command(process_tree(spec.get("server_pids"))), result["opened"])
         result["loaded"] = {k.replace("pss_after", "pss"): v for k, v in loaded.items() if k != "pss_before_kib"}

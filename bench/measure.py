@@ -89,6 +89,14 @@ def cpu_by_command(pids):
     return out
 
 
+def machine_cpu_secs():
+    """CPU seconds every core of the machine spent busy so far (/proc/stat: all but idle and iowait)."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    busy = sum(fields[:8]) - fields[3] - fields[4]  # user nice system idle iowait irq softirq steal
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
 def process_tree(roots):
     """The given pids and all their descendants (via /proc/<pid>/task/*/children)."""
     seen, todo = [], list(roots)

@@ -132,7 +132,8 @@ def scenario_spec(key, args, system):
         "settle": args.settle, "drain": args.drain, "lane_rate": args.lane_rate, "seed": args.seed,
         "procs": args.procs or (2 if sc["readers"] >= 2000 else 1),
         "connect_concurrency": args.connect_concurrency, "poll_timeout": 25,
-        "flood_rate": sc.get("flood", 0), "timeline": key == "a" or bool(sc.get("flood")),
+        "flood_rate": sc.get("flood", 0),
+        "timeline": key == "a" or bool(sc.get("flood")) or bool(sc.get("mux") and sc.get("rate")),
         "mux": sc.get("mux", 0),
     }
     spec["server_pids"] = system.pids()
@@ -267,7 +268,8 @@ def one_line(r):
             f"dups {r['dups']} reorders {r['reorders']}; p50 {lat.get('p50')} p99 {lat.get('p99')} ms; "
             f"{r['deliveries_per_s']}/s" + (f"; {r['kib_per_stream']} KiB/stream" if "kib_per_stream" in r else "")
             + f"; loadgen cpu {r['loadgen_cpu']}; server cores {r.get('server_cpu_cores')}"
-            + f"; loadavg {r.get('loadavg_1m')}" + (f"\n    {flood_line(r['flood'])}" if r.get("flood") else "")
+            + f"; loadavg {r.get('loadavg_1m')}; machine busy cores {r.get('machine_busy_cores')}"
+            + (f"\n    {flood_line(r['flood'])}" if r.get("flood") else "")
             + (f"\n    {timeline_line(r)}" if r.get("latency_by_second") else "")
             + (f"\n    {mux_line(r)}" if SCENARIOS.get(r.get("scenario"), {}).get("mux") else ""))
 
