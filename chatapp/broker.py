@@ -10,6 +10,9 @@ import re
 from importlib import resources
 from typing import NamedTuple
 
+import redis
+import redis.cluster
+
 from . import keys, topology
 from .errors import BadRequest, NotReplicated
 from .sse import Event, http_chunk
@@ -171,6 +174,32 @@ def lua_script(name):
     return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
 
 
+def is_cluster(client):
+    return isinstance(client, redis.cluster.RedisCluster)
+
+
+def run_many(script, calls):
+    """``script(keys, args)`` for each ``(keys, args)`` of ``calls``: in one pipeline, or on a
+    Redis Cluster (where redis-py can't pipeline scripts) one call each."""
+    client = script.registered_client
+    if is_cluster(client):
+        return [script(names, args) for names, args in calls]
+    pipe = client.pipeline(transaction=False)
+    for names, args in calls:
+        script(names, args, client=pipe)
+    return pipe.execute() if calls else []
+
+
+def room_script(client, name):
+    """A script that publishes to a room's channel, registered on ``client``: on a Redis Cluster
+    it publishes with SPUBLISH (sharded Pub/Sub: only the room's node sends it, to the links
+    subscribed there), elsewhere with PUBLISH."""
+    source = lua_script(name)
+    if is_cluster(client):
+        source = source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+    return client.register_script(source)
+
+
 class Broker:
     """Saves to history and publishes atomically per room; reads history back."""
 
@@ -181,9 +210,9 @@ class Broker:
         self.durability = durability
         self.replicas = replicas
         self.wait_ms = wait_ms
-        self._append_publish = redis.register_script(lua_script("append_publish"))
+        self._append_publish = room_script(redis, "append_publish")
         self._count_after = redis.register_script(lua_script("count_after"))
-        self._confirm = redis.register_script(lua_script("confirm"))
+        self._confirm = room_script(redis, "confirm")
 
     @property
     def waits_for_replicas(self):
@@ -209,8 +238,9 @@ class Broker:
         names.append(keys.room_acked(room))
         args.append("1")
         # WAIT counts the replicas that have every earlier write of its connection, so it
-        # goes after the script on the same connection: one pipeline, one round trip.
-        pipe = self.redis.pipeline(transaction=False)
+        # goes after the script on the same connection: one pipeline, one round trip (on a
+        # Cluster, on the room's node).
+        pipe = self._node(keys.room_log(room)).pipeline(transaction=False)
         self._append_publish(names, args, client=pipe)
         pipe.execute_command("WAIT", self.replicas, self.wait_ms)
         (created, payload), acknowledged = pipe.execute()
@@ -222,6 +252,12 @@ class Broker:
                                 "retry (the same Idempotency-Key is safe).", headers={"Retry-After": "1"})
         self._confirm([keys.room_acked(room), keys.room_channel(room)], [str(publication.id)])
         return publication, bool(created)
+
+    def _node(self, key):
+        """The client for the node serving ``key`` (a Cluster), or the client itself."""
+        if not is_cluster(self.redis):
+            return self.redis
+        return self.redis.get_redis_connection(self.redis.get_node_from_key(key))
 
     def primary_address(self):
         """Where this broker's writes go now (see :func:`chatapp.topology.address`)."""
@@ -242,7 +278,10 @@ class Broker:
         publishes the same shape.
         """
         payload = json.dumps({"type": event, "room": room, "user": user}, separators=(",", ":"))
-        self.redis.publish(keys.room_channel(room), payload)
+        if is_cluster(self.redis):
+            self.redis.spublish(keys.room_channel(room), payload)
+        else:
+            self.redis.publish(keys.room_channel(room), payload)
 
     def publish_control(self, reason, *, user=None, sid=None):
         """Ask every worker to close the readers of ``user`` (any session) or of session ``sid``."""
@@ -300,10 +339,8 @@ class Broker:
     def count_after(self, cursors, cap):
         """For each ``{room: cursor}``, how many messages follow the cursor (at most ``cap``), in
         one round trip; the entries are counted inside Redis, never sent."""
-        pipe = self.redis.pipeline(transaction=False)
-        for room, cursor in cursors.items():
-            self._count_after([keys.room_log(room)], [str(cursor), cap], client=pipe)
-        return pipe.execute() if cursors else []
+        return run_many(self._count_after, [([keys.room_log(room)], [str(cursor), cap])
+                                            for room, cursor in cursors.items()])
 
     def catch_up(self, room, cursor, count, upto=None):
         """Up to ``count`` publications after ``cursor``, and a :class:`Reset` if it is stale.

@@ -35,7 +35,7 @@ import time
 import gevent
 import redis
 
-from . import keys
+from . import keys, topology
 from .broker import Ack, Signal, StreamId, decode_payload
 from .errors import ChatError, StoreUnavailable
 from .link import PubSubLink
@@ -45,6 +45,7 @@ from .reader import Reader
 from .reasons import Ending
 from .room_feed import RoomFeed
 from .sessions import SessionWatch
+from .shards import ShardLinks
 from .sse import PING, http_chunk
 
 log = logging.getLogger(__name__)
@@ -74,17 +75,26 @@ class Hub:
         self.memberships = memberships
         self.sessions = SessionWatch(broker.redis, config["CHAT_SESSION_RECHECK_SECS"])
         self.metrics = metrics
-        self.link = PubSubLink(where, config["CHAT_HUB_PING_SECS"], metrics,
-                               channels=lambda: [_CONTROL, *self._rooms], on_message=self._on_message,
-                               on_subscribed=self._on_subscribed, on_reconnected=self._on_reconnected)
+        callbacks = {"on_message": self._on_message, "on_subscribed": self._on_subscribed,
+                     "on_reconnected": self._on_reconnected}
+        self.shards = None  # on a Redis Cluster: a sharded link per node for the rooms (chatapp.shards)
+        if where.kind == topology.CLUSTER:
+            self.shards = ShardLinks(where, broker.redis, config["CHAT_HUB_PING_SECS"], metrics, **callbacks)
+            self.link = PubSubLink(where, config["CHAT_HUB_PING_SECS"], metrics, channels=lambda: [_CONTROL],
+                                   node=topology.any_node(broker.redis), **callbacks)
+        else:
+            self.link = PubSubLink(where, config["CHAT_HUB_PING_SECS"], metrics,
+                                   channels=lambda: [_CONTROL, *self._rooms], **callbacks)
+        self.room_links = self.shards or self.link  # where rooms are subscribed
         self._rooms = {}
         self._muxes = set()  # multiplexed streams (chatapp.multiplex); their rooms' readers are in _rooms
         # The largest millisecond of a publication the link has dispatched: every message
         # of an earlier millisecond has reached this worker (docs/DESIGN.md, invariant 12).
         self.watermark = 0
         # With replica acknowledgement (invariant 11): publications received but not yet known
-        # to be on enough replicas, in arrival order, as (channel, publication, came live).
-        self._held = collections.deque()
+        # to be on enough replicas, in arrival order, as (channel, publication, came live); on a
+        # Cluster one queue per shard node, since replication is ordered per shard.
+        self._held = collections.defaultdict(collections.deque)
         self._held_since = 0.0
         self._link_address = None
         self._pid = None
@@ -150,7 +160,7 @@ class Hub:
                 self._reader_count += 1
         room.idle_since = None
         if subscribe:
-            self.link.subscribe(reader.channel)
+            self.room_links.subscribe(reader.channel)
 
     def wait_ready(self, reader):
         """Wait for the subscription of ``reader``'s room; return "now" in it."""
@@ -243,6 +253,8 @@ class Hub:
         if self._housekeeper is not None:
             self._housekeeper.kill(block=False)
         self.link.close()
+        if self.shards is not None:
+            self.shards.close()
         # Drainers still finishing (a catch-up read in flight) end their streams themselves.
         gevent.joinall([r.sink.drainer for r in readers if r.sink is not None and r.sink.drainer is not None],
                        timeout=CLOSE_WAIT_SECS)
@@ -254,7 +266,7 @@ class Hub:
         """False once started if a greenlet of the hub died (they shouldn't: they restart themselves)."""
         if self._pid != os.getpid():
             return True
-        return self.link.alive and not self._housekeeper.dead
+        return self.link.alive and not self._housekeeper.dead and (self.shards is None or self.shards.alive)
 
     # -- what the link says ----------------------------------------------------
 
@@ -263,6 +275,8 @@ class Hub:
             return
         self._pid = os.getpid()
         self.link.start()
+        if self.shards is not None:
+            self.shards.start()
         self._housekeeper = gevent.spawn(self._housekeeping)
 
     def _on_message(self, channel, payload):
@@ -367,28 +381,35 @@ class Hub:
             self._deliver(room, item, live=True)
 
     def _deliver(self, room, publication, live):
-        if live:  # catch-ups are read ahead of the link: they say nothing of other rooms
+        # Catch-ups are read ahead of the link: they say nothing of other rooms. On a Cluster
+        # each shard has its own clock and link: no watermark, multiplexed ids list every room.
+        if live and self.shards is None:
             self.watermark = max(self.watermark, publication.id.ms)
         room.deliver(publication)
 
     # -- replica acknowledgement (invariant 11) ------------------------------------------
 
+    def _held_for(self, channel):
+        return self._held[self.shards.node_of(channel) if self.shards is not None else None]
+
     def _hold(self, channel, publication, live):
-        if not self._held:
+        held = self._held_for(channel)
+        if not held:
             self._held_since = time.monotonic()
-        self._held.append((channel, publication, live))
+        held.append((channel, publication, live))
 
     def _release_through(self, channel, position):
         """Release every held publication up to the one of ``channel`` at ``position``: replication
         is one ordered log, so whatever the server published before it is on the replicas too."""
-        for index, (held_channel, publication, _) in enumerate(self._held):
+        held = self._held_for(channel)
+        for index, (held_channel, publication, _) in enumerate(held):
             if held_channel == channel and publication.id == position:
-                self._release(index + 1)
+                self._release(held, index + 1)
                 return
 
-    def _release(self, count):
+    def _release(self, held, count):
         for _ in range(count):
-            channel, publication, live = self._held.popleft()
+            channel, publication, live = held.popleft()
             room = self._rooms.get(channel)
             if room is not None and room.last_id is not None:
                 self._deliver(room, publication, live)
@@ -398,16 +419,17 @@ class Hub:
         """Release what was held longer than a tick with no acknowledgement (its poster's WAIT
         timed out, or its acknowledgement was lost): one write and WAIT on the primary the
         link listens to, which covers everything it published before."""
-        if not self._held or now - self._held_since < WATCH_TICK_SECS:
-            return
-        last = self._held[-1]
+        held = self._held[None]
+        if self.shards is not None or not held or now - self._held_since < WATCH_TICK_SECS:
+            return  # (on a Cluster the next acknowledgement on the shard releases them)
+        last = held[-1]
         address = self.link.address
         if address is None or address != self.broker.primary_address():
             return  # mid-failover: what we hold came from another server
         if self.broker.replicated(keys.DURABILITY_PROBE):
-            for index, item in enumerate(self._held):
+            for index, item in enumerate(held):
                 if item is last:
-                    self._release(index + 1)
+                    self._release(held, index + 1)
                     return
 
     # -- housekeeping ------------------------------------------------------------
@@ -451,4 +473,4 @@ class Hub:
                     and now - room.idle_since >= self.linger_secs:
                 del self._rooms[channel]
                 self.presence.forget(room.name)
-                self.link.unsubscribe(channel)
+                self.room_links.unsubscribe(channel)

@@ -29,12 +29,27 @@ SILENT_PINGS = 3  # a Pub/Sub link this many pings without a reply is dead
 
 class PubSubLink:
     """Subscribes to ``channels()`` whenever it (re)connects and feeds replies to the callbacks:
-    ``on_message(channel, payload)``, ``on_subscribed(channel)``, ``on_reconnected()``."""
+    ``on_message(channel, payload)``, ``on_subscribed(channel)``, ``on_reconnected()``, and
+    ``on_lost()`` when the connection is lost.
 
-    def __init__(self, where, ping_secs, metrics, *, channels, on_message, on_subscribed, on_reconnected):
+    ``sharded`` links use SSUBSCRIBE (Redis Cluster's sharded Pub/Sub, one slot per command)
+    and report a channel the server dropped (its slot moved) to ``on_unsubscribed(channel)``.
+    """
+
+    def __init__(self, where, ping_secs, metrics, *, channels, on_message, on_subscribed, on_reconnected,
+                 node=None, sharded=False, on_unsubscribed=None, on_lost=None):
         # RESP2: replies are plain [kind, channel, data] lists. With Sentinel each new
-        # connection asks for the current primary.
-        self._client = topology.client(where, 1, None, protocol=2)
+        # connection asks for the current primary; a Cluster's links each go to one node.
+        self._client = (topology.client(where, 1, None, protocol=2) if node is None
+                        else topology.node_client(where, node, protocol=2))
+        self.node = node
+        self.sharded = sharded
+        self._subscribe, self._unsubscribe = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE",
+                                                                                            "UNSUBSCRIBE")
+        self._kinds = (b"smessage", b"ssubscribe", b"sunsubscribe") if sharded else (b"message", b"subscribe",
+                                                                                    b"unsubscribe")
+        self._on_unsubscribed = on_unsubscribed
+        self._on_lost = on_lost
         self.ping_secs = ping_secs
         self._metrics = metrics
         self._channels = channels
@@ -62,10 +77,10 @@ class PubSubLink:
         return all(not g.dead for g in self._greenlets)
 
     def subscribe(self, channel):
-        self._send("SUBSCRIBE", channel)
+        self._send(self._subscribe, channel)
 
     def unsubscribe(self, channel):
-        self._send("UNSUBSCRIBE", channel)
+        self._send(self._unsubscribe, channel)
 
     def close(self):
         self.closed = True
@@ -110,6 +125,8 @@ class PubSubLink:
                 log.exception("pubsub pid=%d: listener failed; reconnecting in %.2fs", os.getpid(), delay)
             finally:
                 self._disconnect(conn)
+                if self._on_lost is not None and not self.closed:
+                    self._on_lost(self)
             gevent.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, RECONNECT_MAX_SECS)
             self._metrics.hub_reconnects.inc()
@@ -121,7 +138,12 @@ class PubSubLink:
         try:
             conn.connect()
             with self._write_lock:
-                conn.send_command("SUBSCRIBE", *self._channels(), check_health=False)
+                channels = self._channels()
+                if self.sharded:  # one slot per SSUBSCRIBE
+                    for channel in channels:
+                        conn.send_command(self._subscribe, channel, check_health=False)
+                elif channels:
+                    conn.send_command(self._subscribe, *channels, check_health=False)
                 self._conn = conn
         except BaseException:
             conn.disconnect()
@@ -145,10 +167,13 @@ class PubSubLink:
             if not isinstance(reply, list):
                 continue  # PONG before the first subscription
             kind = reply[0]
-            if kind == b"message":
+            message, subscribed, unsubscribed = self._kinds
+            if kind == message:
                 self._on_message(reply[1], reply[2])
-            elif kind == b"subscribe":
+            elif kind == subscribed:
                 self._on_subscribed(reply[1])
+            elif kind == unsubscribed and self._on_unsubscribed is not None:
+                self._on_unsubscribed(reply[1])
 
     def _watch(self):
         """Ping the link so a dead one is noticed. Its own greenlet: it must never wait

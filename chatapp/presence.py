@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, jsonify
 from . import keys
 from .auth import current_user, login_required
 from .batch import Batch
-from .broker import lua_script
+from .broker import room_script, run_many
 from .ratelimit import enforce
 from .rooms import current_rooms
 
@@ -30,7 +30,7 @@ SWEEP_SECS = 2.0  # how soon after expiry a dead worker's users are announced go
 
 class Presence:
     def __init__(self, redis, config):
-        self._script = redis.register_script(lua_script("presence"))
+        self._script = room_script(redis, "presence")
         self.ttl_ms = int(config["CHAT_PRESENCE_TTL_SECS"] * 1000)
         self.linger_ms = int(config["CHAT_PRESENCE_LINGER_SECS"] * 1000)
         self.refresh_secs = config["CHAT_PRESENCE_TTL_SECS"] / 3  # two refreshes may fail before expiry
@@ -53,11 +53,8 @@ class Presence:
 
     def join_rooms(self, rooms, member):
         """``member`` joins each of ``rooms``, in one round trip (a long-poll over many rooms)."""
-        pipe = self._script.registered_client.pipeline(transaction=False)
-        for room in rooms:
-            self._script([keys.room_presence(room), keys.room_presence_users(room), keys.room_channel(room)],
-                         ["join", self.ttl_ms, room, member], client=pipe)
-        pipe.execute()
+        run_many(self._script, [([keys.room_presence(room), keys.room_presence_users(room), keys.room_channel(room)],
+                                 ["join", self.ttl_ms, room, member]) for room in rooms])
 
     def leave_many(self, room, members):
         """Leave after the linger period, unless the user reconnects meanwhile."""

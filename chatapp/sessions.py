@@ -56,6 +56,7 @@ class RedisSessions(RedisSessionInterface):
 
     def __init__(self, app, client, max_per_user):
         super().__init__(app, client=client, key_prefix=keys.SESSION_PREFIX, permanent=True)
+        self.client = client  # flask-session swaps anything but a redis.Redis (a RedisCluster) for localhost
         self.max_per_user = max_per_user
         self._start = client.register_script(lua_script("start_session"))
         self._end = client.register_script(lua_script("end_sessions"))

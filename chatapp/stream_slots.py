@@ -14,7 +14,7 @@ import redis
 
 from . import keys
 from .batch import Batch
-from .broker import lua_script
+from .broker import lua_script, run_many
 from .errors import TooManyStreams, is_out_of_memory
 
 log = logging.getLogger(__name__)
@@ -66,14 +66,9 @@ class StreamSlots:
             log.info("%d stream leases of %s not released (%s); they will run out", len(leases), user, exc)
 
     def renew(self, readers):
-        """Renew the leases of ``readers`` (one pipeline)."""
+        """Renew the leases of ``readers`` (one pipeline; on a Cluster one call per user)."""
         held = {}
         for reader in readers:
             if reader.lease is not None:
                 held.setdefault(reader.user, []).append(reader.lease)
-        if not held:
-            return
-        pipe = self._redis.pipeline(transaction=False)
-        for user, leases in held.items():
-            self._renew([keys.user_streams(user)], [self._lease_ms, *leases], client=pipe)
-        pipe.execute()
+        run_many(self._renew, [([keys.user_streams(user)], [self._lease_ms, *leases]) for user, leases in held.items()])

@@ -133,6 +133,20 @@ def client(topology, max_connections, timeout, retry=None, **connection_options)
                                       max_connections=max_connections, **common, **topology.options, **extra)
 
 
+def node_client(topology, node, **connection_options):
+    """A one-connection client for one Cluster node ``(host, port)`` (a sharded Pub/Sub link)."""
+    return redis.Redis(host=node[0], port=node[1], socket_timeout=None, socket_connect_timeout=2,
+                       **{k: v for k, v in topology.options.items() if k in ("username", "password")},
+                       **connection_options)
+
+
+def any_node(cluster):
+    """``(host, port)`` of some primary of a Cluster (for the control channel: a classic
+    PUBLISH reaches the subscribers of every node)."""
+    node = cluster.get_default_node()
+    return node.host, node.port
+
+
 def bare_connection(redis_client):
     """A new connection outside the client's pool, to the primary the pool would use (for a
     Pub/Sub link: the pool counts what it makes and would refuse after max_connections
