@@ -65,6 +65,43 @@ def converse(alice, bob, rounds=4, tag="hi"):
     return sent
 
 
+def test_layout_on_desktop_and_phone_with_screenshots(person, web, tmp_path):
+    """A conversation made for the screenshots; CHAT_UPDATE_SCREENSHOTS=1 refreshes the images
+    in docs/. First in this module, so no room another test made is listed in them."""
+    target = ROOT / "docs" if os.environ.get("CHAT_UPDATE_SCREENSHOTS") else tmp_path
+    alice = person(name="alice")  # this module's server has a Redis of its own
+    bob = person(name="bob", viewport=PHONE)
+    bob.click("#rooms-toggle")  # the rooms are in a drawer on phones; opening one closes it
+    for page in (alice, bob):
+        page.fill("#new-room-name", "deploys")
+        page.click("#new-room button[type=submit]")
+        expect(page.locator("#room-title")).to_have_text("#deploys")
+    expect(alice.locator("#presence-list li")).to_have_text(["alice", "bob"])
+    lines = [(alice, "Morning! Is the deploy still on for 10:00?"),
+             (bob, "Yes - rolling restart, one instance at a time."),
+             (alice, "Great. Streams resume with Last-Event-ID, so nobody should notice."),
+             (bob, "I'll watch the dashboard.\nPing me if anything looks off.")]
+    for page, text in lines:
+        say(page, text)
+        wait_for_texts(page, [text])
+    wait_for_texts(alice, [text for _, text in lines])
+    wait_for_texts(bob, [text for _, text in lines])
+    Api(web.url).post("/api/auth/register", {"username": "carol", "password": PASSWORD})
+    carol = Api(web.url, "carol", PASSWORD)
+    for text in ("Lunch at 12:30?", "The new place across the street."):
+        assert carol.post("/api/rooms/general/messages", {"text": text}).status == 201
+    expect(alice.locator("#room-list button[data-room='general'] .badge")).to_have_text("2")
+    expect(alice.locator("#cue")).to_contain_text("carol: The new place across the street.")
+    alice.screenshot(path=str(target / "screenshot-desktop.png"))
+    bob.screenshot(path=str(target / "screenshot-phone.png"))
+    expect(bob.locator("#sidebar")).not_to_be_in_viewport()  # a drawer on phones
+    expect(alice.locator("#sidebar")).to_be_in_viewport()
+    bob.click("#rooms-toggle")
+    expect(bob.locator("#room-list")).to_be_in_viewport()
+    width = bob.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], "the page scrolls sideways on a phone"
+
+
 def test_two_users_chat_both_ways_over_sse(person):
     alice, bob = person(), person()
     converse(alice, bob)
@@ -179,51 +216,68 @@ def test_scrolling_up_loads_older_history_to_the_first_message(person, web):
     assert texts(page) == [f"old {i}" for i in range(130)]
 
 
-def test_layout_on_desktop_and_phone_with_screenshots(person, tmp_path):
-    """A real conversation; CHAT_UPDATE_SCREENSHOTS=1 refreshes the images in docs/."""
-    target = ROOT / "docs" if os.environ.get("CHAT_UPDATE_SCREENSHOTS") else tmp_path
-    alice = person(name="alice")  # this module's server has a Redis of its own
-    bob = person(name="bob", viewport=PHONE)
-    lines = [(alice, "Morning! Is the deploy still on for 10:00?"),
-             (bob, "Yes - rolling restart, one instance at a time."),
-             (alice, "Great. Streams resume with Last-Event-ID, so nobody should notice."),
-             (bob, "I'll watch the dashboard.\nPing me if anything looks off.")]
-    for page, text in lines:
-        say(page, text)
-        wait_for_texts(page, [text])
-    wait_for_texts(alice, [text for _, text in lines])
-    wait_for_texts(bob, [text for _, text in lines])
-    alice.screenshot(path=str(target / "screenshot-desktop.png"))
-    bob.screenshot(path=str(target / "screenshot-phone.png"))
-    expect(bob.locator("#sidebar")).not_to_be_in_viewport()  # a drawer on phones
-    expect(alice.locator("#sidebar")).to_be_in_viewport()
-    bob.click("#rooms-toggle")
-    expect(bob.locator("#room-list")).to_be_in_viewport()
-    width = bob.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], "the page scrolls sideways on a phone"
-
-
-def test_unread_counts_and_switching_rooms_swaps_the_stream(person):
+def test_unread_counts_and_a_cue_come_live_and_switching_rooms_never_reconnects(person):
     alice, bob = person(), person()
+    streams = []
+
+    def note(request):
+        if "/api/events" in request.url:
+            streams.append(request.url)
+
+    bob.on("request", note)  # bob is live already: any request now would be a second stream
     room = unique("side")
-    alice.fill("#new-room-name", room)
-    alice.click("#new-room button[type=submit]")
-    expect(alice.locator("#room-title")).to_have_text(f"#{room}")
-    expect(alice.locator("#conn")).to_have_attribute("data-state", "live")
+    for page in (alice, bob):  # opening a room joins it
+        page.fill("#new-room-name", room)
+        page.click("#new-room button[type=submit]")
+        expect(page.locator("#room-title")).to_have_text(f"#{room}")
+    bob.click("#room-list button[data-room='general']")
+    expect(bob.locator("#room-title")).to_have_text("#general")
     say(alice, "in the side room")
     say(alice, "twice")
     wait_for_texts(alice, ["in the side room", "twice"])
     badge = bob.locator(f"#room-list button[data-room='{room}'] .badge")
-    expect(badge).to_have_text("2", timeout=15000)  # the room list is polled every 10 s
+    expect(badge).to_have_text("2")  # from bob's one stream: nothing is polled
+    expect(bob.locator("#cue")).to_contain_text(f"New message in #{room}")
+    expect(bob.locator("#cue")).to_contain_text("twice")
     expect(bob.locator("#room-list button[aria-current='true']")).to_have_attribute("data-room", "general")
-    bob.click(f"#room-list button[data-room='{room}']")
+    bob.click("#cue")
     expect(bob.locator("#room-title")).to_have_text(f"#{room}")
     wait_for_texts(bob, ["in the side room", "twice"])
     expect(badge).to_have_count(0)
+    expect(bob.locator("#cue")).to_be_hidden()
     say(alice, "live in the side room")
     wait_for_texts(bob, ["live in the side room"])
     say(bob, "bob answers")
     wait_for_texts(alice, ["bob answers"])
+    for target in ("general", room, "general"):
+        bob.click(f"#room-list button[data-room='{target}']")
+        expect(bob.locator("#room-title")).to_have_text(f"#{target}")
+        expect(bob.locator("#conn")).to_have_text("live (SSE)")
+    assert streams == []  # switching rooms never reconnects
+
+
+def test_leaving_a_room_goes_back_to_general_and_its_news_stops(person, web):
+    bob = person()
+    room = unique("leave")
+    bob.fill("#new-room-name", room)
+    bob.click("#new-room button[type=submit]")
+    expect(bob.locator("#room-title")).to_have_text(f"#{room}")
+    expect(bob.locator(f"#room-list button[data-room='{room}']")).to_have_count(1)
+    bob.click("#leave")
+    expect(bob.locator("#room-title")).to_have_text("#general")
+    expect(bob.locator(f"#room-list button[data-room='{room}']")).to_have_count(0)
+    expect(bob.locator(f"#other-rooms button[data-room='{room}']")).to_have_count(1)
+    name = unique("writer")
+    Api(web.url).post("/api/auth/register", {"username": name, "password": PASSWORD})
+    writer = Api(web.url, name, PASSWORD)
+    writer.post(f"/api/rooms/{room}/messages", {"text": "not for bob"})
+    writer.post("/api/rooms/general/messages", {"text": "for everyone"})
+    wait_for_texts(bob, ["for everyone"])  # later than the other: that one would have come first
+    expect(bob.locator("#cue")).to_be_hidden()
+    bob.click(f"#other-rooms button[data-room='{room}']")  # joins it again, with its history
+    expect(bob.locator("#room-title")).to_have_text(f"#{room}")
+    wait_for_texts(bob, ["not for bob"])
+    expect(bob.locator(f"#room-list button[data-room='{room}']")).to_have_count(1)
 
 
 def test_a_malformed_fragment_falls_back_to_general_without_a_page_error(person, web):
@@ -253,14 +307,31 @@ def test_a_malformed_fragment_falls_back_to_general_without_a_page_error(person,
     assert Api(web.url, name, PASSWORD).post("/api/rooms", {"name": room}).status == 201
     page.fill("#new-room-name", "general")  # refreshes the room list, stays in #general
     page.click("#new-room button[type=submit]")
-    expect(page.locator(f"#room-list button[data-room='{room}']")).to_have_count(1)
+    expect(page.locator(f"#other-rooms button[data-room='{room}']")).to_have_count(1)
     page.evaluate(f"location.hash = {json.dumps(room)}")  # the listener still works
     expect(page.locator("#room-title")).to_have_text(f"#{room}")
+    expect(page.locator(f"#room-list button[data-room='{room}']")).to_have_count(1)  # opened means joined
     assert errors == []
     assert page.evaluate("window.__errors") == []
 
 
+def all_room_names(api):
+    names, after = [], None
+    while True:
+        listing = api.get("/api/rooms?limit=500" + (f"&after={after}" if after else "")).json
+        names += [room["name"] for room in listing["rooms"]]
+        after = listing["next"]
+        if not after:
+            return names
+
+
+def room_buttons(page, list_id):
+    return page.locator(f"#{list_id} button").evaluate_all("buttons => buttons.map((b) => b.dataset.room)")
+
+
 def test_a_room_list_refresh_asks_for_unread_counts_in_one_request(person, web):
+    """A reload counts the unread messages of every joined room in one request; from then on
+    the stream keeps the counts (no polling, never a request per room)."""
     writer_name = unique("writer")
     Api(web.url).post("/api/auth/register", {"username": writer_name, "password": PASSWORD})
     writer = Api(web.url, writer_name, PASSWORD)
@@ -268,8 +339,13 @@ def test_a_room_list_refresh_asks_for_unread_counts_in_one_request(person, web):
     for room in rooms:
         assert writer.post("/api/rooms", {"name": room}).status == 201
         assert writer.post(f"/api/rooms/{room}/messages", {"text": "before"}).status == 201
-    page = person()  # rooms there when the page opens start as read
-    expect(page.locator(f"#room-list button[data-room='{rooms[0]}']")).to_have_count(1)
+    reader_name = unique("reader")
+    page = person(name=reader_name)
+    reader = Api(web.url, reader_name, PASSWORD)
+    for room in rooms:  # joined elsewhere (curl): the page hears of it on its stream
+        assert reader.post(f"/api/rooms/{room}/join").status == 200
+    for room in rooms:  # joined rooms start as read at the join
+        expect(page.locator(f"#room-list button[data-room='{room}']")).to_have_count(1)
     wanted = dict(zip(rooms, [0, 1, 2, 3, 101]))
     for room, count in wanted.items():
         for i in range(count):
@@ -293,7 +369,7 @@ def test_a_room_list_refresh_asks_for_unread_counts_in_one_request(person, web):
             expect(badge).to_have_text("99+" if count >= 100 else str(count))
         else:
             expect(badge).to_have_count(0)
-    sent = list(requests)  # before the periodic refresh (10 s) could add its own
+    sent = list(requests)
 
     paths = [request.url.split("/", 3)[3] for request in sent]
     assert not [p for p in paths if re.match(r"api/rooms/[^/?]+/messages\?after=", p)], paths
@@ -303,15 +379,18 @@ def test_a_room_list_refresh_asks_for_unread_counts_in_one_request(person, web):
     assert unread[0].headers.get("x-csrftoken")
     asked = unread[0].post_data_json["rooms"]
     assert set(asked) == {room for room, count in wanted.items() if count}  # only rooms with news
+    assert len([p for p in paths if p.startswith("api/events")]) == 1, paths  # one stream for every room
 
-    names, after = [], None
-    while True:
-        listing = writer.get("/api/rooms?limit=500" + (f"&after={after}" if after else "")).json
-        names += [room["name"] for room in listing["rooms"]]
-        after = listing["next"]
-        if not after:
-            break
+    names = all_room_names(writer)
     listed = [p for p in paths if p.startswith("api/rooms?")]
     assert len(listed) == min(math.ceil(len(names) / 2), 10), listed
-    shown = page.locator("#room-list button").evaluate_all("buttons => buttons.map((b) => b.dataset.room)")
-    assert shown == names[:20]
+    joined = sorted([*rooms, "general"])
+    assert room_buttons(page, "room-list") == joined
+    assert room_buttons(page, "other-rooms") == [name for name in names[:20] if name not in joined]
+
+    # From here on the stream keeps the counts: a new message adds one, with no request.
+    requests.clear()
+    assert writer.post(f"/api/rooms/{rooms[1]}/messages", {"text": "one more"}).status == 201
+    expect(page.locator(f"#room-list button[data-room='{rooms[1]}'] .badge")).to_have_text("2")
+    expect(page.locator("#cue")).to_contain_text(f"New message in #{rooms[1]}")
+    assert not [r.url for r in requests if "/api/rooms" in r.url], [r.url for r in requests]
