@@ -83,9 +83,10 @@ def user_streams(name):
     return f"{_user(name)}:streams"
 
 
-def verified(token):
-    """A credential some worker verified recently (``token``: an HMAC of name and password)."""
-    return f"{PREFIX}:verified:{token}"
+def verified(name, token):
+    """A credential of ``name`` some worker verified recently (``token``: an HMAC of name and
+    password), beside the account (one MGET reads both)."""
+    return f"{_user(name)}:verified:{token}"
 
 
 def session(sid):

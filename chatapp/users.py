@@ -125,7 +125,7 @@ class UserStore:
             guard.end(failed=True)
             return None
         token = hmac.new(self._secret, f"{name.lower()}\0{password}".encode(), hashlib.sha256).hexdigest()
-        raw, marker, banned = self.redis.mget(keys.user(name), keys.verified(token), keys.banned(name))
+        raw, marker, banned = self.redis.mget(keys.user(name), keys.verified(name, token), keys.banned(name))
         record = json.loads(raw) if raw else None
         banned = banned is not None
         now = time.monotonic()
@@ -133,7 +133,7 @@ class UserStore:
         if cached and cached[0] == record["password"] and cached[1] > now:
             stored_hash, _, marker_due = cached
             if marker_due <= now:  # keep the shared marker alive for the other workers
-                self._mark_verified(token, raw)
+                self._mark_verified(name, token, raw)
                 marker_due = now + self.cache_secs / 2
         else:
             if not (raw and marker == credential(raw).encode()):  # nobody verified it lately
@@ -145,7 +145,7 @@ class UserStore:
                     guard.end(failed=outcome is False)  # not when no answer came (busy, Redis down)
                 if not outcome:
                     return None
-                self._mark_verified(token, raw)
+                self._mark_verified(name, token, raw)
             stored_hash, marker_due = record["password"], now + self.cache_secs / 2
             if len(self._cache) >= _AUTH_CACHE_MAX:
                 self._cache.clear()
@@ -155,11 +155,11 @@ class UserStore:
             raise Forbidden("This account is banned.", code="banned")
         return Account(record["name"], raw)
 
-    def _mark_verified(self, token, raw):
+    def _mark_verified(self, name, token, raw):
         """Tell every worker this credential is good (for CHAT_AUTH_CACHE_SECS): a client that
         moves to another worker needn't be hashed, nor meet the guessing limits, again."""
         try:
-            self.redis.set(keys.verified(token), credential(raw), ex=max(1, int(self.cache_secs)))
+            self.redis.set(keys.verified(name, token), credential(raw), ex=max(1, int(self.cache_secs)))
         except redis.ResponseError as exc:
             if not is_out_of_memory(exc):
                 raise  # full: this worker's own cache still knows

@@ -1,0 +1,101 @@
+"""The app on each Redis topology REDIS_URL can name: everything it keeps in Redis (accounts,
+sessions, rate limits, rooms, messages, presence, idempotency, memberships, kicks) works on
+Sentinel and on a Cluster, through real gunicorn workers.
+
+The fault suites (failovers under load) are in tests/test_topology_faults.py.
+"""
+
+import json
+
+import gevent
+import pytest
+
+from deploy.launch import Gunicorn
+from tests.conftest import GENEROUS_LIMITS
+from tests.helpers import (
+    PASSWORD,
+    Api,
+    MultiplexReader,
+    ResumingReader,
+    account,
+    all_ids,
+    assert_exactly_once_in_order,
+    operator_account,
+    unique,
+)
+
+
+@pytest.fixture(scope="module", params=["sentinel", "cluster"])
+def topology_server(request):
+    topology = request.getfixturevalue(f"{request.param}_set")
+    env = {**GENEROUS_LIMITS, "CHAT_HEARTBEAT_SECS": "1", "CHAT_ADMINS": "root",
+           "CHAT_RATE_TYPING": "3 per minute"}
+    with Gunicorn(topology.url, workers=2, env=env) as server:
+        yield server
+
+
+def test_accounts_sessions_rooms_messages_streams_and_presence(topology_server):
+    server = topology_server
+    user = account(server)
+    room = unique("t")
+    assert user.post("/api/rooms", {"name": room}).status == 201
+    assert user.post(f"/api/rooms/{room}/join").status == 200
+    assert sorted(user.get("/api/me/rooms").json["rooms"]) == sorted(["general", room])
+    single = ResumingReader(user, room)
+    multi = MultiplexReader(user, f"rooms={room},general")
+    assert multi.wait_until(lambda r: r.ready)
+    with gevent.Timeout(10):
+        while not single.ready:
+            gevent.sleep(0.05)
+    sent = []
+    for i in range(20):
+        response = user.post(f"/api/rooms/{room if i % 2 else 'general'}/messages", {"text": f"m{i}"},
+                             headers={"Idempotency-Key": f"k{i}"})
+        assert response.status == 201, response.body
+        sent.append(response.json)
+    again = user.post(f"/api/rooms/{room}/messages", {"text": "m1"}, headers={"Idempotency-Key": "k1"})
+    assert again.headers.get("Idempotent-Replayed") == "true" and again.json["id"] == sent[1]["id"]
+    expected = all_ids(user, room)
+    assert len(expected) == 10
+    assert single.wait_for(expected[-1]) and multi.wait_until(lambda r: r.has(room, expected[-1]))
+    assert user.auth_user in user.get(f"/api/rooms/{room}/presence").json["users"]
+    single.stop()
+    multi.stop()
+    assert_exactly_once_in_order(single.ids, expected, "per-room stream")
+    assert_exactly_once_in_order(multi.received[room], expected, "multiplexed stream")
+    polled = user.get(f"/api/rooms/{room}/poll?cursor={expected[0]}&timeout=0").json
+    assert [m["id"] for m in polled["messages"]] == expected[1:]
+
+
+def test_cookie_sessions_csrf_logout_kick_and_rate_limits(topology_server):
+    server = topology_server
+    name = unique("c")
+    browser = Api(server.url)
+    response = browser.post("/api/auth/register", {"username": name, "password": PASSWORD})
+    assert response.status == 201
+    cookie = response.headers["Set-Cookie"].split(";")[0]
+    token = response.json["csrf_token"]
+    assert "{user:" in cookie, "a session id carries its user's hash tag"
+    me = browser.get("/api/auth/me", headers={"Cookie": cookie})
+    assert me.status == 200 and me.json["user"] == name
+    refused = browser.post("/api/rooms/general/messages", {"text": "no token"}, headers={"Cookie": cookie})
+    assert refused.status == 403
+    ok = browser.post("/api/rooms/general/messages", {"text": "with token"},
+                      headers={"Cookie": cookie, "X-CSRFToken": token})
+    assert ok.status == 201
+    codes = [browser.post("/api/rooms/general/typing", headers={"Cookie": cookie, "X-CSRFToken": token}).status
+             for _ in range(4)]
+    assert codes == [202, 202, 202, 429], "the typing limit counts in Redis"
+    stream = browser.stream("/api/events", headers={"Cookie": cookie})
+    root = operator_account(server, "root")
+    gevent.sleep(0.5)
+    assert root.post(f"/api/admin/users/{name}/kick").status == 200
+    ended = []
+    with gevent.Timeout(10, False):
+        for event in stream.events():
+            if event.get("event") == "retry":
+                ended.append(json.loads(event["data"])["reason"])
+                break
+    stream.close()
+    assert ended == ["kicked"]
+    assert browser.get("/api/auth/me", headers={"Cookie": cookie}).status == 401
