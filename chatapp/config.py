@@ -74,8 +74,9 @@ class Setting:
 
 
 SETTINGS = (
-    Setting("REDIS_URL", str, "", "Redis to use, e.g. redis://host:6379/0 or unix:///path.sock. "
-            "Unset: `./scripts/serve` starts an embedded Redis under var/."),
+    Setting("REDIS_URL", str, "", "Redis to use: one server (redis://host:6379/0, rediss://..., "
+            "unix:///path.sock), Sentinel (redis+sentinel://host:26379,host:26380/mymaster) or a Cluster "
+            "(redis+cluster://host:7000,host:7001). Unset: `./scripts/serve` starts an embedded Redis under var/."),
     Setting("CHAT_REDIS_MAXMEMORY", memory_size, "1gb", "Memory cap of the embedded Redis (noeviction: "
             "past it writes are refused and a POST gets a 507 `storage_full`; nothing stored is dropped). "
             "See docs/deploy.md for sizing; `0` for no cap. A `REDIS_URL` server keeps its own settings."),
@@ -160,7 +161,7 @@ SETTINGS = (
     Setting("CHAT_RATE_TYPING", rate, "30 per minute", "Typing notices each user may send."),
     Setting("CHAT_RATE_ROOMS", rate, "10 per hour", "Rooms each user may create."),
     Setting("CHAT_RATE_UNREAD", rate, "60 per minute", "Unread-count requests each user may make "
-            "(the page makes one every 10 s per tab)."),
+            "(the page makes one when it loads; the stream keeps them current)."),
     Setting("CHAT_RATE_MEMBERSHIP", rate, "60 per minute", "Joins and leaves each user may make."),
     Setting("CHAT_RATE_STREAMS", rate, "60 per minute", "New SSE streams and long-polls each user "
             "may open (a long-poll client makes about 3 a minute)."),
