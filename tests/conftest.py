@@ -174,3 +174,25 @@ def person(browser, web):
     yield open_page
     for context in contexts:
         context.close()
+
+
+# -- Redis past one server: Sentinel and Cluster (Debian's redis-server 7, deploy/redis_topology.py) --
+
+@pytest.fixture(scope="session")
+def sentinel_set(tmp_path_factory):
+    """A primary, 2 replicas and 3 sentinels, started by the first test that asks. A test that kills a
+    node restarts it (``sentinel_set.restart(node)``); which node is primary changes from test to test."""
+    from deploy.redis_topology import SentinelSet
+
+    with SentinelSet(tmp_path_factory.mktemp("sentinel")) as topology:
+        yield topology
+
+
+@pytest.fixture(scope="session")
+def cluster_set(tmp_path_factory):
+    """A Redis Cluster of 3 primaries with a replica each, started by the first test that asks. A test
+    that kills a node restarts it; slots may have moved (ask ``cluster_set.node_for_key``)."""
+    from deploy.redis_topology import ClusterSet
+
+    with ClusterSet(tmp_path_factory.mktemp("redis-cluster")) as topology:
+        yield topology
