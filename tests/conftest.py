@@ -176,6 +176,25 @@ def person(browser, web):
         context.close()
 
 
+# -- the cluster's edge: nginx with HTTPS + HTTP/2 in front of 2 gunicorn instances ----
+
+@pytest.fixture(scope="session")
+def edge_cluster(tmp_path_factory):
+    """A deploy.cluster.Cluster of the session (2 instances x 1 worker, one Redis), started by the
+    first test that asks: plain HTTP/1.1 at ``url``, HTTPS with HTTP/2 at ``https_url`` (a
+    self-signed certificate: browser contexts take ``ignore_https_errors=True``). A test that
+    restarts nginx brings it back on the same ports."""
+    from deploy.cluster import Cluster
+    from deploy.launch import free_port
+
+    env = {**GENEROUS_LIMITS, "CHAT_HEARTBEAT_SECS": "1", "CHAT_ACCESS_LOG": "0"}
+    cluster = Cluster(tmp_path_factory.mktemp("edge"), port=free_port(), instance_ports=(free_port(), free_port()),
+                      workers=1, env=env)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 # -- Redis past one server: Sentinel and Cluster (Debian's redis-server 7, deploy/redis_topology.py) --
 
 @pytest.fixture(scope="session")

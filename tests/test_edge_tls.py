@@ -13,21 +13,17 @@ import pytest
 
 from deploy.cluster import NGINX, Cluster, self_signed_certificate
 from deploy.launch import free_port
-from tests.conftest import GENEROUS_LIMITS, PASSWORD
+from tests.conftest import PASSWORD
 from tests.helpers import account, unique
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection"}
 
 
-@pytest.fixture(scope="module")
-def edge(tmp_path_factory):
-    """A cluster of this module's own (it restarts nginx): 2 instances x 1 worker."""
-    env = {**GENEROUS_LIMITS, "CHAT_HEARTBEAT_SECS": "1", "CHAT_ACCESS_LOG": "0"}
-    cluster = Cluster(tmp_path_factory.mktemp("edge"), port=free_port(), instance_ports=(free_port(), free_port()),
-                      workers=1, env=env)
-    cluster.start()
-    yield cluster
-    cluster.stop()
+@pytest.fixture
+def edge(edge_cluster):
+    """The session's cluster (conftest.py), shared with the browser tests of tests/test_tabs.py:
+    2 instances x 1 worker. One test here restarts its nginx, on the same ports."""
+    return edge_cluster
 
 
 def curl(edge, *args):

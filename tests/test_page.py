@@ -67,33 +67,76 @@ def converse(alice, bob, rounds=4, tag="hi"):
 
 def test_layout_on_desktop_and_phone_with_screenshots(person, web, tmp_path):
     """A conversation made for the screenshots; CHAT_UPDATE_SCREENSHOTS=1 refreshes the images
-    in docs/. First in this module, so no room another test made is listed in them."""
+    in docs/. First in this module, so no room or message another test made is in them.
+
+    Five people: alice (desktop), bob (phone) and carol have the page open in #deploys, so
+    the online list shows them; dave and erin write with curl-like clients. alice is in 4
+    rooms with news in 2 of them (counts from her stream), and 2 more rooms are listed to join.
+    """
     target = ROOT / "docs" if os.environ.get("CHAT_UPDATE_SCREENSHOTS") else tmp_path
-    alice = person(name="alice")  # this module's server has a Redis of its own
+    writers = {}
+    for name in ("dave", "erin"):  # this module's server has a Redis of its own: plain names are free
+        Api(web.url).post("/api/auth/register", {"username": name, "password": PASSWORD})
+        writers[name] = Api(web.url, name, PASSWORD)
+    dave, erin = writers["dave"], writers["erin"]
+    for room in ("deploys", "design", "random", "hiring", "music"):
+        assert dave.post("/api/rooms", {"name": room}).status == 201
+    assert dave.post("/api/rooms/deploys/join").status == 200
+    assert dave.post("/api/rooms/deploys/messages",
+                     {"text": "Release 2.4 goes out after the stand-up: rolling restart, one instance at a time."}
+                     ).status == 201
+
+    alice = person(name="alice")
     bob = person(name="bob", viewport=PHONE)
+    carol = person(name="carol")
     bob.click("#rooms-toggle")  # the rooms are in a drawer on phones; opening one closes it
-    for page in (alice, bob):
+    for page in (alice, bob, carol):
         page.fill("#new-room-name", "deploys")
         page.click("#new-room button[type=submit]")
         expect(page.locator("#room-title")).to_have_text("#deploys")
-    expect(alice.locator("#presence-list li")).to_have_text(["alice", "bob"])
-    lines = [(alice, "Morning! Is the deploy still on for 10:00?"),
-             (bob, "Yes - rolling restart, one instance at a time."),
-             (alice, "Great. Streams resume with Last-Event-ID, so nobody should notice."),
-             (bob, "I'll watch the dashboard.\nPing me if anything looks off.")]
+    for page in (alice, bob):
+        expect(page.locator("#presence-list li")).to_have_text(["alice", "bob", "carol"])
+    alice_api = Api(web.url, "alice", PASSWORD)
+    for room in ("design", "random"):  # joined from another device: her page hears it on its stream
+        assert alice_api.post(f"/api/rooms/{room}/join").status == 200
+        expect(alice.locator(f"#room-list button[data-room='{room}']")).to_have_count(1)
+
+    lines = [(alice, "Morning! Is the schema migration in this one too?"),
+             (bob, "Yes, it ran on staging last night in about 40 seconds."),
+             (carol, "Draining instance 1 now."),
+             (bob, "Streams resume with Last-Event-ID, so nobody should miss a message."),
+             (carol, "Instance 1 is back. Draining instance 2."),
+             (alice, "Error rate is flat, p99 too. Nice."),
+             (carol, "All instances are on 2.4.\nI'll keep an eye on the dashboard for the next hour."),
+             (bob, "Thanks, carol!")]
     for page, text in lines:
         say(page, text)
         wait_for_texts(page, [text])
-    wait_for_texts(alice, [text for _, text in lines])
-    wait_for_texts(bob, [text for _, text in lines])
-    Api(web.url).post("/api/auth/register", {"username": "carol", "password": PASSWORD})
-    carol = Api(web.url, "carol", PASSWORD)
+    conversation = [text for _, text in lines]
+    for page in (alice, bob, carol):
+        wait_for_texts(page, conversation)
+        assert_once_in_order(page, conversation)
+        expect(page.locator("#pending .msg")).to_have_count(0)
+
+    assert erin.post("/api/rooms/design/join").status == 200
+    assert erin.post("/api/rooms/design/messages", {"text": "New mockups for the settings page are up."}).status == 201
     for text in ("Lunch at 12:30?", "The new place across the street."):
-        assert carol.post("/api/rooms/general/messages", {"text": text}).status == 201
+        assert dave.post("/api/rooms/general/messages", {"text": text}).status == 201
     expect(alice.locator("#room-list button[data-room='general'] .badge")).to_have_text("2")
-    expect(alice.locator("#cue")).to_contain_text("carol: The new place across the street.")
-    alice.screenshot(path=str(target / "screenshot-desktop.png"))
-    bob.screenshot(path=str(target / "screenshot-phone.png"))
+    expect(alice.locator("#room-list button[data-room='design'] .badge")).to_have_text("1")
+    expect(alice.locator("#room-list button[data-room='random'] .badge")).to_have_count(0)
+    expect(alice.locator("#other-rooms button")).to_have_text(["#hiring", "#music"])
+    carol_api = Api(web.url, "carol", PASSWORD)
+    for page, shot in ((alice, "screenshot-desktop.png"), (bob, "screenshot-phone.png")):
+        expect(page.locator("#cue")).to_contain_text("dave: The new place across the street.")
+        # "carol is typing…" lasts 4 s after a notice: one for each screenshot.
+        assert carol_api.post("/api/rooms/deploys/typing").status in (200, 202, 204)
+        expect(page.locator("#typing")).to_have_text("carol is typing…")
+        page.locator("#text").blur()
+        # The cue took its height from the log, which doesn't stay pinned to the newest message
+        # when it shows (static/app.js): scroll down, as the reader would.
+        page.locator("#log").evaluate("log => { log.scrollTop = log.scrollHeight; }")
+        page.screenshot(path=str(target / shot))
     expect(bob.locator("#sidebar")).not_to_be_in_viewport()  # a drawer on phones
     expect(alice.locator("#sidebar")).to_be_in_viewport()
     bob.click("#rooms-toggle")

@@ -1,4 +1,5 @@
-"""Tabs of one browser share one stream: real Chromium, real gunicorn over plain HTTP/1.1.
+"""Tabs of one browser share one stream: real Chromium, real gunicorn over plain HTTP/1.1;
+without sharing, many tabs still work through the cluster's nginx over HTTPS with HTTP/2.
 
 One Playwright context is one browser profile: its pages share the cookie, the
 6-connections-per-host pool, Web Locks and BroadcastChannel, as tabs do. The
@@ -12,6 +13,7 @@ import time
 import gevent
 import pytest
 from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
 from tests.conftest import DESKTOP, PASSWORD, unique
@@ -44,8 +46,8 @@ def profile(browser, web):
         context.close()
 
 
-def open_tabs(context, count, query=""):
-    """Sign up in the first tab, then open ``count - 1`` more; all of them live."""
+def sign_up_in_a_tab(context, query=""):
+    """A new account, made in a first tab of ``context``; returns (name, the tab), live."""
     first = context.new_page()
     first.on("dialog", lambda dialog: pytest.fail(f"a dialog fired: {dialog.message}"))
     first.goto(f"/{query}")
@@ -54,6 +56,12 @@ def open_tabs(context, count, query=""):
     first.fill("#password", PASSWORD)
     first.click("#register-button")
     expect(first.locator("#conn")).to_have_attribute("data-state", "live", timeout=LIVE_TIMEOUT)
+    return name, first
+
+
+def open_tabs(context, count, query=""):
+    """Sign up in the first tab, then open ``count - 1`` more; all of them live."""
+    name, first = sign_up_in_a_tab(context, query)
     pages = [first]
     for _ in range(count - 1):
         page = context.new_page()
@@ -231,3 +239,73 @@ def test_tabs_share_a_long_poll_too(profile, web):
     say(pages[1], text)
     assert_shown_once_everywhere(pages, text)
     assert texts(pages[0]) == texts(pages[2])
+
+
+def protocols(page):
+    """[url, protocol] of the page's navigation, then of every request it finished that went
+    over the network (Resource Timing; one served from the browser's cache has no protocol)."""
+    return page.evaluate("""() => [
+        ...performance.getEntriesByType('navigation'), ...performance.getEntriesByType('resource'),
+    ].filter((entry) => entry.nextHopProtocol).map((entry) => [entry.name, entry.nextHopProtocol])""")
+
+
+def test_ten_tabs_without_sharing_over_the_clusters_http2_nginx_are_all_live_and_sends_arrive(browser, edge_cluster):
+    """Over HTTP/1.1 a browser holds at most 6 connections per host and each tab's own stream
+    holds one; over HTTP/2 (the cluster's nginx, HTTPS) they are streams of one connection, so
+    10 tabs, each with its own stream, are all live and a POST still leaves."""
+    context = browser.new_context(viewport=DESKTOP, base_url=edge_cluster.https_url, ignore_https_errors=True)
+    context.streams = []
+
+    def note(request):
+        if "/api/events" in request.url:
+            context.streams.append(request.url)
+
+    context.on("request", note)
+    try:
+        _, pages = open_tabs(context, 10, query="?share=0")
+        for page in pages:
+            expect(page.locator("#conn")).to_have_text("live (SSE)")
+        assert [role(page) for page in pages] == ["solo"] * 10
+        assert len(context.streams) == 10, context.streams  # one stream per tab: nothing shared
+        for page in pages:
+            used = protocols(page)
+            assert used[0] == [f"{edge_cluster.https_url}/?share=0", "h2"], used[0]  # the navigation
+            assert len(used) > 1 and {protocol for _, protocol in used} == {"h2"}, used  # and its API calls
+
+        first, last = pages[0], pages[-1]
+        for page, text in ((first, unique("from tab 1 over h2")), (last, unique("from tab 10 over h2"))):
+            say(page, text)
+            for other in pages:
+                wait_for_texts(other, [text])
+            assert_shown_once_everywhere([page] + [p for p in pages if p is not page], text)
+            expect(page.locator("#pending .msg")).to_have_count(0)
+        assert len(context.streams) == 10, context.streams  # no tab had to reconnect
+    finally:
+        context.close()
+
+
+def test_over_plain_http1_without_sharing_a_seventh_tab_waits_for_a_connection(browser, edge_cluster):
+    """The contrast, on the same cluster's plain HTTP/1.1 listener: 6 tabs, each holding its own
+    stream, hold all 6 connections the browser allows to a host, so a 7th tab can't even load
+    until one of them closes. (No timing is measured: the 6 tabs are live one after another
+    before the 7th is opened, so its page request has no connection to go out on; the 5 s only
+    bound how long we watch it not load. Then a closed tab frees a connection and it loads.)"""
+    context = browser.new_context(viewport=DESKTOP, base_url=edge_cluster.url)
+    try:
+        _, first = sign_up_in_a_tab(context, "?share=0")
+        pages = [first]
+        for _ in range(5):
+            page = context.new_page()
+            page.goto("/?share=0")
+            expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=LIVE_TIMEOUT)
+            pages.append(page)
+        assert [role(page) for page in pages] == ["solo"] * 6
+        assert [protocols(page)[0][1] for page in pages] == ["http/1.1"] * 6
+        seventh = context.new_page()
+        with pytest.raises(PlaywrightTimeout):
+            seventh.goto("/?share=0", wait_until="commit", timeout=5000)  # no response, not even headers
+        first.close()  # its stream's connection goes back to the pool: the 7th tab's request leaves
+        expect(seventh.locator("#conn")).to_have_attribute("data-state", "live", timeout=LIVE_TIMEOUT)
+        assert role(seventh) == "solo"
+    finally:
+        context.close()
