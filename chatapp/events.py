@@ -8,22 +8,21 @@ Both take ``rooms=a,b`` to follow only some of the joined rooms.
 import json
 import time
 
-import redis
 from flask import Blueprint, Response, current_app, request
 
 from . import sse
 from .auth import current_credential, current_sid, current_user, login_required
-from .errors import BadRequest, StoreUnavailable, Unauthorized, is_out_of_memory
+from .errors import BadRequest, StoreUnavailable, Unauthorized
 from .event_stream import MultiplexStream
 from .membership import current_memberships
 from .messages import json_response
 from .multiplex import Cursor, plan_start
 from .params import query_number
-from .presence import POLL_CONNECTION, current_presence
+from .presence import current_presence
 from .reader import ReaderClosed
 from .reasons import SESSION_ENDED, Ending
 from .rooms import validate_room_name
-from .streams import admit_stream, handle_stream_errors, log
+from .streams import admit_stream, handle_stream_errors, join_as_poller
 
 bp = Blueprint("events", __name__, url_prefix="/api")
 handle_stream_errors(bp)
@@ -87,7 +86,7 @@ def poll():
     metrics.polls_open.inc()
     try:
         mux.open(starts)
-        _join_as_poller(list(mux.rooms))
+        join_as_poller(list(mux.rooms))
         messages, events, resets = _wait_for_answer(mux, timeout)
     except ReaderClosed as closed:
         if closed.reason in SESSION_ENDED:
@@ -100,16 +99,6 @@ def poll():
         metrics.polls_open.dec()
     metrics.delivered.inc(len(messages))
     return _answer(mux, messages, events, resets)
-
-
-def _join_as_poller(rooms):
-    presence = current_presence()
-    try:
-        presence.join_rooms(rooms, presence.member(current_user(), POLL_CONNECTION))
-    except redis.ResponseError as exc:
-        if not is_out_of_memory(exc):
-            raise
-        log.warning("poll not counted in presence: redis is out of memory")
 
 
 def _wait_for_answer(mux, timeout):

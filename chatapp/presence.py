@@ -8,6 +8,7 @@ stored, never replayed; a reconnecting client reloads the list.
 """
 
 import logging
+import time
 import uuid
 
 import redis
@@ -24,7 +25,8 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("presence", __name__, url_prefix="/api/rooms")
 
-POLL_CONNECTION = "poll"  # one presence entry per long-polling user, refreshed by each poll
+POLL_CONNECTION = "poll"  # one presence entry per long-polling user, refreshed by its polls
+POLLERS_REMEMBERED = 100_000  # (user, room) pairs a worker remembers refreshing; then it forgets them all
 SWEEP_SECS = 2.0  # how soon after expiry a dead worker's users are announced gone
 
 
@@ -34,6 +36,7 @@ class Presence:
         self.ttl_ms = int(config["CHAT_PRESENCE_TTL_SECS"] * 1000)
         self.linger_ms = int(config["CHAT_PRESENCE_LINGER_SECS"] * 1000)
         self.refresh_secs = config["CHAT_PRESENCE_TTL_SECS"] / 3  # two refreshes may fail before expiry
+        self._poll_refresh_due = {}  # (user, room) -> when this worker next refreshes a long-poller's entry
 
     def _run(self, room, op, ttl_ms, members=()):
         users = self._script([keys.room_presence(room), keys.room_presence_users(room), keys.room_channel(room)],
@@ -50,6 +53,20 @@ class Presence:
 
     def join_many(self, room, members):
         return self._run(room, "join", self.ttl_ms, members)
+
+    def join_polling(self, user, rooms):
+        """Count a long-poll client of ``user`` present in ``rooms``: one round trip for the rooms
+        this worker hasn't refreshed for it within ``refresh_secs`` (a poller asks several times
+        a second; its entry lives ``CHAT_PRESENCE_TTL_SECS`` from the last refresh)."""
+        now = time.monotonic()
+        due = [room for room in rooms if self._poll_refresh_due.get((user, room), 0.0) <= now]
+        if not due:
+            return
+        if len(self._poll_refresh_due) > POLLERS_REMEMBERED:
+            self._poll_refresh_due.clear()
+        self.join_rooms(due, self.member(user, POLL_CONNECTION))
+        for room in due:
+            self._poll_refresh_due[(user, room)] = now + self.refresh_secs
 
     def join_rooms(self, rooms, member):
         """``member`` joins each of ``rooms``, in one round trip (a long-poll over many rooms)."""

@@ -27,7 +27,7 @@ from .errors import (
 from .event_stream import EventStream
 from .messages import json_response
 from .params import query_cursor, query_number
-from .presence import POLL_CONNECTION, current_presence
+from .presence import current_presence
 from .ratelimit import enforce
 from .reader import ReaderClosed, ReaderReset
 from .reasons import Ending
@@ -131,7 +131,7 @@ def poll(room):
     extra = b""
     try:
         reader.open(cursor)
-        join_as_poller(room)
+        join_as_poller([room])
         batch = wait_for_batch(reader, timeout)
     except ReaderReset as stale:
         oldest = stale.reset.oldest
@@ -153,14 +153,13 @@ def poll(room):
     return json_response(body + extra + b"}")
 
 
-def join_as_poller(room):
-    presence = current_presence()
+def join_as_poller(rooms):
     try:
-        presence.join(room, presence.member(current_user(), POLL_CONNECTION))
+        current_presence().join_polling(current_user(), rooms)
     except redis.ResponseError as exc:
         if not is_out_of_memory(exc):
             raise
-        log.warning("poll in %s not counted in presence: redis is out of memory", room)
+        log.warning("poll in %s not counted in presence: redis is out of memory", ",".join(rooms)[:200])
 
 
 def wait_for_batch(reader, timeout):
