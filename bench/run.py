@@ -5,6 +5,8 @@
     .venv/bin/python bench/run.py --peers               # chat, then flask-sse, then nchan
     .venv/bin/python bench/run.py --smoke --peers       # tiny sizes (seconds), for tests
     .venv/bin/python bench/run.py --scenarios a,c --out bench/results
+    .venv/bin/python bench/run.py --systems chat,chat-fsync,chat-replicas,chat-cluster --scenarios a,e
+                                  # durability modes and Redis topologies (issue 14)
 
 Scenarios (full size; --smoke shrinks them):
   a  fan-out: 1 room x 1,000 SSE readers, 50 msg/s
@@ -125,7 +127,7 @@ def scenario_spec(key, args, system):
         duration = min(duration, args.idle_hold)
     rooms = [f"{key}{i}" for i in range(sc["rooms"])]
     spec = {
-        "scenario": key, "title": sc["title"], "system": system.name, "port": system.port,
+        "scenario": key, "title": sc["title"], "system": getattr(system, "wire", system.name), "port": system.port,
         "mode": sc.get("mode", "sse"), "rooms": rooms, "readers": sc["readers"],
         "rate": sc.get("rate", 0), "closed_loop": sc.get("closed_loop", False),
         "posters_per_room": sc.get("posters_per_room", 2), "duration": duration, "drops": sc.get("drops", 0),
@@ -301,7 +303,7 @@ def flood_line(flood):
 
 
 COLUMNS = [
-    ("system", 16), ("sent", 7), ("deliv", 8), ("loss", 6), ("dups", 6), ("reord", 6),
+    ("system", 20), ("sent", 7), ("deliv", 8), ("loss", 6), ("dups", 6), ("reord", 6),
     ("p50ms", 7), ("p99ms", 8), ("posts/s", 8), ("deliv/s", 9), ("KiB/str", 8), ("conn s", 7), ("cores", 6),
 ]
 
@@ -457,7 +459,8 @@ def guess_summary(results, keys, systems, target=1.5):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description="Benchmark chat (and flask-sse, nchan) on this machine.")
     parser.add_argument("--peers", action="store_true", help="also run flask-sse and nchan")
-    parser.add_argument("--systems", help="comma list instead of chat[,flask-sse,nchan]")
+    parser.add_argument("--systems", help="comma list instead of chat[,flask-sse,nchan]; also chat-fsync, "
+                        "chat-replicas, chat-cluster (chat over other Redis setups, issue 14)")
     parser.add_argument("--scenarios", default="abcdefghijk", help="e.g. a,c,e (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, ~2 s each")
     parser.add_argument("--out", default=str(BENCH / "results"), help="folder (or .json path) for results")

