@@ -140,6 +140,7 @@ class PollReader:
         self.timeout = timeout
         self.retry_secs = retry_secs
         self.ids = []
+        self.resets = 0  # answers with "reset": true (a stale cursor)
         self._greenlet = gevent.spawn(self._run)
 
     def _run(self):
@@ -150,6 +151,7 @@ class PollReader:
                 if response.status == 200:
                     body = response.json
                     self.ids += [m["id"] for m in body["messages"]]
+                    self.resets += bool(body.get("reset"))
                     self.last_id = body["cursor"]
                     continue
             except (OSError, http.client.HTTPException, ValueError):
