@@ -240,10 +240,13 @@ class Broker:
         # WAIT counts the replicas that have every earlier write of its connection, so it
         # goes after the script on the same connection: one pipeline, one round trip (on a
         # Cluster, on the room's node).
-        pipe = self._node(keys.room_log(room)).pipeline(transaction=False)
-        self._append_publish(names, args, client=pipe)
-        pipe.execute_command("WAIT", self.replicas, self.wait_ms)
-        (created, payload), acknowledged = pipe.execute()
+        def append_and_wait(client):
+            pipe = client.pipeline(transaction=False)
+            self._append_publish(names, args, client=pipe)
+            pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+            return pipe.execute()
+
+        (created, payload), acknowledged = self._on_node(keys.room_log(room), append_and_wait)
         publication = Publication.from_payload(payload)
         if acknowledged < self.replicas:
             # Stored, but a failover could still take it back: not acknowledged. Readers
@@ -253,11 +256,26 @@ class Broker:
         self._confirm([keys.room_acked(room), keys.room_channel(room)], [str(publication.id)])
         return publication, bool(created)
 
-    def _node(self, key):
-        """The client for the node serving ``key`` (a Cluster), or the client itself."""
+    def _on_node(self, key, run):
+        """``run(client)`` on the client of the node serving ``key``: the client itself, or on a
+        Cluster a plain client of that node (for what must share one connection, or whose
+        replies redis-py's cluster pipelines leave unparsed). A node that no longer serves the
+        slot (MOVED, ASK) makes it read the slot map again and try once more; one that became
+        a replica (READONLY) or is gone makes it read the map and fail (a retryable 503)."""
         if not is_cluster(self.redis):
-            return self.redis
-        return self.redis.get_redis_connection(self.redis.get_node_from_key(key))
+            return run(self.redis)
+        for attempt in (1, 2):
+            node = self.redis.get_redis_connection(self.redis.get_node_from_key(key))
+            try:
+                return run(node)
+            except (redis.exceptions.MovedError, redis.exceptions.AskError):
+                self.redis.nodes_manager.initialize()
+                if attempt == 2:
+                    raise
+            except (redis.exceptions.ReadOnlyError, redis.ConnectionError, redis.TimeoutError):
+                self.redis.nodes_manager.initialize()
+                raise
+        raise AssertionError("unreachable")
 
     def primary_address(self):
         """Where this broker's writes go now (see :func:`chatapp.topology.address`)."""
@@ -354,14 +372,18 @@ class Broker:
         (invariant 11).
         """
         log, trimmed = keys.room_log(room), keys.room_trimmed(room)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.xrange(log, f"({cursor}", "+", count=count)
-        pipe.xrange(log, "-", "+", count=1)
-        pipe.xrevrange(log, "+", "-", count=1)
-        pipe.exists(trimmed)
-        if self.waits_for_replicas and upto is None:
-            pipe.get(keys.room_acked(room))
-        entries, first, last, was_trimmed, *acked = pipe.execute()
+
+        def read(client):
+            pipe = client.pipeline(transaction=True)
+            pipe.xrange(log, f"({cursor}", "+", count=count)
+            pipe.xrange(log, "-", "+", count=1)
+            pipe.xrevrange(log, "+", "-", count=1)
+            pipe.exists(trimmed)
+            if self.waits_for_replicas and upto is None:
+                pipe.get(keys.room_acked(room))
+            return pipe.execute()
+
+        entries, first, last, was_trimmed, *acked = self._on_node(log, read)
         oldest = StreamId.from_bytes(first[0][0]) if first else None
         newest = StreamId.from_bytes(last[0][0]) if last else ZERO
         if cursor > newest or (was_trimmed and (oldest is None or cursor < oldest)):

@@ -81,7 +81,7 @@ class Hub:
         if where.kind == topology.CLUSTER:
             self.shards = ShardLinks(where, broker.redis, config["CHAT_HUB_PING_SECS"], metrics, **callbacks)
             self.link = PubSubLink(where, config["CHAT_HUB_PING_SECS"], metrics, channels=lambda: [_CONTROL],
-                                   node=topology.any_node(broker.redis), **callbacks)
+                                   node=lambda: topology.any_primary(broker.redis), **callbacks)
         else:
             self.link = PubSubLink(where, config["CHAT_HUB_PING_SECS"], metrics,
                                    channels=lambda: [_CONTROL, *self._rooms], **callbacks)
@@ -317,11 +317,15 @@ class Hub:
         for publication in self.broker.read_after(room.name, room.last_id, self.catchup_page, acknowledged=False):
             self._hold(room.channel, publication, live=False)
 
-    def _on_reconnected(self):
+    def _on_reconnected(self, link):
         """Control messages published while the link was down are lost: re-check every session
-        and every multiplexed stream's rooms. Held publications may be on a primary that is gone:
-        dropped (each room's resubscription reads its log again)."""
-        self._held.clear()
+        and every multiplexed stream's rooms. Publications the link held may be on a primary
+        that is gone: dropped (each room's resubscription reads its log again)."""
+        if self.shards is None:
+            self._held.clear()
+        elif link is not self.link:  # a shard's link: only its own held publications, nothing else lost
+            self._held.pop(link.node, None)
+            return
         self.sessions.check_all_soon(self.streams())
         if self._muxes:
             gevent.spawn(self._reconcile_memberships, list(self._muxes))

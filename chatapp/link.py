@@ -15,6 +15,7 @@ import random
 import time
 
 import gevent
+import redis
 from gevent.lock import Semaphore
 
 from . import topology
@@ -29,7 +30,7 @@ SILENT_PINGS = 3  # a Pub/Sub link this many pings without a reply is dead
 
 class PubSubLink:
     """Subscribes to ``channels()`` whenever it (re)connects and feeds replies to the callbacks:
-    ``on_message(channel, payload)``, ``on_subscribed(channel)``, ``on_reconnected()``, and
+    ``on_message(channel, payload)``, ``on_subscribed(channel)``, ``on_reconnected(link)``, and
     ``on_lost()`` when the connection is lost.
 
     ``sharded`` links use SSUBSCRIBE (Redis Cluster's sharded Pub/Sub, one slot per command)
@@ -39,9 +40,10 @@ class PubSubLink:
     def __init__(self, where, ping_secs, metrics, *, channels, on_message, on_subscribed, on_reconnected,
                  node=None, sharded=False, on_unsubscribed=None, on_lost=None):
         # RESP2: replies are plain [kind, channel, data] lists. With Sentinel each new
-        # connection asks for the current primary; a Cluster's links each go to one node.
-        self._client = (topology.client(where, 1, None, protocol=2) if node is None
-                        else topology.node_client(where, node, protocol=2))
+        # connection asks for the current primary; a Cluster's links each go to one node
+        # (``node``: (host, port), or a function choosing one at each connection).
+        self._where = where
+        self._client = topology.client(where, 1, None, protocol=2) if node is None else None
         self.node = node
         self.sharded = sharded
         self._subscribe, self._unsubscribe = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE",
@@ -111,7 +113,7 @@ class PubSubLink:
             try:
                 conn = self._connect()
                 if connected_before:
-                    self._on_reconnected()
+                    self._on_reconnected(self)
                 connected_before = True
                 delay = RECONNECT_MIN_SECS
                 self._serve(conn)
@@ -134,9 +136,21 @@ class PubSubLink:
     def _connect(self):
         # A bare connection, not one from the pool: the pool counts what it
         # makes and would refuse after max_connections reconnects.
-        conn = topology.bare_connection(self._client)
+        if self.node is None:
+            conn = topology.bare_connection(self._client)
+        else:
+            node = self.node() if callable(self.node) else self.node
+            conn = topology.bare_connection(topology.node_client(self._where, node, protocol=2))
         try:
             conn.connect()
+            if self.sharded:
+                # A node that is a replica now (a failed primary restarted) would pass on
+                # what its primary publishes only once its first sync is done: what was
+                # published meanwhile would be neither in the backfill nor on the link.
+                conn.send_command("ROLE", check_health=False)
+                role = conn.read_response()
+                if not role or role[0] != b"master":
+                    raise redis.ConnectionError(f"{node[0]}:{node[1]} is not a primary now")
             with self._write_lock:
                 channels = self._channels()
                 if self.sharded:  # one slot per SSUBSCRIBE

@@ -10,6 +10,7 @@ Everything that opens a connection to Redis gets it from here: the request pool,
 the hub's pool for its own reads, and the bare connections of Pub/Sub links.
 """
 
+import random
 import socket
 from typing import NamedTuple
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -140,10 +141,11 @@ def node_client(topology, node, **connection_options):
                        **connection_options)
 
 
-def any_node(cluster):
-    """``(host, port)`` of some primary of a Cluster (for the control channel: a classic
-    PUBLISH reaches the subscribers of every node)."""
-    node = cluster.get_default_node()
+def any_primary(cluster):
+    """``(host, port)`` of a primary of a Cluster, picked at random (for the control channel: a
+    classic PUBLISH reaches the subscribers of every node, and a link whose node died picks
+    another when it reconnects)."""
+    node = random.choice(cluster.get_primaries())
     return node.host, node.port
 
 
