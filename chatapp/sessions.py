@@ -19,6 +19,7 @@ import logging
 import random
 import re
 import time
+import warnings
 from datetime import timedelta
 
 import redis
@@ -55,8 +56,10 @@ class RedisSessions(RedisSessionInterface):
     """
 
     def __init__(self, app, client, max_per_user):
-        super().__init__(app, client=client, key_prefix=keys.SESSION_PREFIX, permanent=True)
-        self.client = client  # flask-session swaps anything but a redis.Redis (a RedisCluster) for localhost
+        with warnings.catch_warnings():  # it warns about, then swaps, anything but a redis.Redis
+            warnings.simplefilter("ignore", RuntimeWarning)
+            super().__init__(app, client=client, key_prefix=keys.SESSION_PREFIX, permanent=True)
+        self.client = client  # a RedisCluster too: flask-session only calls get, set and delete
         self.max_per_user = max_per_user
         self._start = client.register_script(lua_script("start_session"))
         self._end = client.register_script(lua_script("end_sessions"))
