@@ -281,13 +281,21 @@ class Broker:
         """Where this broker's writes go now (see :func:`chatapp.topology.address`)."""
         return topology.address(self.redis)
 
-    def replicated(self, probe_key):
-        """With replica acknowledgement: a write and a WAIT on one connection. True if enough
-        replicas have everything written before it (the hub releases what it holds)."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.set(probe_key, b"1", px=60_000)
-        pipe.execute_command("WAIT", self.replicas, self.wait_ms)
-        return pipe.execute()[1] >= self.replicas
+    def node_address(self, room):
+        """On a Cluster: ``(host, port)`` of the node serving ``room`` now."""
+        node = self.redis.get_node_from_key(keys.room_log(room))
+        return node.host, node.port
+
+    def replicated(self, room):
+        """With replica acknowledgement: a write (in the room's slot) and a WAIT on one
+        connection. True if enough replicas have everything the server ran before it."""
+        def probe(client):
+            pipe = client.pipeline(transaction=False)
+            pipe.set(keys.room_probe(room), b"1", px=60_000)
+            pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+            return pipe.execute()[1]
+
+        return self._on_node(keys.room_log(room), probe) >= self.replicas
 
     def signal(self, room, event, user):
         """Publish a live-only event to the room's readers on every worker; nothing is stored.

@@ -38,6 +38,7 @@ import redis
 from . import keys, topology
 from .broker import Ack, Signal, StreamId, decode_payload
 from .errors import ChatError, StoreUnavailable
+from .held import Held
 from .link import PubSubLink
 from .multiplex import Multiplex
 from .presence import SWEEP_SECS, PresenceKeeper
@@ -79,7 +80,8 @@ class Hub:
                      "on_reconnected": self._on_reconnected}
         self.shards = None  # on a Redis Cluster: a sharded link per node for the rooms (chatapp.shards)
         if where.kind == topology.CLUSTER:
-            self.shards = ShardLinks(where, broker.redis, config["CHAT_HUB_PING_SECS"], metrics, **callbacks)
+            self.shards = ShardLinks(where, broker.redis, config["CHAT_HUB_PING_SECS"], metrics, **callbacks,
+                                     on_lost=lambda link: self._held.pop(link.node, None))
             self.link = PubSubLink(where, config["CHAT_HUB_PING_SECS"], metrics, channels=lambda: [_CONTROL],
                                    node=lambda: topology.any_primary(broker.redis), **callbacks)
         else:
@@ -91,11 +93,10 @@ class Hub:
         # The largest millisecond of a publication the link has dispatched: every message
         # of an earlier millisecond has reached this worker (docs/DESIGN.md, invariant 12).
         self.watermark = 0
-        # With replica acknowledgement (invariant 11): publications received but not yet known
-        # to be on enough replicas, in arrival order, as (channel, publication, came live); on a
-        # Cluster one queue per shard node, since replication is ordered per shard.
-        self._held = collections.defaultdict(collections.deque)
-        self._held_since = 0.0
+        # With replica acknowledgement (invariant 11): what was received but isn't known to be
+        # on enough replicas, per server (per shard node on a Cluster: replication is ordered per
+        # shard; None for one server or Sentinel).
+        self._held = collections.defaultdict(Held)
         self._link_address = None
         self._pid = None
         self._housekeeper = None
@@ -314,8 +315,8 @@ class Hub:
         is held like a live publication, so the acknowledgement that covers it releases it."""
         if not self.broker.waits_for_replicas:
             return
-        for publication in self.broker.read_after(room.name, room.last_id, self.catchup_page, acknowledged=False):
-            self._hold(room.channel, publication, live=False)
+        self._held_for(room.channel).hold_from_log(
+            room.channel, self.broker.read_after(room.name, room.last_id, self.catchup_page, acknowledged=False))
 
     def _on_reconnected(self, link):
         """Control messages published while the link was down are lost: re-check every session
@@ -380,7 +381,7 @@ class Hub:
         elif isinstance(item, Ack):
             self._release_through(channel, item.id)
         elif self.broker.waits_for_replicas:
-            self._hold(channel, item, live=True)
+            self._held_for(channel).hold_live(channel, item)
         else:
             self._deliver(room, item, live=True)
 
@@ -396,45 +397,37 @@ class Hub:
     def _held_for(self, channel):
         return self._held[self.shards.node_of(channel) if self.shards is not None else None]
 
-    def _hold(self, channel, publication, live):
-        held = self._held_for(channel)
-        if not held:
-            self._held_since = time.monotonic()
-        held.append((channel, publication, live))
-
     def _release_through(self, channel, position):
-        """Release every held publication up to the one of ``channel`` at ``position``: replication
-        is one ordered log, so whatever the server published before it is on the replicas too."""
-        held = self._held_for(channel)
-        for index, (held_channel, publication, _) in enumerate(held):
-            if held_channel == channel and publication.id == position:
-                self._release(held, index + 1)
-                return
+        """An acknowledgement of ``channel``'s message at ``position`` (see chatapp.held)."""
+        self._release(self._held_for(channel).acknowledged(channel, position))
 
-    def _release(self, held, count):
-        for _ in range(count):
-            channel, publication, live = held.popleft()
+    def _release(self, released):
+        for channel, publication, live in released:
             room = self._rooms.get(channel)
             if room is not None and room.last_id is not None:
                 self._deliver(room, publication, live)
-        self._held_since = time.monotonic()
 
     def _probe_replication(self, now):
         """Release what was held longer than a tick with no acknowledgement (its poster's WAIT
-        timed out, or its acknowledgement was lost): one write and WAIT on the primary the
-        link listens to, which covers everything it published before."""
-        held = self._held[None]
-        if self.shards is not None or not held or now - self._held_since < WATCH_TICK_SECS:
-            return  # (on a Cluster the next acknowledgement on the shard releases them)
-        last = held[-1]
-        address = self.link.address
-        if address is None or address != self.broker.primary_address():
-            return  # mid-failover: what we hold came from another server
-        if self.broker.replicated(keys.DURABILITY_PROBE):
-            for index, item in enumerate(held):
-                if item is last:
-                    self._release(held, index + 1)
-                    return
+        timed out, or its acknowledgement was lost): a write and WAIT on the server the link
+        listens to (in the slot of a room held there), which covers everything it ran before."""
+        for node, held in list(self._held.items()):
+            if not held or now - held.since < WATCH_TICK_SECS:
+                continue
+            snapshot = held.snapshot()
+            last, newest = snapshot
+            channel = last[0] if last is not None else next(iter(newest))
+            room = self._rooms.get(channel)
+            if room is None:
+                continue
+            if node is None:
+                here = self.link.address is not None and self.link.address == self.broker.primary_address()
+            else:
+                here = node == self.broker.node_address(room.name)
+            if not here:
+                continue  # mid-failover: what we hold came from another server
+            if self.broker.replicated(room.name):
+                self._release(held.probed(snapshot))
 
     # -- housekeeping ------------------------------------------------------------
 

@@ -16,7 +16,6 @@ ROOM_NAMES = f"{PREFIX}:{{rooms}}:names"  # sorted set, every score 0: ZRANGE BY
 LEGACY_ROOMS = f"{PREFIX}:rooms"  # the plain set early releases kept; migrated at start
 SESSION_PREFIX = f"{PREFIX}:session:"  # + sid (flask-session builds the key from it)
 RATE_LIMIT_PREFIX = f"{PREFIX}:rl"  # the ``limits`` library's windows
-DURABILITY_PROBE = f"{PREFIX}:durability-probe"  # a hub's write before a WAIT (replica acknowledgement)
 
 
 def _room(room):
@@ -41,6 +40,11 @@ def room_trimmed(room):
 def room_acked(room):
     """With replica acknowledgement: the newest id known to be on enough replicas."""
     return f"{_room(room)}:acked"
+
+
+def room_probe(room):
+    """A hub's write before a WAIT of its own (replica acknowledgement), in the room's slot."""
+    return f"{_room(room)}:probe"
 
 
 def room_idempotency(room, user, key):
@@ -107,9 +111,9 @@ def user_memberships(name):
 
 # Names of earlier releases, renamed at start (chatapp.migrations): old name -> new name
 # builder, by the old name's prefix.
-RENAMED = {
-    f"{PREFIX}:user:": user,
+RENAMED = {  # bans first: a migration cut short never leaves an account moved without its ban
     f"{PREFIX}:banned:": banned,
+    f"{PREFIX}:user:": user,
     f"{PREFIX}:user-sessions:": user_sessions,
     f"{PREFIX}:user-rooms:": user_rooms,
     f"{PREFIX}:memberships:": user_memberships,

@@ -10,6 +10,7 @@ always new: it starts with the new names.
 
 import logging
 
+import gevent.lock
 import redis
 
 from . import keys, topology
@@ -50,13 +51,39 @@ def _merge_legacy_rooms(client):
 
 def _rename(client, old, new):
     try:
-        return int(client.renamenx(old, new))
+        moved = int(client.renamenx(old, new))
     except redis.ResponseError:  # gone already: another worker moved it
         return 0
+    if not moved:  # both exist: an old worker wrote the old name after a new one took the new
+        log.error("migration: %s not renamed, %s exists already; merge them by hand", old, new)
+    return moved
+
+
+class Migration:
+    """Runs :func:`migrate` until it has completed once in this process: a worker never
+    serves with half the keys renamed (an account moved and its ban not yet would let a
+    banned user in). Redis down at start: each request tries again and answers 503 meanwhile."""
+
+    def __init__(self, client, kind):
+        self.client = client
+        self.kind = kind
+        self.done = False
+        self._lock = gevent.lock.Semaphore()
+
+    def ensure(self):
+        if self.done:
+            return
+        with self._lock:
+            if not self.done:
+                migrate(self.client, self.kind)
+                self.done = True
 
 
 def init_app(app):
+    migration = Migration(app.extensions["chat.redis"], app.extensions["chat.topology"].kind)
+    app.extensions["chat.migration"] = migration
     try:
-        migrate(app.extensions["chat.redis"], app.extensions["chat.topology"].kind)
-    except redis.RedisError as exc:  # Redis down at start: the next start tries again
-        app.logger.warning("keys not migrated at start (%s); will retry at the next start", exc)
+        migration.ensure()
+    except redis.RedisError as exc:
+        app.logger.warning("keys not migrated at start (%s); each request tries again until it is done", exc)
+    app.before_request(migration.ensure)

@@ -26,13 +26,15 @@ RETRY_SECS = 0.2  # after a failure, ask for the slot map again this soon (a fai
 
 
 class ShardLinks:
-    def __init__(self, where, cluster, ping_secs, metrics, *, on_message, on_subscribed, on_reconnected):
+    def __init__(self, where, cluster, ping_secs, metrics, *, on_message, on_subscribed, on_reconnected,
+                 on_lost=None):
         self.where = where
         self.cluster = cluster  # the app's RedisCluster client: its slot map
         self.ping_secs = ping_secs
         self.metrics = metrics
         self._callbacks = {"on_message": on_message, "on_subscribed": on_subscribed,
                            "on_reconnected": on_reconnected}
+        self._on_link_lost = on_lost  # the hub drops what that node's link held
         self._node_of = {}  # channel -> (host, port) of the node it is subscribed on
         self._links = {}  # (host, port) -> PubSubLink
         self._stale = gevent.event.Event()
@@ -87,7 +89,9 @@ class ShardLinks:
             log.info("pubsub: %r dropped by its node (slot moved); re-routing", channel)
             self._stale.set()
 
-    def _on_lost(self, _link):
+    def _on_lost(self, link):
+        if self._on_link_lost is not None:
+            self._on_link_lost(link)
         self._stale.set()
 
     def _refresh_loop(self):
@@ -118,4 +122,7 @@ class ShardLinks:
                     old.unsubscribe(channel)
                 self._link(now).subscribe(channel)
         for node in [n for n in self._links if n not in set(self._node_of.values())]:
-            self._links.pop(node).close()  # nothing left to follow there
+            link = self._links.pop(node)
+            link.close()  # nothing left to follow there
+            if self._on_link_lost is not None:
+                self._on_link_lost(link)

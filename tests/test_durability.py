@@ -13,6 +13,7 @@ import redis
 
 from chatapp import create_app
 from chatapp.embedded_redis import EmbeddedRedis
+from chatapp.errors import NotReplicated
 from deploy.launch import free_port
 from tests.conftest import GENEROUS_LIMITS, AuthActions
 from tests.helpers import LocalStream
@@ -121,3 +122,42 @@ def test_an_unknown_durability_is_a_config_error():
     with pytest.raises(ConfigError):
         load_settings({"REDIS_URL": "redis://x", "CHAT_DURABILITY": "maybe"})
     assert json.dumps(load_settings({"REDIS_URL": "redis://x"})["CHAT_DURABILITY"]) == '"primary"'
+
+
+def test_a_read_ahead_of_a_subscription_waits_for_an_acknowledgement_of_its_own_room(tmp_path, primary):
+    """dev's confirmation is handled; meanwhile A (general) is appended and acknowledged, then
+    the replica is gone and C (dev) is appended unacknowledged. The read-ahead holds C before A;
+    A's acknowledgement releases C although no replica has C."""
+    replica = attach_replica(tmp_path, primary)
+    app = replicas_app(primary)
+    hub = app.extensions["chat.hub"]
+    broker = app.extensions["chat.broker"]
+    hub._probe_replication = lambda now: None  # only acknowledgements release
+    alice = signed_in(app)
+    assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
+    general = LocalStream(alice, "/api/rooms/general/events")
+    while (e := general.next_event()) and e.get("event") != "ready":
+        pass
+    original = hub._on_subscribed
+    state = {}
+
+    def on_subscribed(channel):
+        if channel == b"chat:{dev}:live" and not state:
+            state["a"] = broker.publish("general", "alice", "A", "ka")[0]  # replicated, acked
+            replica.stop()
+            with pytest.raises(NotReplicated):
+                broker.publish("dev", "alice", "C", "kc")  # no replica has it
+            state["c"] = True
+        return original(channel)
+
+    hub._on_subscribed = on_subscribed
+    hub.link._on_subscribed = on_subscribed
+    dev = LocalStream(alice, "/api/rooms/dev/events")
+    try:
+        assert [m["text"] for m in general.messages(1, timeout=3)] == ["A"]
+        seen = dev.messages(1, timeout=2)
+        assert seen == [], f"a reader saw {seen}: no replica has it"
+    finally:
+        dev.close()
+        general.close()
+        hub.close("test over")

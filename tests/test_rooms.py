@@ -149,3 +149,33 @@ def test_unread_counts_are_rate_limited_per_user(alice):
         assert alice.post("/api/rooms/unread", json={"rooms": {"general": "0"}}).status_code == 200
     refused = alice.post("/api/rooms/unread", json={"rooms": {"general": "0"}})
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
+
+
+def test_a_worker_never_serves_with_half_its_keys_migrated(app, redis_client, redis_server, config):
+    import redis as redis_lib
+
+    from chatapp import create_app, migrations
+    from tests.conftest import AuthActions
+    assert AuthActions(app.test_client()).register("eve").status_code == 201
+    # The earlier release's layout: eve's account and her ban under the old names.
+    redis_client.rename("chat:{user:eve}:account", "chat:user:eve")
+    redis_client.delete("chat:{user:eve}:sessions")
+    redis_client.set("chat:banned:eve", "1")
+    redis_client.delete("chat:schema")
+    real = migrations._rename
+
+    def flaky(client, old, new):
+        if old.startswith("chat:banned:"):
+            raise redis_lib.ConnectionError("blip")  # Redis restarts mid-migration
+        return real(client, old, new)
+
+    migrations._rename = flaky
+    try:
+        app2 = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **config})
+    finally:
+        migrations._rename = real
+    try:
+        login = AuthActions(app2.test_client()).login("eve")
+        assert login.status_code == 403, f"banned eve signed in: {login.status_code}"
+    finally:
+        app2.extensions["chat.hub"].close("test over")

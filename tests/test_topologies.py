@@ -118,3 +118,38 @@ def test_a_catch_up_reads_the_rooms_log_on_a_cluster(cluster_set):
         assert [p.id for p in page] == sent[2:4]
     finally:
         app.extensions["chat.hub"].close("test over")
+
+
+def test_on_a_cluster_the_probe_releases_a_message_whose_wait_timed_out(cluster_set):
+    """Found in review: a shard had no probe, so a message whose WAIT timed out stayed held
+    (unseen) until some later message of that shard was acknowledged."""
+    from tests.helpers import LocalStream
+    from tests.test_durability import post, signed_in
+
+    """Single server: the hub's probe releases it within a tick or two. Cluster: no probe."""
+    import os
+    import signal
+
+    from chatapp import create_app
+    from tests.conftest import GENEROUS_LIMITS
+    app = create_app({"REDIS_URL": cluster_set.url, "SECRET_KEY": "test", "TESTING": True,
+                      "CHAT_HEARTBEAT_SECS": 0.5, "CHAT_DURABILITY": "replicas",
+                      "CHAT_DURABILITY_TIMEOUT_MS": 100, **GENEROUS_LIMITS})
+    alice = signed_in(app, "bob" + os.urandom(3).hex())
+    stream = LocalStream(alice, "/api/rooms/general/events")
+    while (e := stream.next_event()) and e.get("event") != "ready":
+        pass
+    primary = cluster_set.node_for_key("chat:{general}:log")
+    replica = cluster_set.replicas_of(primary)[0]
+    os.kill(replica.pid, signal.SIGSTOP)
+    try:
+        refused = post(alice, "lagged", "k-lag")
+        assert refused.status_code == 503, refused.json
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+    try:
+        got = stream.messages(1, timeout=6)
+        assert [m["text"] for m in got] == ["lagged"], "held forever: nothing on the shard releases it"
+    finally:
+        stream.close()
+        app.extensions["chat.hub"].close("test over")

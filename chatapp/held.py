@@ -1,0 +1,89 @@
+"""With replica acknowledgement (docs/DESIGN.md, invariant 11): what a hub received from one
+server (one shard on a Cluster) but may not show yet.
+
+Two kinds, released by different proofs:
+
+* publications that came *live*, in the order the server ran them: an acknowledgement
+  of one of them (its poster's WAIT succeeded) proves every write the server ran before
+  it is on the replicas, so it releases the queue up to that one, whatever the rooms;
+* entries *read from a room's log* past its acknowledged marker (at a subscription): read
+  later than the link's position, they may be newer than live publications still on
+  their way, so only an acknowledgement of their own room at or after them releases
+  them, or the hub's probe (a write and WAIT of its own, after them).
+"""
+
+import collections
+import time
+
+
+class Held:
+    __slots__ = ("from_log", "live", "since")
+
+    def __init__(self):
+        self.live = collections.deque()  # (channel, publication), in the server's order
+        self.from_log = {}  # channel -> [publication], ascending
+        self.since = None  # when the oldest of them was held (monotonic)
+
+    def __bool__(self):
+        return bool(self.live or self.from_log)
+
+    def _touch(self):
+        if self.since is None:
+            self.since = time.monotonic()
+
+    def hold_live(self, channel, publication):
+        self._touch()
+        self.live.append((channel, publication))
+
+    def hold_from_log(self, channel, publications):
+        if publications:
+            self._touch()
+            self.from_log.setdefault(channel, []).extend(publications)
+
+    def acknowledged(self, channel, position):
+        """What an acknowledgement of ``channel``'s message at ``position`` releases, in order,
+        as ``(channel, publication, came_live)``."""
+        released = [(channel, p, False) for p in self._take_from_log(channel, position)]
+        for index, (held_channel, publication) in enumerate(self.live):
+            if held_channel == channel and publication.id == position:
+                released += [(c, p, True) for c, p in self._take_live(index + 1)]
+                break
+        self._settle()
+        return released
+
+    def snapshot(self):
+        """What a probe sent now covers: ``(last live item or None, {channel: newest from the log}``)."""
+        last = self.live[-1] if self.live else None
+        return last, {channel: entries[-1].id for channel, entries in self.from_log.items()}
+
+    def probed(self, snapshot):
+        """What a successful probe taken at ``snapshot`` releases, in order."""
+        last, newest = snapshot
+        released = []
+        for channel, position in newest.items():
+            released += [(channel, p, False) for p in self._take_from_log(channel, position)]
+        if last is not None:
+            for index, item in enumerate(self.live):
+                if item is last:
+                    released += [(c, p, True) for c, p in self._take_live(index + 1)]
+                    break
+        self._settle()
+        return released
+
+    def _take_from_log(self, channel, position):
+        entries = self.from_log.get(channel)
+        if not entries:
+            return []
+        taken = [p for p in entries if p.id <= position]
+        rest = [p for p in entries if p.id > position]
+        if rest:
+            self.from_log[channel] = rest
+        else:
+            del self.from_log[channel]
+        return taken
+
+    def _take_live(self, count):
+        return [self.live.popleft() for _ in range(count)]
+
+    def _settle(self):
+        self.since = time.monotonic() if self else None
