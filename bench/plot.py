@@ -20,11 +20,13 @@ def plot(doc, png_path):
     systems = doc["systems"]
     keys = list(doc["scenarios"])
     by = {(r["system"], r["scenario"]): r for r in doc["results"]}
+    idle = [k for k in keys if doc["scenarios"][k].get("idle")]
+    live = [k for k in keys if k not in idle]
+    memory = [k for k in keys if k in idle or doc["scenarios"][k].get("mux")]  # (c), (k); and (j)
     panels = [
-        ("p99 latency (ms, log)", lambda r: (r.get("latency_ms") or {}).get("p99"), True,
-         [k for k in keys if k != "c"]),
-        ("deliveries/s (log)", lambda r: r.get("deliveries_per_s"), True, [k for k in keys if k != "c"]),
-        ("KiB per idle stream (PSS)", lambda r: r.get("kib_per_stream"), False, [k for k in keys if k == "c"]),
+        ("p99 latency (ms, log)", lambda r: (r.get("latency_ms") or {}).get("p99"), True, live),
+        ("deliveries/s (log)", lambda r: r.get("deliveries_per_s"), True, live),
+        ("KiB per stream (PSS)", lambda r: r.get("kib_per_stream"), False, memory),
         ("connect time (s)", lambda r: r.get("connect_secs"), False, keys),
     ]
     panels = [p for p in panels if p[3]]

@@ -193,6 +193,17 @@ def test_smoke_run_against_the_peers(tmp_path):
             assert r["kib_per_stream"] is not None, r
 
 
+@pytest.mark.timeout(120)
+def test_stream_memory_runs_with_and_without_tracemalloc(tmp_path):
+    for extra in ([], ["--trace"]):
+        proc = subprocess.run([sys.executable, str(BENCH / "stream_memory.py"), "--stages", "6,12", "--rooms", "4",
+                               "--mux", "2", "--users", "2", "--settle", "0.2", *extra], capture_output=True,
+                              text=True, timeout=110, cwd=ROOT, check=False)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+        assert proc.stdout.count("opened 6/6: marginal") == 2, proc.stdout
+        assert ("Python allocations live per stream" in proc.stdout) == bool(extra), proc.stdout
+
+
 def test_flask_floor_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "flask_floor.py"), "--seconds", "0.5", "--connections", "4"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
