@@ -155,7 +155,8 @@ class MultiplexStream(EventStream):
 
     def _begin(self):
         mux = self.reader
-        mux.open(self.starts)
+        starts, self.starts = self.starts, None  # not kept for the stream's life
+        mux.open(starts)
         yield mux.ready_frame()
         mux.join_presence(self.member)
 

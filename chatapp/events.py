@@ -6,6 +6,7 @@ Both take ``rooms=a,b`` to follow only some of the joined rooms.
 """
 
 import json
+import sys
 import time
 
 from flask import Blueprint, Response, current_app, request
@@ -36,7 +37,7 @@ def _narrowed():
     names = [name for name in raw.split(",") if name]
     if len(names) > current_app.config["CHAT_MAX_JOINED_ROOMS"]:
         raise BadRequest("'rooms' names more rooms than an account may join.", code="bad_field")
-    return {validate_room_name(name) for name in names}
+    return {sys.intern(validate_room_name(name)) for name in names}
 
 
 def _cursor(text):

@@ -7,6 +7,8 @@ channel, so the user's open streams add or drop the room at once; a worker
 whose link was down meanwhile re-reads the memberships when it reconnects.
 """
 
+import sys
+
 from flask import Blueprint, current_app, jsonify
 
 from . import keys
@@ -68,7 +70,8 @@ def current_memberships():
 
 
 def _decoded(found):
-    return {room.decode(): StreamId.from_bytes(at) for room, at in found.items() if room != SET_UP}
+    # Interned: every stream of every user names the same room with one string.
+    return {sys.intern(room.decode()): StreamId.from_bytes(at) for room, at in found.items() if room != SET_UP}
 
 
 @bp.post("/rooms/<room>/join")

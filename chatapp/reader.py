@@ -13,6 +13,8 @@ queued, and the socket's drainer takes :meth:`Reader.take_ready` batches when
 it has.
 """
 
+import functools
+import sys
 import time
 
 from gevent.event import Event as Flag
@@ -20,6 +22,13 @@ from gevent.event import Event as Flag
 from . import keys
 
 FIRST_SESSION_CHECK_SECS = 1.0
+NO_QUEUE = ()  # shared by every reader with nothing queued
+
+
+@functools.lru_cache(maxsize=4096)
+def _channel(room):
+    """A room's channel name, one bytes object per room (rooms are capped by CHAT_MAX_ROOMS)."""
+    return keys.room_channel(room).encode()
 
 
 class ReaderClosed(Exception):
@@ -50,7 +59,7 @@ class Stream:
         self.hub = hub
         self.credential = credential  # HTTP Basic: the account record it was checked against
         self._lease = lease  # this stream's place in the user's count (chatapp.stream_slots)
-        self.user = user.lower()
+        self.user = sys.intern(user.lower())  # one string per user, however many streams and rooms
         self.sid = sid  # the session it reads under; None for HTTP Basic
         # The hub checks the session (or for HTTP Basic the account) soon after opening,
         # so a logout or kick that raced the stream's start still ends it, then again
@@ -94,10 +103,10 @@ class Reader(Stream):
     def __init__(self, hub, room, user, sid=None, *, lease=None, credential=None):
         super().__init__(hub, user, sid, lease, credential)
         self.room = room
-        self.channel = keys.room_channel(room).encode()
+        self.channel = _channel(room)
         self.last_id = None
         self._presence_member = None  # set while this stream counts in the room's presence
-        self._queue = []
+        self._queue = NO_QUEUE  # a list once something is queued: a stream over ten rooms keeps ten of these
         self.mux = None  # the multiplexed stream this reader is one room of (chatapp.multiplex)
         self._behind = False
 
@@ -171,12 +180,15 @@ class Reader(Stream):
         elif len(self._queue) >= self.hub.queue_limit:
             self.fall_behind()
         else:
-            self._queue.append(publication)
+            if self._queue:
+                self._queue.append(publication)
+            else:
+                self._queue = [publication]
             self._wake.set()
 
     def fall_behind(self):
         """Drop the queue; the next batch catches up from this reader's own cursor."""
-        self._queue = []
+        self._queue = NO_QUEUE
         self._behind = True
         self._wake.set()
 
@@ -236,12 +248,12 @@ class Reader(Stream):
 
     def close_queue(self):
         """Drop what is queued and the sink: the stream has ended."""
-        self._queue = []
+        self._queue = NO_QUEUE
         self.sink = None
 
     def _take(self):
-        queue, self._queue = self._queue, []
-        return queue
+        queue, self._queue = self._queue, NO_QUEUE
+        return queue or []
 
     def _advance(self, publications, force=False):
         """Keep only ids after the cursor (invariant 3) and move the cursor.
