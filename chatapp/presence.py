@@ -8,8 +8,8 @@ stored, never replayed; a reconnecting client reloads the list.
 """
 
 import logging
+import secrets
 import time
-import uuid
 
 import redis
 from flask import Blueprint, current_app, jsonify
@@ -46,7 +46,9 @@ class Presence:
     @staticmethod
     def member(user, connection=None):
         """A connection's entry; a new random one per stream."""
-        return f"{user}:{connection or uuid.uuid4().hex}"
+        # 48 random bits: unique among one user's streams; an entry per room of every stream
+        # is what presence costs in Redis, so it is kept short.
+        return f"{user}:{connection or secrets.token_hex(6)}"
 
     def join(self, room, member):
         return self.join_many(room, [member])

@@ -23,6 +23,7 @@ from . import keys
 
 FIRST_SESSION_CHECK_SECS = 1.0
 NO_QUEUE = ()  # shared by every reader with nothing queued
+NEVER = float("inf")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -131,6 +132,7 @@ class Reader(Stream):
         """Be one room of the multiplexed stream ``mux``: wake it, let it frame what is written."""
         self.mux = mux
         self._wake = wake
+        self._next_session_check = NEVER  # the stream checks its session, not each of its rooms
 
     @property
     def pending(self):
