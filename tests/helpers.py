@@ -259,24 +259,18 @@ class LocalStream:
         self.response.close()
 
 
-class ResumingReader:
-    """Reads a room like a browser's EventSource: reconnects with Last-Event-ID, forever.
+class _Reconnecting:
+    """What a browser's EventSource does, in a greenlet: open ``path``, hand each event to
+    ``_on_event``, and reconnect with Last-Event-ID whenever the stream ends, forever."""
 
-    Runs in its own greenlet; ``ids`` is everything it received, in arrival
-    order, duplicates included, so tests can check exactly-once and order.
-    """
-
-    def __init__(self, api, room, last_id=None, retry_secs=0.2):
+    def _start(self, api, path, last_id, retry_secs):
         self.api = api
-        self.room = room
-        self.last_id = last_id
-        self.first_id = last_id
+        self.path = path
+        self.last_id = self.first_id = last_id
         self.retry_secs = retry_secs
-        self.ids = []
         self.pids = set()
         self.connects = 0
         self.ready = 0  # "ready" events: the stream is subscribed, "now" is defined
-        self.resets = 0
         self.frozen_until = 0.0
         self._stream = None
         self._greenlet = gevent.spawn(self._run)
@@ -285,7 +279,7 @@ class ResumingReader:
         while True:
             headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
             try:
-                self._stream = stream = self.api.stream(f"/api/rooms/{self.room}/events", headers, timeout=60)
+                self._stream = stream = self.api.stream(self.path, headers, timeout=60)
                 self.connects += 1
                 if stream.status != 200:
                     raise RuntimeError(f"stream answered {stream.status}")
@@ -306,6 +300,23 @@ class ResumingReader:
         if self._stream is not None:
             self._stream.abort()
 
+    def stop(self):
+        self._greenlet.kill()
+
+
+class ResumingReader(_Reconnecting):
+    """Reads a room like a browser's EventSource: reconnects with Last-Event-ID, forever.
+
+    Runs in its own greenlet; ``ids`` is everything it received, in arrival
+    order, duplicates included, so tests can check exactly-once and order.
+    """
+
+    def __init__(self, api, room, last_id=None, retry_secs=0.2):
+        self.room = room
+        self.ids = []
+        self.resets = 0
+        self._start(api, f"/api/rooms/{room}/events", last_id, retry_secs)
+
     def _on_event(self, event):
         if "id" in event:
             self.last_id = event["id"]
@@ -325,9 +336,6 @@ class ResumingReader:
                 return True
             gevent.sleep(0.05)
         return False
-
-    def stop(self):
-        self._greenlet.kill()
 
 
 def assert_exactly_once_in_order(received, expected, who="reader"):
@@ -397,7 +405,7 @@ class _RoomCounts:
         self._greenlet.kill()
 
 
-class MultiplexReader(_RoomCounts):
+class MultiplexReader(_Reconnecting, _RoomCounts):
     """Reads ``/api/events`` like a browser's EventSource: reconnects with Last-Event-ID, forever.
 
     ``received[room]`` is every message id of that room in arrival order, duplicates
@@ -405,33 +413,10 @@ class MultiplexReader(_RoomCounts):
     """
 
     def __init__(self, api, query="", last_id=None, retry_secs=0.2, path="/api/events"):
-        self.api = api
-        self.path = path + (f"?{query}" if query else "")
-        self.last_id = self.first_id = last_id
-        self.retry_secs = retry_secs
         self.received = {}
         self.frames = []
-        self.pids = set()
-        self.connects = 0
-        self.ready = 0
         self.resets = []
-        self._stream = None
-        self._greenlet = gevent.spawn(self._run)
-
-    def _run(self):
-        while True:
-            headers = {"Last-Event-ID": self.last_id} if self.last_id else {}
-            try:
-                self._stream = stream = self.api.stream(self.path, headers, timeout=60)
-                self.connects += 1
-                if stream.status != 200:
-                    raise RuntimeError(f"stream answered {stream.status}")
-                self.pids.add(stream.pid)
-                for event in stream.events():
-                    self._on_event(event)
-            except (OSError, http.client.HTTPException, RuntimeError):
-                pass
-            gevent.sleep(self.retry_secs)
+        self._start(api, path + (f"?{query}" if query else ""), last_id, retry_secs)
 
     def _on_event(self, event):
         if "id" in event:
@@ -449,11 +434,6 @@ class MultiplexReader(_RoomCounts):
 
     def events_of(self, kind):
         return [json.loads(e["data"]) for e in self.frames if e.get("event") == kind]
-
-    def drop(self):
-        """Cut the connection, as a network failure would; the reader reconnects by itself."""
-        if self._stream is not None:
-            self._stream.abort()
 
 
 class MultiplexPoller(_RoomCounts):
