@@ -83,11 +83,20 @@ def main():
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--connections", type=int, default=20)
     args = parser.parse_args()
+    result = floor(args.seconds, args.connections)
+    print(f"empty Flask POST under gunicorn (2 gevent workers): {result['requests_per_s']:,.0f} requests/s, "
+          f"{result['cores']:.2f} cores, {result['us_per_request']:.0f} µs of server CPU per request")
+
+
+def floor(seconds=10.0, connections=20, warmup=1.0):
+    """Start the empty app's gunicorn, drive it for ``seconds`` and stop it; returns
+    ``{"requests", "requests_per_s", "cores", "us_per_request", ...}`` (bench/run.py calls this
+    once per run with scenario e, to put chat's CPU per post beside it)."""
     with tempfile.TemporaryDirectory(prefix="flask-floor-") as folder:
-        measure(Path(folder), args)
+        return measure(Path(folder), seconds, connections, warmup)
 
 
-def measure(folder, args):
+def measure(folder, seconds, connections, warmup=1.0):
     (folder / "floor_app.py").write_text(APP)
     port = free_port()
     server = subprocess.Popen(
@@ -100,12 +109,13 @@ def measure(folder, args):
         time.sleep(1)  # both workers up
         procs = [psutil.Process(server.pid), *psutil.Process(server.pid).children()]
         run = uvloop.run if uvloop else asyncio.run
-        run(drive(port, 1, args.connections))  # warm up
+        run(drive(port, warmup, connections))  # warm up
         before, started = cpu_seconds(procs), time.monotonic()
-        done = run(drive(port, args.seconds, args.connections))
+        done = run(drive(port, seconds, connections))
         elapsed, cores = time.monotonic() - started, (cpu_seconds(procs) - before)
-        print(f"empty Flask POST under gunicorn (2 gevent workers): {done / elapsed:,.0f} requests/s, "
-              f"{cores / elapsed:.2f} cores, {1e6 * cores / done:.0f} µs of server CPU per request")
+        return {"requests": done, "seconds": round(elapsed, 3), "connections": connections,
+                "requests_per_s": round(done / elapsed, 1), "cores": round(cores / elapsed, 3),
+                "us_per_request": round(1e6 * cores / max(done, 1), 1), "workers": 2}
     finally:
         server.terminate()
         server.wait()

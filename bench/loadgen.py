@@ -45,7 +45,7 @@ from measure import (
     pss_by_command,
     raise_nofile,
 )
-from publishers import guess_flood, plan_lanes, publish
+from publishers import guess_flood, plan_lanes, publish, seed_rooms
 from readers import ReaderContext, SSEReader, reader_process, send_message
 from wire import Target
 
@@ -57,6 +57,9 @@ def run_scenario(spec):
     procs = max(1, min(spec.get("procs", 1), readers or 1))
     pids = process_tree(spec.get("server_pids") or [])
     mem_before = pss_by_command(pids) if pids and spec.get("measure_memory") else None
+    # (c): the seeded messages count in the streams' memory (~20 per room: nothing per stream at
+    # 10,000 streams); a baseline taken after them would keep the seeding's transient garbage.
+    seeded = seed(spec) if spec.get("catchup") else None
     ctx = multiprocessing.get_context("fork")
     children = []
     for p in range(procs):
@@ -68,13 +71,33 @@ def run_scenario(spec):
         children.append((proc, parent_end))
     loop = new_loop()
     try:
-        return loop.run_until_complete(_coordinate(spec, children, pids, mem_before))
+        result = loop.run_until_complete(_coordinate(spec, children, pids, mem_before))
     finally:
         for proc, _end in children:
             if proc.is_alive():
                 proc.kill()
             proc.join(2)
         loop.close()
+    if seeded is not None:
+        result["catchup"].update(seeded)
+    return result
+
+
+def seed(spec):
+    """Scenario (c) with cursors: publish ``catchup`` messages to every room before the readers
+    connect and put their ids in ``spec["cursors"]`` (what each reader resumes from). A system
+    that can't resume (flask-sse) gets no cursors: its readers connect as before."""
+    target = Target(spec)
+    if not target.resumable:
+        spec["cursors"] = None
+        return None
+    loop = new_loop()  # its own loop, closed before the readers are forked
+    try:
+        cursors, refused, secs = loop.run_until_complete(seed_rooms(spec, target, f"seed{os.getpid():x}"))
+    finally:
+        loop.close()
+    spec["cursors"] = cursors
+    return {"seed_secs": round(secs, 3), "seeded_per_room": spec["catchup"], "seed_refused": len(refused)}
 
 
 async def _recv(loop, end, timeout):
@@ -98,14 +121,10 @@ async def _recv(loop, end, timeout):
 async def _coordinate(spec, children, pids, mem_before):
     loop = asyncio.get_running_loop()
     target = Target(spec)
-    t_connect = time.monotonic()
+    t_connect, t_connect_wall = time.monotonic(), time.time()
     readies = await asyncio.gather(*(_recv(loop, end, spec.get("connect_timeout", 300)) for _, end in children))
-    connect_wall = time.monotonic() - t_connect
-    per_connect = sorted(ms for r in readies for ms in r.pop("per_connect_ms"))
-    result = {"system": spec["system"], "scenario": spec.get("scenario"), "mode": spec.get("mode", "sse"),
-              "readers": spec["readers"], "rooms": len(spec["rooms"]), "procs": len(children),
-              "opened": sum(r["opened"] for r in readies), "open_failed": sum(r["failed"] for r in readies),
-              "connect_secs": round(connect_wall, 3), "connect_ms": percentiles(per_connect)}
+    result = connected(spec, readies, time.monotonic() - t_connect, t_connect_wall, len(children))
+    poll_rooms = set(spec.get("poll_rooms") or ())
     await asyncio.sleep(spec.get("settle", 1.0))
     if mem_before is not None:
         result.update(memory(mem_before, pss_by_command(process_tree(spec.get("server_pids"))), result["opened"]))
@@ -147,21 +166,61 @@ async def _coordinate(spec, children, pids, mem_before):
         send_message(end, {"type": "stop", "expected": {str(k): v for k, v in expected.items()},
                   "lane_rooms": {str(k): v for k, v in lane_rooms.items()}})
     parts = await asyncio.gather(*(_recv(loop, end, spec.get("drain", 5.0) + 60) for _, end in children))
+    # Mixed (l): the top level counts the SSE room's lanes and readers, "poll" the poll room's.
+    main_lanes = {k: v for k, v in lanes.items() if lane_rooms[k] not in poll_rooms}
+    result.update(accounting(spec, parts, main_lanes, pub_secs))
+    result["post_ms"] = percentiles(list(post_ms))  # every lane's: the publisher's answer times
+    if poll_rooms:
+        poll_lanes = {k: v for k, v in lanes.items() if lane_rooms[k] in poll_rooms}
+        result["poll"].update(accounting(spec, [p["poll"] for p in parts], poll_lanes, pub_secs))
+        result["poll"].pop("duration")
+        result["all_posts_per_s"] = round(sum(s - len(f) for s, f, _ in lanes.values()) / pub_secs, 1)
+    result["loadgen_cpu"] = {
+        "readers_max_util": round(max(p["cpu_secs"] / max(p["wall_secs"], 1e-9) for p in parts), 3),
+        "publisher_util": round(pub_cpu / pub_secs, 3)}
+    result["errors"] = result.pop("errors")  # last, as it always was
+    return result
+
+
+def connected(spec, readies, connect_secs, t0_wall, procs):
+    """The result's opening figures from the reader processes' "ready" reports."""
+    if spec.get("cursors"):  # the processes' "ready" waited for the catch-ups too: the opens alone
+        connect_secs = max(r["opened_wall"] for r in readies) - t0_wall
+    per_connect = sorted(ms for r in readies for ms in r.pop("per_connect_ms"))
+    poll_rooms = set(spec.get("poll_rooms") or ())
+    n_poll = sum(1 for i in range(spec["readers"]) if spec["rooms"][i % len(spec["rooms"])] in poll_rooms)
+    result = {"system": spec["system"], "scenario": spec.get("scenario"), "mode": spec.get("mode", "sse"),
+              "readers": spec["readers"] - n_poll, "rooms": len(spec["rooms"]) - len(poll_rooms),
+              "procs": procs, "opened": sum(r["opened"] - r.get("opened_poll", 0) for r in readies),
+              "open_failed": sum(r["failed"] for r in readies),
+              "connect_secs": round(connect_secs, 3), "connect_ms": percentiles(per_connect)}
+    if poll_rooms:  # mixed (l): the top level is the SSE readers' (as (a)); "poll" the long-poll readers'
+        result["poll"] = {"mode": "poll", "readers": n_poll, "rooms": len(poll_rooms),
+                          "opened": sum(r.get("opened_poll", 0) for r in readies)}
+    if spec.get("cursors"):
+        result["catchup"] = catchup(spec, readies, t0_wall)
+        result["caught_up_secs"] = result["catchup"]["caught_up_secs"]
+    return result
+
+
+def accounting(spec, parts, lanes, pub_secs):
+    """Sent, delivered, lost, latency ... of the lanes ``lanes`` ({lane: (sent, failed, lag)})
+    over the reader reports ``parts`` (one per process, of the readers of those lanes' rooms)."""
+    out = {}
     lat, secs = merge_latencies(parts)
     if spec.get("timeline"):
-        result["latency_by_second"] = by_second(lat, secs)
-    sent = sum(s for s, _ in expected.values())
-    failed = sum(len(f) for _, f in expected.values())
+        out["latency_by_second"] = by_second(lat, secs)
+    sent = sum(v[0] for v in lanes.values())
+    failed = sum(len(v[1]) for v in lanes.values())
     accepted = sent - failed
     errors = {}
     for part in parts:
         for k, v in part["errors"].items():
             errors[k] = errors.get(k, 0) + v
     delivered = sum(p["deliveries"] for p in parts)
-    result.update({
-        "duration": spec["duration"], "lanes": len(lane_rooms), "sent": sent, "accepted": accepted,
+    out.update({
+        "duration": spec["duration"], "lanes": len(lanes), "sent": sent, "accepted": accepted,
         "post_failed": failed, "posts_per_s": round(accepted / pub_secs, 1),
-        "post_ms": percentiles(list(post_ms)),
         "max_publish_lag_s": round(max((v[2] for v in lanes.values()), default=0), 3),
         "expected": sum(p["expected"] for p in parts), "deliveries": delivered,
         "loss": sum(p["loss"] for p in parts), "readers_with_loss": sum(p["readers_with_loss"] for p in parts),
@@ -176,11 +235,25 @@ async def _coordinate(spec, children, pids, mem_before):
         "reconnect_failures": sum(p["reconnect_failures"] for p in parts),
         "poll_requests": sum(p["poll_requests"] for p in parts),
         "bytes_received": sum(p["bytes"] for p in parts),
-        "loadgen_cpu": {"readers_max_util": round(max(p["cpu_secs"] / max(p["wall_secs"], 1e-9) for p in parts), 3),
-                        "publisher_util": round(pub_cpu / pub_secs, 3)},
         "errors": errors,
     })
-    return result
+    return out
+
+
+def catchup(spec, readies, t0_wall):
+    """Scenario (c) with cursors: every stream resumed a few seeded messages behind its room's
+    tail; ``caught_up_secs`` is from the start of the connecting until the last stream had every
+    message after its cursor (None if some never did within ``catchup_timeout``)."""
+    parts = [r.pop("catchup") for r in readies]
+    n = {k: sum(p[k] for p in parts) for k in ("readers", "caught_up", "expected", "received", "loss",
+                                                "readers_with_loss", "dups", "reorders", "before_cursor")}
+    last = [p["caught_up_wall"] for p in parts if p["caught_up_wall"] is not None]
+    every = n["caught_up"] == n["readers"] == spec["readers"] and last
+    out = {"caught_up_secs": round(max(last) - t0_wall, 3) if every else None, **n,
+           "catch_up_ms": percentiles([ms for p in parts for ms in p["catch_up_ms"]]),
+           "behind": [min(b for p in parts for b in p["behind"]), max(b for p in parts for b in p["behind"])]
+           if any(p["behind"] for p in parts) else None}
+    return out
 
 
 def memory(before, after, opened):

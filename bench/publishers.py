@@ -22,8 +22,9 @@ class HttpConn:
             self.writer.transport.abort()
         self.reader = self.writer = None
 
-    async def request(self, make, tries=3):
-        """``make()`` builds the request bytes (taking the send time); returns the status (0: failed)."""
+    async def request(self, make, tries=3, with_body=False):
+        """``make()`` builds the request bytes (taking the send time); returns the status (0: failed),
+        or with ``with_body`` (status, body bytes)."""
         for attempt in range(tries):
             try:
                 if self.writer is None:
@@ -36,22 +37,23 @@ class HttpConn:
                 for line in lines[1:]:
                     name, _, value = line.partition(b":")
                     headers[name.strip().lower()] = value.strip()
+                body = []
                 if headers.get(b"transfer-encoding", b"").lower() == b"chunked":
                     while True:
                         size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
-                        await self.reader.readexactly(size + 2)
+                        body.append((await self.reader.readexactly(size + 2))[:size])
                         if size == 0:
                             break
                 else:
-                    await self.reader.readexactly(int(headers.get(b"content-length", b"0")))
+                    body.append(await self.reader.readexactly(int(headers.get(b"content-length", b"0"))))
                 if headers.get(b"connection", b"").lower() == b"close":
                     self.close()
-                return status
+                return (status, b"".join(body)) if with_body else status
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError):
                 self.close()
                 if attempt + 1 < tries:
                     await asyncio.sleep(0.05 * (attempt + 1))
-        return 0
+        return (0, b"") if with_body else 0
 
 
 async def publish(spec, target, lane_rooms, go_mono, run_id):
@@ -108,6 +110,41 @@ async def publish(spec, target, lane_rooms, go_mono, run_id):
                 tasks.append(run_lane(lane, room, lane_interval, start + k / room_rate))
     await asyncio.gather(*tasks)
     return results, post_ms
+
+
+CURSOR_LANE0 = 1_000_000  # lanes of the messages seeded before the readers connect (scenario c)
+
+
+async def seed_rooms(spec, target, run_id):
+    """Scenario (c) with cursors: before any reader connects, publish ``catchup`` messages to
+    every room (one sequential lane per room, ``CURSOR_LANE0`` + the room's index, the rooms
+    in parallel) and keep each message's event id from the publish answer, so a reader can
+    resume a few messages behind the room's tail. Returns ``{room: {"lane", "ids"}}`` (ids
+    of the accepted messages, by seq; a refused one is ``None``), the posts refused and the
+    seconds it took."""
+    count = spec["catchup"]
+    cursors, refused = {}, []
+    t = time.monotonic()
+
+    async def one_room(k, room):
+        conn = HttpConn(target.host, target.port)
+        lane, ids = CURSOR_LANE0 + k, []
+        try:
+            for seq in range(count):
+                status, body = await conn.request(
+                    lambda s=seq: target.publish_request(room, lane, s, run_id, want_id=True), with_body=True)
+                try:
+                    ids.append(target.published_id(body) if 200 <= status < 300 else None)
+                except (ValueError, KeyError):
+                    ids.append(None)
+                if ids[-1] is None:
+                    refused.append((room, seq, status))
+        finally:
+            conn.close()
+        cursors[room] = {"lane": lane, "ids": ids}
+
+    await asyncio.gather(*(one_room(k, room) for k, room in enumerate(spec["rooms"])))
+    return cursors, refused, time.monotonic() - t
 
 
 def guess_names(spec, count, seed):

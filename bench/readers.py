@@ -58,6 +58,12 @@ class BaseReader(asyncio.Protocol):
         self.connected = False
         self.connect_started = 0.0
         self.connect_secs = None
+        self.opened_at = None  # wall clock when its first open succeeded
+        # Resuming from a cursor (scenario c): the seeded lane, the seqs after the cursor
+        # (every one of them must come), and the wall clock when the last of them came.
+        self.catch_lane = None
+        self.catch_seqs = ()
+        self.caught_at = None
 
     # -- accounting (the hot path)
     def _scan(self, block, now_ns):
@@ -175,6 +181,15 @@ class BaseReader(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
 
+    def check_caught_up(self, now=None):
+        """Has every seeded message after the reader's cursor come? Notes when it first had."""
+        if self.caught_at is None and self.catch_lane is not None:
+            bitmap = self.seen.get(self.catch_lane)
+            if not self.catch_seqs or (bitmap is not None and all(s < len(bitmap) and bitmap[s]
+                                                                  for s in self.catch_seqs)):
+                self.caught_at = now or time.time()
+        return self.caught_at is not None
+
     def expected_missing(self, expected):
         """Messages the reader should have had (lane -> (sent, failed set)) and did not get."""
         missing = 0
@@ -232,7 +247,10 @@ class SSEReader(HeadParser, BaseReader):
             return
         block = buf[:end]
         self.buf = buf[end + 2:]
-        self._scan(block, time.time_ns())
+        now = time.time_ns()
+        self._scan(block, now)
+        if self.caught_at is None and self.catch_lane is not None:
+            self.check_caught_up(now / 1e9)
         # The resume cursor: the last "id:" line in the block.
         i = block.rfind(b"\nid:")
         if i >= 0 or block.startswith(b"id:"):
@@ -351,6 +369,9 @@ class PollReader(HeadParser, BaseReader):
                     self.body.append(part)
                 if not self.body_done:
                     return
+            elif self.length is None and self.status == 200:
+                self.body.append(data)  # no length, not chunked: the body ends with the connection
+                return
             else:
                 need = (self.length or 0) - self.body_len
                 part, data = data[:need], data[need:]
@@ -365,15 +386,7 @@ class PollReader(HeadParser, BaseReader):
         status, headers = self.status, self.headers
         now = time.time_ns()
         if status == 200:
-            self._scan(body, now)
-            if self.ctx.target.system == "chat":
-                i = body.find(b'"cursor":"')
-                if i >= 0:
-                    j = body.find(b'"', i + 10)
-                    self.state = body[i + 10:j]
-            else:
-                self.state = (headers.get(b"last-modified", b""), headers.get(b"etag", b"0"))
-            self._opened()
+            self._handle_body(body, headers, now)
         elif status in (304, 408):
             pass  # nchan: nothing new before its timeout; ask again
         else:
@@ -387,7 +400,25 @@ class PollReader(HeadParser, BaseReader):
             return
         self.send_message()
 
+    def _handle_body(self, body, headers, now):
+        """A 200 answer: count every message in it (an answer may carry several), keep the cursor."""
+        self._scan(body, now)
+        if self.ctx.target.system == "chat":
+            i = body.find(b'"cursor":"')
+            if i >= 0:
+                j = body.find(b'"', i + 10)
+                self.state = body[i + 10:j]
+        else:
+            self.state = (headers.get(b"last-modified", b""), headers.get(b"etag", b"0"))
+        self._opened()
+
     def connection_lost(self, exc):
+        if self.in_body and self.length is None and not self.chunked and self.status == 200 and not self.stopping:
+            # A close-delimited answer: complete now. Count it, keep its cursor, poll again at once.
+            body, self.in_body = b"".join(self.body), False
+            self.body, self.body_len = [], 0
+            self._handle_body(body, self.headers, time.time_ns())
+            self.dropping = self._established()
         BaseReader.connection_lost(self, exc)
 
 
@@ -397,6 +428,8 @@ class ReaderContext:
         self.loop = loop
         self.target = Target(spec)
         self.tally = Tally()
+        # Mixed scenario (l): the long-poll readers of ``poll_rooms`` count apart from the SSE ones.
+        self.poll_tally = Tally() if spec.get("poll_rooms") else self.tally
         self.open_timeout = spec.get("open_timeout", 60.0)
         self.reconnect_delay = spec.get("reconnect_delay", 0.0)
         self.server_close_delay = spec.get("server_close_delay", 0.5)
@@ -418,11 +451,30 @@ class ReaderProcess:
         self.loop = new_loop()
         self.ctx = ReaderContext(spec, self.loop)
         rooms = spec["rooms"]
+        poll_rooms = set(spec.get("poll_rooms") or ())
         if spec.get("mux"):  # reader i follows rooms i .. i+mux-1 (mod the room count) on one stream
             self.readers = [MuxReader(self.ctx, i, mux_rooms(rooms, i, spec["mux"])) for i in indexes]
         else:
-            cls = PollReader if spec.get("mode") == "poll" else SSEReader
-            self.readers = [cls(self.ctx, i, rooms[i % len(rooms)]) for i in indexes]
+            self.readers = []
+            for i in indexes:
+                room = rooms[i % len(rooms)]
+                if spec.get("mode") == "poll" or room in poll_rooms:
+                    reader = PollReader(self.ctx, i, room)
+                    reader.tally = self.ctx.poll_tally
+                else:
+                    reader = SSEReader(self.ctx, i, room)
+                self.readers.append(reader)
+        # Mixed (l): the readers of the poll rooms, reported apart ("poll"); the rest as ever.
+        self.groups = {"main": [r for r in self.readers if r.room not in poll_rooms]}
+        if poll_rooms:
+            self.groups["poll"] = [r for r in self.readers if r.room in poll_rooms]
+        for r in self.readers:
+            cursor = (spec.get("cursors") or {}).get(r.room)
+            if cursor is not None and isinstance(r, SSEReader):
+                r.last_id, r.catch_seqs = cursor_plan(cursor["ids"], cursor_behind(r.index, spec))
+                r.catch_lane = cursor["lane"]
+                if r.last_id is not None:
+                    r.last_id = r.last_id.encode()
         self.commands = asyncio.Queue()
         self.loop.add_reader(conn.fileno(), self._on_command)
 
@@ -443,6 +495,8 @@ class ReaderProcess:
                 t = time.monotonic()
                 ok = await reader.open()
                 reader.connect_secs = time.monotonic() - t if ok else None
+                if ok:
+                    reader.opened_at = time.time()
                 return ok
 
         return sum(await asyncio.gather(*(one(r) for r in self.readers)))
@@ -462,16 +516,55 @@ class ReaderProcess:
                 return
             await asyncio.sleep(0.05)
 
+    async def catch_up(self):
+        """Scenario (c) with cursors: wait until every open reader has every seeded message after
+        its cursor (or ``catchup_timeout``); the catch-up's own figures."""
+        readers = [r for r in self.readers if r.catch_lane is not None and r.opened_at is not None]
+        for r in readers:
+            if not r.catch_seqs:
+                r.caught_at = r.opened_at  # at the tail: caught up once open
+        deadline = time.monotonic() + self.spec.get("catchup_timeout", 30.0)
+        while time.monotonic() < deadline and not all(r.check_caught_up() for r in readers):
+            await asyncio.sleep(0.01)
+        caught = [r for r in readers if r.caught_at is not None]
+        missing, early = [], 0
+        for r in readers:
+            bitmap = r.seen.get(r.catch_lane) or bytearray()
+            missing.append(sum(1 for seq in r.catch_seqs if seq >= len(bitmap) or not bitmap[seq]))
+            # Seeded messages at or before the cursor that came anyway (a resume that replays too much).
+            early += sum(bitmap[seq] for seq in range(min(len(bitmap), len(self.spec["cursors"][r.room]["ids"])))
+                         if seq not in r.catch_seqs)
+        tally = self.ctx.tally
+        return {"readers": len(readers), "caught_up": len(caught),
+                "caught_up_wall": max((r.caught_at for r in caught), default=None),
+                # Per stream: from the start of its open to its last catch-up message.
+                "catch_up_ms": [(r.caught_at - r.opened_at + r.connect_secs) * 1000 for r in caught],
+                "expected": sum(len(r.catch_seqs) for r in readers),
+                "received": sum(len(r.catch_seqs) - m for r, m in zip(readers, missing)),
+                "loss": sum(missing), "readers_with_loss": sum(1 for m in missing if m),
+                # Nothing is published before "go": every duplicate or reorder so far is a catch-up's.
+                "dups": tally.dups, "reorders": tally.reorders, "before_cursor": early,
+                "behind": sorted({len(r.catch_seqs) for r in readers})}
+
     async def main(self):
         started = time.monotonic()
         opened = await self.open_all()
+        opened_wall = time.time()
         per = [r.connect_secs * 1000 for r in self.readers if r.connect_secs is not None]
-        send_message(self.conn, {"type": "ready", "opened": opened, "failed": len(self.readers) - opened,
-                          "connect_secs": time.monotonic() - started, "per_connect_ms": per})
+        ready = {"type": "ready", "opened": opened, "failed": len(self.readers) - opened,
+                 "connect_secs": time.monotonic() - started, "per_connect_ms": per, "opened_wall": opened_wall}
+        if "poll" in self.groups:
+            ready["opened_poll"] = sum(1 for r in self.groups["poll"] if r.opened_at is not None)
+        if self.spec.get("cursors"):
+            ready["catchup"] = await self.catch_up()
+        send_message(self.conn, ready)
         go = await self._command("go")
-        if self.spec.get("timeline"):
-            self.ctx.tally.go_ns = int(go["at"] * 1e9)
-            self.ctx.tally.secs = array.array("H")
+        for tally in {id(t): t for t in (self.ctx.tally, self.ctx.poll_tally)}.values():
+            if self.spec.get("cursors"):
+                tally.lat = array.array("f")  # the catch-up's "latencies" are the time since setup
+            if self.spec.get("timeline"):
+                tally.go_ns = int(go["at"] * 1e9)
+                tally.secs = array.array("H")
         cpu0, t0 = time.process_time(), time.monotonic()
         self.schedule_drops(max(0.0, go["at"] - time.time()))
         stop = await self._command("stop")
@@ -484,25 +577,54 @@ class ReaderProcess:
             lanes = lanes_of[r.index] = {}
             for room in r.rooms:
                 lanes.update(room_lanes.get(room, {}))
+            if r.catch_lane is not None:  # the seeded messages after its cursor (the rest: not expected)
+                n = len(self.spec["cursors"][r.room]["ids"])
+                lanes[r.catch_lane] = (n, set(range(n)) - set(r.catch_seqs))
         per_reader = {r.index: sum(n - len(f) for n, f in lanes_of[r.index].values()) for r in self.readers}
         await self.drain(per_reader)
         t1, cpu = time.monotonic(), time.process_time() - cpu0
         for r in self.readers:
             r.stop()
-        missing = [r.expected_missing(lanes_of[r.index]) for r in self.readers]
-        foreign = sum(r.foreign(lanes_of[r.index]) for r in self.readers)
+        reports = {name: report(readers, lanes_of, per_reader) for name, readers in self.groups.items()}
         await asyncio.sleep(0.05)
         self.loop.remove_reader(self.conn.fileno())
-        tally = self.ctx.tally
-        send_message(self.conn, {
-            "type": "result", "expected": sum(per_reader.values()), "deliveries": tally.deliveries,
-            "loss": sum(missing), "readers_with_loss": sum(1 for m in missing if m), "dups": tally.dups,
-            "reorders": tally.reorders, "foreign": foreign, "room_order_errors": tally.room_order_errors,
-            "multi_room_ids": tally.multi_room_ids, "server_closes": tally.server_closes, "drops": tally.drops,
-            "reconnects": tally.reconnects, "reconnect_failures": tally.reconnect_failures,
-            "errors": tally.errors, "bytes": tally.bytes, "cpu_secs": cpu, "wall_secs": t1 - t0,
-            "poll_requests": sum(getattr(r, "requests", 0) for r in self.readers),
-            "lat": tally.lat.tobytes(), "secs": tally.secs.tobytes() if tally.secs is not None else None})
+        out = reports.pop("main")
+        out.update(type="result", cpu_secs=cpu, wall_secs=t1 - t0)
+        if "poll" in reports:
+            out["poll"] = reports["poll"]
+        send_message(self.conn, out)
+
+
+def report(readers, lanes_of, per_reader):
+    """What one group of a process's readers got (they share one :class:`Tally`)."""
+    tally = readers[0].tally if readers else Tally()
+    missing = [r.expected_missing(lanes_of[r.index]) for r in readers]
+    return {
+        "readers": len(readers), "expected": sum(per_reader[r.index] for r in readers),
+        "deliveries": tally.deliveries, "loss": sum(missing), "readers_with_loss": sum(1 for m in missing if m),
+        "dups": tally.dups, "reorders": tally.reorders, "foreign": sum(r.foreign(lanes_of[r.index]) for r in readers),
+        "room_order_errors": tally.room_order_errors, "multi_room_ids": tally.multi_room_ids,
+        "server_closes": tally.server_closes, "drops": tally.drops, "reconnects": tally.reconnects,
+        "reconnect_failures": tally.reconnect_failures, "errors": tally.errors, "bytes": tally.bytes,
+        "poll_requests": sum(getattr(r, "requests", 0) for r in readers),
+        "lat": tally.lat.tobytes(), "secs": tally.secs.tobytes() if tally.secs is not None else None}
+
+
+def cursor_behind(index, spec):
+    """How many seeded messages reader ``index`` resumes behind its room's tail: 0 ..
+    ``catchup_behind``, spread over each room's readers (7 is prime to 11 and to the room count)."""
+    return (index * 7) % (spec.get("catchup_behind", 10) + 1)
+
+
+def cursor_plan(ids, behind):
+    """(Last-Event-ID, seqs expected after it) for a reader ``behind`` messages behind the tail
+    of a room seeded with ``ids`` (by seq; ``None`` for a refused post, never sent)."""
+    at = len(ids) - 1 - behind
+    while at >= 0 and ids[at] is None:
+        at -= 1
+    if at < 0:
+        return None, ()
+    return ids[at], tuple(s for s in range(at + 1, len(ids)) if ids[s] is not None)
 
 
 def mux_rooms(rooms, index, count):

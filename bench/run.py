@@ -11,7 +11,9 @@
 Scenarios (full size; --smoke shrinks them):
   a  fan-out: 1 room x 1,000 SSE readers, 50 msg/s
   b  rooms: 100 rooms x 10 readers, 200 msg/s in total
-  c  idle: 10,000 open streams over 10 rooms: PSS per stream, time to connect them all
+  c  idle, reconnect storm: 20 messages in each of 10 rooms, then 10,000 streams connect with a
+     Last-Event-ID 0..10 messages behind their room's tail (as after a restart): time until all
+     are open and caught up, catch-up loss/dups, PSS per stream (flask-sse: no cursors)
   d  resume: 200 readers at 50 msg/s, each cut 3 times, resuming with Last-Event-ID
   e  throughput: 10 rooms x 10 readers, 2 closed-loop posters per room
   f  big room: 1 room x 5,000 readers, 10 msg/s
@@ -26,6 +28,12 @@ Scenarios (full size; --smoke shrinks them):
   k  multiplexed idle: (c) for multiplexed streams: 10,000 open streams, each over 10 of 100
      rooms, PSS per stream, on its own instance (at (j)'s 1,000 streams the server's fixed
      costs still weigh on the figure; at (c)'s 10,000 they don't)
+  l  mixed: (a) (1 room x 1,000 SSE readers, 50 msg/s) while 1,000 long-poll readers read another
+     room that gets 50 msg/s too, on the same server; each group counted apart; (l)'s SSE p99
+     against (a)'s (issue 15; flask-sse: n/a)
+
+With scenario e (and a chat system) it first measures the empty-POST floor (bench/flask_floor.py,
+--floor) and prints the issue-15 targets under the table.
 
 Writes <out>/benchmarks-results.json and <out>/benchmarks.png (bench/plot.py).
 """
@@ -50,7 +58,9 @@ from systems import SYSTEMS  # noqa: E402
 SCENARIOS = {
     "a": dict(title="fan-out 1x1000 @50/s", rooms=1, readers=1000, rate=50),
     "b": dict(title="100 rooms x10 @200/s", rooms=100, readers=1000, rate=200),
-    "c": dict(title="idle 10k streams", rooms=10, readers=10000, rate=0, idle=True),
+    # Issue 15: "catchup" messages per room published during setup, then every stream connects
+    # with a Last-Event-ID 0 .. "catchup_behind" messages behind its room's tail (a restart's storm).
+    "c": dict(title="idle 10k streams", rooms=10, readers=10000, rate=0, idle=True, catchup=20, catchup_behind=10),
     "d": dict(title="resume 200 @50/s, 3 cuts", rooms=1, readers=200, rate=50, drops=3),
     "e": dict(title="throughput 10x10 closed loop", rooms=10, readers=100, closed_loop=True,
               posters_per_room=2, duration=10),
@@ -67,9 +77,27 @@ SCENARIOS = {
               own_instance=True),
     "k": dict(title="multiplexed idle 10000 x 10 of 100 rooms", rooms=100, readers=10000, rate=0, idle=True,
               mux=10, own_instance=True),
+    # Issue 15: (a)'s room (the first) read over SSE while the last "poll_rooms" room(s) are read by
+    # as many long-poll readers; "rate" is over both rooms (50 msg/s each).
+    "l": dict(title="mixed 1x1000 SSE + 1x1000 long-poll @50/s each", rooms=2, readers=2000, rate=100,
+              poll_rooms=1),
 }
 FLOODS = "hi"  # scenarios with a guessing flood, compared with (a)
 MUX_TARGETS = {"p99_x_a": 3.0, "kib_per_stream": 8.0}  # issue 13: p99 <= 3x (a)'s, <= 8 KiB per stream
+# Issue 15 (the request path at scale): name -> (limit, why). Judged in the same run, on this machine.
+ISSUE15_TARGETS = {
+    "g_rate_x_asked": (0.98, "(g) the publisher gets the asked rate through (50 msg/s at full size) while "
+                             "1,000 long-poll readers wait: long-poll must not slow the senders"),
+    "g_p99_ms": (250.0, "(g) long-poll p99 <= 250 ms: the fallback of every browser behind a buffering proxy"),
+    "g_clean": (0, "(g) no loss, duplicate or reorder over long-poll"),
+    "l_p99_x_a": (2.0, "(l) the SSE fan-out's p99 within 2x of (a)'s alone, with 1,000 long-poll readers "
+                       "in another room of the same server"),
+    "c_caught_up_secs": (3.0, "(c) every stream of the reconnect storm connected and caught up from its "
+                              "cursor in < 3 s, nothing lost or doubled (after a deploy every browser reconnects)"),
+    "e_posts_x_nchan": (0.5, "(e) closed-loop posts/s >= 0.5x nchan's (with Redis) in the same run"),
+    "e_cpu_x_floor": (2.0, "(e) worker CPU per post (with its 10 deliveries) <= 2x the empty Flask POST's "
+                           "(bench/flask_floor.py) measured in the same run"),
+}
 SMOKE = {
     "a": dict(readers=20, rate=20),
     "b": dict(rooms=4, readers=20, rate=20),
@@ -82,15 +110,16 @@ SMOKE = {
     "i": dict(readers=20, rate=20),
     "j": dict(rooms=8, readers=16, rate=16, mux=3),
     "k": dict(rooms=8, readers=20, mux=3),
+    "l": dict(readers=40, rate=40),
 }
 # Runs (c) first, on a fresh server, so its memory baseline is not inflated by earlier load;
 # (i) right after (a), on the same server.
-ORDER = "caihbdefgjk"
+ORDER = "caihbdefgljk"
 
 
 KINDS = {"a": "fan-out", "b": "rooms", "c": "idle", "d": "resume", "e": "throughput", "f": "big room",
          "g": "long-poll", "h": "fan-out + guesses, login limits", "i": "fan-out + guesses, limits lifted",
-         "j": "multiplexed", "k": "multiplexed idle"}
+         "j": "multiplexed", "k": "multiplexed idle", "l": "mixed"}
 
 
 def sized(key, args):
@@ -102,20 +131,35 @@ def sized(key, args):
         sc["readers"] = max(sc["rooms"], int(sc["readers"] * args.scale))
     if sc.get("flood") and args.guess_rate is not None:
         sc["flood"] = args.guess_rate
+    if sc.get("catchup") is not None and args.catchup is not None:
+        sc["catchup"] = args.catchup
+    sc["title"] = title_of(key, sc)
+    return sc
+
+
+def title_of(key, sc):
+    """A scenario's title at its size: readers, rooms, rate and what else it does."""
     if sc.get("mux"):
         title = f"{KINDS[key]} {sc['readers']} streams x {sc['mux']} of {sc['rooms']} rooms"
+    elif sc.get("poll_rooms"):
+        n_sse = sc["rooms"] - sc["poll_rooms"]
+        per = sc["readers"] // sc["rooms"]
+        title = f"{KINDS[key]} {n_sse}x{per} SSE + {sc['poll_rooms']}x{per} long-poll"
     else:
         title = f"{KINDS[key]} {sc['rooms']}x{sc['readers'] // sc['rooms']}"
-    if sc.get("rate"):
+    if sc.get("rate") and sc.get("poll_rooms"):
+        title += f" @{sc['rate'] / sc['rooms']:g}/s each"
+    elif sc.get("rate"):
         title += f" @{sc['rate']:g}/s"
+    if sc.get("catchup"):
+        title += f", cursors 0-{sc['catchup_behind']} behind of {sc['catchup']}/room"
     if sc.get("drops"):
         title += f", {sc['drops']} cuts"
     if sc.get("closed_loop"):
         title += ", closed loop"
     if sc.get("flood"):
         title += f", {sc['flood']:g} guesses/s"
-    sc["title"] = title
-    return sc
+    return title
 
 
 def scenario_spec(key, args, system):
@@ -135,9 +179,13 @@ def scenario_spec(key, args, system):
         "procs": args.procs or (2 if sc["readers"] >= 2000 else 1),
         "connect_concurrency": args.connect_concurrency, "poll_timeout": 25,
         "flood_rate": sc.get("flood", 0),
-        "timeline": key == "a" or bool(sc.get("flood")) or bool(sc.get("mux") and sc.get("rate")),
+        "timeline": key in "al" or bool(sc.get("flood")) or bool(sc.get("mux") and sc.get("rate")),
         "mux": sc.get("mux", 0),
     }
+    if sc.get("poll_rooms"):  # mixed (l): the last rooms are read over long-poll
+        spec["poll_rooms"] = rooms[-sc["poll_rooms"]:]
+    if sc.get("catchup"):  # (c): seeded messages, and readers resuming behind the tail
+        spec.update(catchup=sc["catchup"], catchup_behind=sc["catchup_behind"], catchup_timeout=30.0)
     spec["server_pids"] = system.pids()
     spec["measure_memory"] = bool(sc.get("idle") or sc.get("mux"))
     return spec
@@ -172,7 +220,7 @@ def run_loadgen(spec, timeout):
 def unsupported(key, cls):
     """Why system class ``cls`` can't run scenario ``key`` (None: it can)."""
     sc = SCENARIOS[key]
-    if sc.get("mode") == "poll" and not cls.has_poll:
+    if (sc.get("mode") == "poll" or sc.get("poll_rooms")) and not cls.has_poll:
         return "no long-poll"
     if sc.get("flood") and not cls.has_accounts:
         return "no accounts"
@@ -273,7 +321,28 @@ def one_line(r):
             + f"; loadavg {r.get('loadavg_1m')}; machine busy cores {r.get('machine_busy_cores')}"
             + (f"\n    {flood_line(r['flood'])}" if r.get("flood") else "")
             + (f"\n    {timeline_line(r)}" if r.get("latency_by_second") else "")
-            + (f"\n    {mux_line(r)}" if SCENARIOS.get(r.get("scenario"), {}).get("mux") else ""))
+            + (f"\n    {mux_line(r)}" if SCENARIOS.get(r.get("scenario"), {}).get("mux") else "")
+            + (f"\n    {poll_line(r['poll'])}" if r.get("poll") else "")
+            + (f"\n    {catchup_line(r['catchup'])}" if r.get("catchup") else ""))
+
+
+def poll_line(p):
+    """Mixed (l): the long-poll readers of the other room, counted apart from the SSE ones."""
+    lat = p.get("latency_ms", {})
+    return (f"long-poll room: opened {p['opened']}/{p['readers']}; sent {p['sent']} ({p['posts_per_s']}/s); "
+            f"delivered {p['deliveries']}/{p['expected']} loss {p['loss']} dups {p['dups']} "
+            f"reorders {p['reorders']}; p50 {lat.get('p50')} p99 {lat.get('p99')} ms; "
+            f"{p['poll_requests']} polls")
+
+
+def catchup_line(c):
+    """(c) with cursors: the reconnect storm's catch-up."""
+    ms = c.get("catch_up_ms") or {}
+    return (f"cursors: caught up {c['caught_up']}/{c['readers']} in {c['caught_up_secs']} s "
+            f"(per stream p50 {ms.get('p50')} p99 {ms.get('p99')} ms); catch-up messages "
+            f"{c['received']}/{c['expected']} loss {c['loss']} dups {c['dups']} reorders {c['reorders']} "
+            f"before cursor {c['before_cursor']}; behind {c['behind']} of {c.get('seeded_per_room')}/room "
+            f"(seeded in {c.get('seed_secs')} s, {c.get('seed_refused')} refused)")
 
 
 def mux_line(r):
@@ -337,7 +406,7 @@ def ratio(a, b):
     return round(a / b, 2)
 
 
-def table(results, keys, systems, titles=None):
+def table(results, keys, systems, titles=None, *, sized_scenarios=None, floor=None):
     out = []
     head = "".join(name.rjust(w) if i else name.ljust(w) for i, (name, w) in enumerate(COLUMNS))
     by = {(r["system"], r["scenario"]): r for r in results}
@@ -350,6 +419,11 @@ def table(results, keys, systems, titles=None):
                 continue
             vals = row_values(r)
             out.append("".join(fmt(v, w) if i else str(v).ljust(w) for i, ((_, w), v) in enumerate(zip(COLUMNS, vals))))
+            if r.get("poll"):  # mixed (l): the long-poll room's readers on a row of their own
+                vals = row_values({**r["poll"], "system": f"{name} (lp)", "scenario": key,
+                                   "connect_secs": r["connect_secs"]})
+                out.append("".join(fmt(v, w) if i else str(v).ljust(w)
+                                   for i, ((_, w), v) in enumerate(zip(COLUMNS, vals))))
         chat = by.get(("chat", key))
         for peer in systems[1:]:
             other = by.get((peer, key))
@@ -369,9 +443,120 @@ def table(results, keys, systems, titles=None):
                         out.append("".join(fmt(v, w) if i else str(v).ljust(w)
                                            for i, ((_, w), v) in enumerate(zip(COLUMNS, vals))))
                     out.append(f"  {name} {flood_line(r['flood'])}")
-    for summary in (guess_summary(results, keys, systems), mux_summary(results, keys, systems)):
+    for summary in (guess_summary(results, keys, systems), mux_summary(results, keys, systems),
+                    issue15_summary(issue15_targets(results, keys, systems, sized_scenarios=sized_scenarios,
+                                                    floor=floor))):
         if summary:
             out.append(summary)
+    return "\n".join(out)
+
+
+def python_cores(r):
+    """Cores the server's Python processes used (gunicorn master and workers; not Redis)."""
+    cores = r.get("server_cpu_cores") or {}
+    py = [v for k, v in cores.items() if not k.startswith(("redis", "nginx"))]
+    return sum(py) if py else None
+
+
+def issue15_targets(results, keys, systems, *, sized_scenarios=None, floor=None, targets=ISSUE15_TARGETS):
+    """Issue 15's targets judged on this run's results, per system that ran the scenario: a list
+    of {"target", "system", "scenario", "value", "limit", "detail", "pass"} (pass None: not
+    judged, e.g. no (a), nchan or floor in this run). ``sized_scenarios``: {key: the scenario at
+    this run's size} (the rate asked of (g)); ``floor``: bench/flask_floor.py's figure."""
+    by = {(r["system"], r["scenario"]): r for r in results}
+    rows = []
+    for name in systems:
+        for key, judge in (("g", _judge_g), ("l", _judge_l), ("c", _judge_c), ("e", _judge_e)):
+            r = by.get((name, key)) if key in keys else None
+            if not r or "error" in r or r.get("na"):
+                continue
+            for target, value, detail, passed in judge(r, by, sized_scenarios or SCENARIOS, floor):
+                rows.append({"target": target, "system": name, "scenario": key, "value": value,
+                             "limit": targets[target][0], "detail": detail,
+                             "pass": None if passed is None else bool(passed)})
+    return rows
+
+
+def _ok(r):
+    return r if r and "error" not in r and not r.get("na") else None
+
+
+def _judge_g(g, _by, scenarios, _floor, t=ISSUE15_TARGETS):
+    """(g): the publisher's achieved rate against the asked one, p99, loss/dups/reorders."""
+    asked = scenarios.get("g", {}).get("rate")
+    x = ratio(g["posts_per_s"], asked)
+    lat = g["latency_ms"]
+    bad = g["loss"] + g["dups"] + g["reorders"]
+    return [
+        ("g_rate_x_asked", x, f"{g['posts_per_s']}/s of {asked:g}/s asked, max publish lag "
+                              f"{g['max_publish_lag_s']} s", None if x is None else x >= t["g_rate_x_asked"][0]),
+        ("g_p99_ms", lat.get("p99"), f"p50 {lat.get('p50')} ms",
+         None if lat.get("p99") is None else lat["p99"] <= t["g_p99_ms"][0]),
+        ("g_clean", bad, f"loss {g['loss']} dups {g['dups']} reorders {g['reorders']}, delivered "
+                         f"{g['deliveries']}/{g['expected']}", bad == 0 and g["deliveries"] == g["expected"] > 0),
+    ]
+
+
+def _judge_l(mixed, by, _scenarios, _floor, t=ISSUE15_TARGETS):
+    """(l): its SSE readers' p99 against (a)'s of the same system in this run."""
+    base = _ok(by.get((mixed["system"], "a")))
+    p99 = mixed["latency_ms"].get("p99")
+    a99 = base["latency_ms"].get("p99") if base else None
+    x = ratio(p99, a99)
+    lp = mixed.get("poll") or {}
+    detail = (f"SSE p99 {p99} ms vs (a) {a99 if base else '(not run)'} ms, SSE loss/dups/reord {mixed['loss']}/"
+              f"{mixed['dups']}/{mixed['reorders']}; long-poll p99 {lp.get('latency_ms', {}).get('p99')} ms, "
+              f"loss/dups/reord {lp.get('loss')}/{lp.get('dups')}/{lp.get('reorders')}")
+    return [("l_p99_x_a", x, detail, None if x is None else x <= t["l_p99_x_a"][0])]
+
+
+def _judge_c(idle, _by, _scenarios, _floor, t=ISSUE15_TARGETS):
+    """(c): every stream open and caught up from its cursor, nothing lost, doubled or replayed."""
+    c = idle.get("catchup")
+    if not c:
+        return [("c_caught_up_secs", None, f"no cursors (no resume); opened in {idle['connect_secs']} s", None)]
+    secs = c["caught_up_secs"]
+    detail = (f"opened {idle['opened']}/{idle['readers']} in {idle['connect_secs']} s, caught up "
+              f"{c['caught_up']}/{c['readers']}, catch-up {c['received']}/{c['expected']} loss {c['loss']} "
+              f"dups {c['dups']} before cursor {c['before_cursor']}")
+    passed = (secs is not None and secs < t["c_caught_up_secs"][0]
+              and c["loss"] == c["dups"] == c["before_cursor"] == 0)
+    return [("c_caught_up_secs", secs, detail, passed)]
+
+
+def _judge_e(e, by, _scenarios, floor, t=ISSUE15_TARGETS):
+    """(e): posts/s against nchan's of this run; the workers' CPU per post against the floor."""
+    rows = []
+    if e["system"] != "nchan":
+        peer = _ok(by.get(("nchan", "e")))
+        x = ratio(e["posts_per_s"], peer["posts_per_s"] if peer else None)
+        rows.append(("e_posts_x_nchan", x, f"{e['posts_per_s']} vs nchan {peer['posts_per_s'] if peer else '(not run)'}"
+                     " posts/s", None if x is None else x >= t["e_posts_x_nchan"][0]))
+    cores = python_cores(e)
+    if cores is not None and e["posts_per_s"]:
+        us = round(cores / e["posts_per_s"] * 1e6, 1)
+        fl = (floor or {}).get("us_per_request")
+        x = ratio(us, fl)
+        rows.append(("e_cpu_x_floor", x, f"{us:g} µs of worker CPU per post ({cores:.2f} cores at "
+                     f"{e['posts_per_s']}/s) vs floor {fl if fl else '(not measured)'} µs",
+                     None if x is None else x <= t["e_cpu_x_floor"][0]))
+    return rows
+
+
+def issue15_summary(rows, targets=ISSUE15_TARGETS):
+    """The issue-15 targets, one line per target and system: measured, limit, PASS/MISS."""
+    if not rows:
+        return ""
+    labels = {"g_rate_x_asked": "(g) publisher rate >= {:g}x asked", "g_p99_ms": "(g) p99 <= {:g} ms",
+              "g_clean": "(g) no loss/dup/reorder", "l_p99_x_a": "(l) SSE p99 <= {:g}x (a)'s",
+              "c_caught_up_secs": "(c) all caught up < {:g} s", "e_posts_x_nchan": "(e) posts/s >= {:g}x nchan",
+              "e_cpu_x_floor": "(e) CPU/post <= {:g}x floor"}
+    out = ["\nIssue 15 targets (the request path at scale), same run:",
+           f"{'target':<36}{'system':<15}{'measured':>10}  {'verdict':<7} detail"]
+    for row in rows:
+        verdict = "-" if row["pass"] is None else ("PASS" if row["pass"] else "MISS")
+        label = labels[row["target"]].format(targets[row["target"]][0])
+        out.append(f"{label:<36}{row['system']:<15}{fmt(row['value'], 10)}  {verdict:<7} {row['detail']}")
     return "\n".join(out)
 
 
@@ -461,7 +646,7 @@ def parse_args(argv):
     parser.add_argument("--peers", action="store_true", help="also run flask-sse and nchan")
     parser.add_argument("--systems", help="comma list instead of chat[,flask-sse,nchan]; also chat-fsync, "
                         "chat-replicas, chat-cluster (chat over other Redis setups, issue 14)")
-    parser.add_argument("--scenarios", default="abcdefghijk", help="e.g. a,c,e (default: all)")
+    parser.add_argument("--scenarios", default="abcdefghijkl", help="e.g. a,c,e (default: all)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, ~2 s each")
     parser.add_argument("--out", default=str(BENCH / "results"), help="folder (or .json path) for results")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of publishing per scenario")
@@ -488,11 +673,20 @@ def parse_args(argv):
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=None,
                         help="measure the loadgen's own ceiling first (~10 s; default: on, off with --smoke)")
+    parser.add_argument("--catchup", type=int,
+                        help="messages seeded per room before (c)'s streams connect with cursors 0-10 behind "
+                             "the tail (default 20; 0: (c) without cursors)")
+    parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=None,
+                        help="measure the empty Flask POST's CPU (bench/flask_floor.py) once, before the "
+                             "systems, for (e)'s CPU per post (default: on when scenario e runs on a chat system)")
+    parser.add_argument("--floor-seconds", type=float, help="seconds the floor is driven (10; smoke 2)")
     args = parser.parse_args(argv)
     if args.settle is None:
         args.settle = 0.5 if args.smoke else 1.0
     if args.pause is None:
         args.pause = 0.2 if args.smoke else 1.0
+    if args.floor_seconds is None:
+        args.floor_seconds = 2.0 if args.smoke else 10.0
     if args.smoke:
         args.idle_hold = min(args.idle_hold, 1.0)
         args.drain = min(args.drain, 3.0)
@@ -510,6 +704,23 @@ def measure_ceiling(log):
     ceiling = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else proc.stderr[-500:]
     log(f"loadgen ceiling (one reader process, one core): {ceiling}")
     return ceiling
+
+
+def measure_floor(args, log):
+    """bench/flask_floor.py's empty POST under the same gunicorn: its server CPU per request."""
+    try:
+        from flask_floor import floor
+    except ImportError as exc:
+        log(f"no floor ({exc})")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    try:
+        result = floor(args.floor_seconds, 20, warmup=0.5 if args.smoke else 1.0)
+    except Exception as exc:  # the run goes on without it
+        log(f"floor FAILED: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    log(f"empty Flask POST floor (bench/flask_floor.py, 2 gevent workers): {result['requests_per_s']:,.0f} "
+        f"requests/s, {result['cores']:.2f} cores, {result['us_per_request']:.0f} µs of server CPU per request")
+    return result
 
 
 def main(argv=None):
@@ -535,16 +746,27 @@ def main(argv=None):
     ceiling = None
     if args.ceiling or (args.ceiling is None and not args.smoke):
         ceiling = measure_ceiling(log)
+    floor = None
+    if args.floor or (args.floor is None and "e" in keys and any(SYSTEMS[s].has_accounts for s in systems)):
+        floor = measure_floor(args, log)  # before any system starts: the machine to itself
     for name in systems:
         results.extend(run_systems(name, run_keys, args, log))
-    text = table(results, keys, systems, {k: sized(k, args)["title"] for k in keys})
+    sized_scenarios = {k: sized(k, args) for k in keys}
+    text = table(results, keys, systems, {k: sc["title"] for k, sc in sized_scenarios.items()},
+                 sized_scenarios=sized_scenarios, floor=floor)
     print(text, flush=True)
+    targets = issue15_targets(results, keys, systems, sized_scenarios=sized_scenarios, floor=floor)
     doc = {"started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
            "wall_secs": round(time.time() - started, 1), "args": vars(args), "smoke": args.smoke,
            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                        "platform": platform.platform()},
            "loadgen_ceiling": ceiling, "systems": systems, "scenarios": {k: sized(k, args) for k in keys},
            "results": results, "table": text}
+    if floor is not None:
+        doc["flask_floor"] = floor
+    if targets:
+        doc["targets_issue15"] = {"targets": {k: {"limit": v[0], "why": v[1]} for k, v in ISSUE15_TARGETS.items()},
+                                  "results": targets}
     json_path.write_text(json.dumps(doc, indent=1))
     log(f"\nresults: {json_path}")
     if not args.no_plot:

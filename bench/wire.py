@@ -71,10 +71,13 @@ class Target:
         return (b"GET " + path + b" HTTP/1.1\r\nHost: " + self.hostport + b"\r\n"
                 + self._auth(index, self.users) + extra + b"\r\n")
 
-    def publish_request(self, room, lane, seq, run_id):
-        """(request bytes, send_ns): the send time is taken here, just before the write."""
+    def publish_request(self, room, lane, seq, run_id, want_id=False):
+        """(request bytes, send_ns): the send time is taken here, just before the write.
+        ``want_id``: ask for an answer :meth:`published_id` can read the message's id from
+        (chat always answers ``{"id": ...}``; nchan does with ``Accept: application/json``)."""
         ns = time.time_ns()
         text = f"bm:{lane}:{seq}:{ns}:"
+        accept = b""
         if self.system == "chat":
             path = f"/api/rooms/{room}/messages"
             body = json.dumps({"text": text, "client_id": f"{run_id}.{lane}.{seq}"}).encode()
@@ -83,10 +86,19 @@ class Target:
             path = f"/pub/{room}"
             body = text.encode()
             ctype = b"text/plain"
+            if want_id:
+                accept = b"Accept: application/json\r\n"
         head = (b"POST " + path.encode() + b" HTTP/1.1\r\nHost: " + self.hostport + b"\r\n"
-                + self._auth(lane, self.posters) + b"Content-Type: " + ctype
+                + self._auth(lane, self.posters) + accept + b"Content-Type: " + ctype
                 + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n")
         return head + body
+
+    def published_id(self, body):
+        """The event id a reader resumes after (its ``Last-Event-ID``), from a publish answer:
+        chat's ``{"id": "<ms>-<seq>"}`` (the Redis stream id), nchan's JSON channel info
+        ``{"last_message_id": "<time>:<tag>", ...}`` (the id of its EventSource frames)."""
+        doc = json.loads(body)
+        return doc["id"] if self.system == "chat" else doc["last_message_id"]
 
     def guess_request(self, user, password):
         """A password guess: ``GET /api/auth/me`` with HTTP Basic, one request per connection."""
@@ -125,7 +137,9 @@ class HeadParser:
 
     def _feed_head(self, data):
         """Return body bytes after the head, or None while the head is incomplete."""
-        head = self.head + data
+        # A chunked answer's last CRLF may come in the read after its "0\r\n" (a long-poll's next
+        # answer on the same connection then starts with it): no status line starts with one.
+        head = (self.head + data).lstrip(b"\r\n")
         end = head.find(b"\r\n\r\n")
         if end < 0:
             self.head = head
