@@ -19,6 +19,7 @@ from . import (
     metrics,
     migrations,
     page,
+    pollers,
     presence,
     ratelimit,
     rooms,
@@ -65,6 +66,7 @@ def create_app(test_config=None):
         response.headers["X-Worker-Pid"] = str(os.getpid())
         return response
 
-    direct.init_app(app)  # outermost: it sees the finished response
+    direct.init_app(app)  # it sees the finished response
+    pollers.init_app(app)  # outermost: a kept poller's next poll needs nothing of the rest
     return app
 

@@ -92,6 +92,12 @@ SETTINGS = (
     Setting("CHAT_RETRY_MS", int, 2000, "SSE `retry:` sent to clients (reconnect delay).", 0, 600_000),
     Setting("CHAT_POLL_TIMEOUT_SECS", float, 25.0, "Default long-poll wait.", 0, 600),
     Setting("CHAT_POLL_MAX_TIMEOUT_SECS", float, 60.0, "Cap on the long-poll `timeout`.", 0, 600),
+    Setting("CHAT_POLL_PACE_MS", int, 200, "A long-poller is answered at most once per this: an answer "
+            "due sooner waits and carries every message of the window (a busy room costs each poller at "
+            "most 1000/this requests a second).", 0, 10_000),
+    Setting("CHAT_POLL_LINGER_SECS", float, 10.0, "A long-poller's reader is kept this long after an "
+            "answer for the client's next poll, which then skips the request's checks (they were made "
+            "once and the worker keeps them up, as for a stream); it holds a stream slot meanwhile.", 0, 600),
     Setting("CHAT_HISTORY_MAX_LIMIT", int, 200, "Cap on history `limit`.", 1, 10_000),
     Setting("CHAT_BACKLOG_MAX", int, 200, "Cap on SSE `backlog`.", 0, 10_000),
     Setting("CHAT_MAX_STREAMS", int, 10_000, "Streams and long-polls one worker holds at most; "

@@ -26,6 +26,7 @@ import email.utils
 import ssl
 
 from gevent import socket as gsocket
+from gunicorn.http.wsgi import Response as GunicornResponse
 
 _HOP_BY_HOP = {"connection", "transfer-encoding", "content-length", "keep-alive", "date"}
 
@@ -78,6 +79,22 @@ def _response_head(status, headers):
     lines.extend(f"{name}: {value}" for name, value in headers if name.lower() not in _HOP_BY_HOP)
     lines += ["Transfer-Encoding: chunked", "Connection: close", "", ""]
     return "\r\n".join(lines).encode("latin-1")
+
+
+def respond_whole(start_response, status, headers, body):
+    """Start a response whose body is ``body`` and return its WSGI iterable; under gunicorn,
+    head and body leave in one send (gunicorn sends them apart: two syscalls and, for a
+    small answer, two TCP segments; a tenth of a short-path long-poll's CPU)."""
+    headers = [*headers, ("Content-Length", str(len(body)))]
+    start_response(status, headers)
+    response = getattr(start_response, "__self__", None)
+    if not isinstance(response, GunicornResponse) or response.headers_sent or response.chunked:
+        return [body]
+    head = [*response.default_headers(), *(f"{name}: {value}\r\n" for name, value in response.headers), "\r\n"]
+    response.sock.sendall("".join(head).encode("latin-1") + body)
+    response.headers_sent = True  # what gunicorn's own write would have set
+    response.sent = len(body)
+    return []
 
 
 def _no_write(data):

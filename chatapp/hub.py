@@ -41,6 +41,7 @@ from .errors import ChatError, StoreUnavailable
 from .held import Held
 from .link import PubSubLink
 from .multiplex import Multiplex
+from .pollers import Pollers
 from .presence import SWEEP_SECS, PresenceKeeper
 from .reader import Reader
 from .reasons import Ending
@@ -76,6 +77,8 @@ class Hub:
         self.memberships = memberships
         self.sessions = SessionWatch(broker.redis, config["CHAT_SESSION_RECHECK_SECS"])
         self.metrics = metrics
+        # Long-poll readers kept for their clients' next polls (chatapp.pollers).
+        self.pollers = Pollers(config["CHAT_POLL_PACE_MS"] / 1000, config["CHAT_POLL_LINGER_SECS"])
         callbacks = {"on_message": self._on_message, "on_subscribed": self._on_subscribed,
                      "on_reconnected": self._on_reconnected}
         self.shards = None  # on a Redis Cluster: a sharded link per node for the rooms (chatapp.shards)
@@ -251,6 +254,7 @@ class Hub:
         readers = self.streams()
         for reader in readers:
             reader.close(reason)
+        self.pollers.end_all()
         if self._housekeeper is not None:
             self._housekeeper.kill(block=False)
         self.link.close()
@@ -450,6 +454,7 @@ class Hub:
                 if now >= next_renewal:
                     next_renewal = now + self.slots.renew_secs
                     self.slots.renew(streams)
+                self.pollers.prune(now)
                 self._prune(now)
             except redis.RedisError as exc:  # down, or full (maxmemory): the next tick tries again
                 log.info("hub: housekeeping skipped (%s: %s)", type(exc).__name__, exc)

@@ -50,6 +50,8 @@ class Metrics:
                                   multiprocess_mode="livesum")
         self.polls_open = Gauge("chat_polls_open", "Long-polls waiting now", registry=registry,
                                 multiprocess_mode="livesum")
+        self.polls_short = Counter("chat_polls_short", "Long-polls answered on the short path, by a kept "
+                                   "poller (chatapp.pollers)", registry=registry)
         self.accepted = Counter("chat_messages_accepted", "Messages stored and published (201)",
                                 registry=registry)
         self.delivered = Counter("chat_messages_delivered", "Messages written to readers (SSE or long-poll)",

@@ -270,22 +270,9 @@ class Multiplex(Stream):
                   if other is not reader and (exact or other.pending or other.last_id.ms >= ms)]
         return [*listed, *self._joining.items()] if self._joining else listed
 
-    def _pending(self):
+    @property
+    def pending(self):
         return bool(self._notices) or any(reader.pending for reader in self.rooms.values())
-
-    def wait(self, timeout):
-        """True once something is pending, False if ``timeout`` passed first; raises
-        ReaderClosed once closed."""
-        if self.closed_reason:
-            raise ReaderClosed(self.closed_reason)
-        if self._pending():
-            return True
-        self._wake.clear()
-        if not self._wake.wait(timeout):
-            return False
-        if self.closed_reason:
-            raise ReaderClosed(self.closed_reason)
-        return True
 
     def next_batch(self, timeout):
         """Frames to send, oldest first per room; ``None`` if ``timeout`` passed idle (WSGI)."""

@@ -82,6 +82,9 @@ class Stream:
         lease, self._lease = self._lease, None
         return lease
 
+    def count_delivered(self, count):
+        self._delivered += count
+
     def take_delivered(self):
         """Messages written since the last call (added to the metric in bulk)."""
         delivered, self._delivered = self._delivered, 0
@@ -96,6 +99,25 @@ class Stream:
     def close(self, reason):
         self.closed_reason = reason
         self._wake.set()
+
+    @property
+    def pending(self):
+        """Something to take now (each kind of stream says what)."""
+        raise NotImplementedError
+
+    def wait(self, timeout):
+        """True once something is pending, False if ``timeout`` passed first; raises
+        ReaderClosed once closed."""
+        if self.closed_reason:
+            raise ReaderClosed(self.closed_reason)
+        if self.pending:
+            return True
+        self._wake.clear()
+        if not self._wake.wait(timeout):
+            return False
+        if self.closed_reason:
+            raise ReaderClosed(self.closed_reason)
+        return True
 
 
 class Reader(Stream):
@@ -199,14 +221,8 @@ class Reader(Stream):
 
         An empty list means "nothing new after all" (a duplicate was dropped).
         """
-        if self.closed_reason:
-            raise ReaderClosed(self.closed_reason)
-        if not (self._queue or self._behind):
-            self._wake.clear()
-            if not self._wake.wait(timeout):
-                return None
-            if self.closed_reason:
-                raise ReaderClosed(self.closed_reason)
+        if not self.wait(timeout):
+            return None
         return self._ready()
 
     def take_ready(self):

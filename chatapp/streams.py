@@ -27,6 +27,7 @@ from .errors import (
 from .event_stream import EventStream
 from .messages import json_response
 from .params import query_cursor, query_number
+from .pollers import poll_answer, poller_key
 from .presence import current_presence
 from .ratelimit import enforce
 from .reader import ReaderClosed, ReaderReset
@@ -120,37 +121,38 @@ def events(room):
 @bp.get("/<room>/poll")
 @login_required
 def poll(room):
-    """Long-poll: messages after ``cursor`` at once, else wait up to ``timeout`` seconds."""
+    """Long-poll: messages after ``cursor`` at once, else wait up to ``timeout`` seconds.
+
+    The reader is kept for the client's next poll (chatapp.pollers), which then takes the
+    short path."""
     config = current_app.config
     cursor = query_cursor("cursor")
     timeout = query_number("timeout", config["CHAT_POLL_TIMEOUT_SECS"], 0,
                            config["CHAT_POLL_MAX_TIMEOUT_SECS"], kind=float)
     reader = _open_reader(room)
-    metrics = reader.hub.metrics
-    metrics.polls_open.inc()
-    extra = b""
+    hub = reader.hub
+    hub.metrics.polls_open.inc()
+    kept = False
+    reset = None
     try:
-        reader.open(cursor)
-        join_as_poller([room])
-        batch = wait_for_batch(reader, timeout)
-    except ReaderReset as stale:
-        oldest = stale.reset.oldest
-        extra = b',"reset":true,"oldest":' + (b'"%s"' % str(oldest).encode() if oldest else b"null")
-        batch = []
+        try:
+            reader.open(cursor)
+            join_as_poller([room])
+            batch = wait_for_batch(reader, timeout)
+        except ReaderReset as stale:
+            reset, batch = stale.reset, []
+        kept = hub.pollers.keep(poller_key(request.environ, room), reader)
     except ReaderClosed as closed:
         if closed.reason != Ending.DRAINING:
             raise Unauthorized("Your session ended.", code=closed.reason) from None
         batch = []  # answer now; the client polls again, on another worker
     finally:
-        reader.hub.detach(reader)
-        metrics.polls_open.dec()
-    messages = [p.json for p in batch if p.id is not None]
-    metrics.delivered.inc(len(messages))
-    signals = [p.json for p in batch if p.id is None]
-    if signals:  # live-only presence and typing events
-        extra += b',"events":[' + b",".join(signals) + b"]"
-    body = b'{"messages":[' + b",".join(messages) + b'],"cursor":"' + str(reader.last_id).encode() + b'"'
-    return json_response(body + extra + b"}")
+        if not kept:
+            hub.detach(reader)
+        hub.metrics.polls_open.dec()
+    body, delivered = poll_answer(reader, batch, reset)
+    hub.metrics.delivered.inc(delivered)
+    return json_response(body)
 
 
 def join_as_poller(rooms):

@@ -1,0 +1,280 @@
+"""Long-pollers kept between their polls, and the short path their next poll takes.
+
+A long-poll client asks again as soon as it has its answer: in a busy room that
+is several requests a second per client. Through Flask, each one paid the auth
+check (a Redis read), the stream-opening rate limit (a script) and a stream
+lease (a script): ~0.9 ms of a worker's CPU per poll, so a thousand pollers in
+one busy room took the whole server (docs/benchmarks.md, scenario g).
+
+So a poll answered through Flask leaves its reader registered with the hub,
+kept here under the request's exact credentials (``Authorization`` and
+``Cookie``) and room. While kept it is a stream like any other: the hub queues
+the room's publications for it, re-checks its session, renews its lease and
+closes it on a kick, logout or ban. The client's next poll, if it carries the
+same credentials and the cursor of the last answer, is answered by
+:class:`ShortPath` before Flask sees it: the checks that poll would make were
+made by the one that opened the poller and are kept up by the hub, as for an
+SSE stream. Anything else (other credentials, another cursor, a poller busy
+with another request, a closed one, an error) goes through Flask as before.
+
+Two settings bound what a poller costs:
+
+* ``CHAT_POLL_PACE_MS``: a kept poller is answered at most once per pace; an
+  answer that would come sooner waits, collecting every message of the window.
+  A busy room costs each poller at most 1000/pace requests a second, and a
+  client asking in a tight loop (``timeout=0``) can't make it more.
+* ``CHAT_POLL_LINGER_SECS``: a poller not asked again within this is ended (its
+  lease and its place in ``CHAT_MAX_STREAMS`` given back).
+"""
+
+import random
+import re
+import time
+
+import gevent
+
+from .direct import respond_whole
+from .errors import REDIS_ERRORS, ChatError
+from .reader import ReaderClosed, ReaderReset
+from .reasons import Ending
+
+POLL_PATH = re.compile(r"\A/api/rooms/([^/]+)/poll\Z")
+PACE_SPREAD = 0.2
+_UNSENT = ("content-length", "set-cookie")  # per answer, and a session cookie is only set by Flask
+
+
+def poller_key(environ, room):
+    """Whose poller this is: the request's exact credentials and the room, or None without any."""
+    authorization, cookie = environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_COOKIE")
+    if not authorization and not cookie:
+        return None
+    return authorization, cookie, room
+
+
+def poll_answer(reader, batch, reset=None):
+    """The per-room long-poll answer (JSON bytes): ``batch``'s messages, already JSON and
+    shared with every reader, joined in; live-only events under ``events``."""
+    extra = b""
+    if reset is not None:
+        oldest = reset.oldest
+        extra = b',"reset":true,"oldest":' + (b'"%s"' % str(oldest).encode() if oldest else b"null")
+    messages = [p.json for p in batch if p.id is not None]
+    signals = [p.json for p in batch if p.id is None]
+    if signals:  # live-only presence and typing events
+        extra += b',"events":[' + b",".join(signals) + b"]"
+    body = b'{"messages":[' + b",".join(messages) + b'],"cursor":"' + str(reader.last_id).encode() + b'"'
+    return body + extra + b"}", len(messages)
+
+
+class Poller:
+    """A long-poll reader kept between polls: who reads (the request's credentials), which
+    room, from where (the cursor its last answer gave), and its stream lease."""
+
+    __slots__ = ("answered_at", "cursor", "key", "not_before", "reader")
+
+    def __init__(self, key, reader, now, pace):
+        self.key = key
+        self.reader = reader
+        self.answered_at = now
+        self.not_before = now + pace
+        self.cursor = str(reader.last_id)  # what the next poll must carry
+
+
+class Pollers:
+    """This worker's kept pollers (the hub owns them and prunes them).
+
+    Pollers with the same credentials, room and cursor are interchangeable: clients that
+    share an account (or one client's several connections) take whichever is free, so a
+    poll finds one unless another poll of the same account, room and position is being
+    answered with each. How many exist is how many such polls ran at once (each holds a
+    stream slot of the account)."""
+
+    def __init__(self, pace_secs, linger_secs):
+        self.pace_secs = pace_secs
+        self.linger_secs = linger_secs
+        self._idle = {}  # (key, cursor) -> [Poller], the most recently answered last
+        self._count = 0
+        self._headers = {}  # with HTTP Basic or not -> the headers of a Flask answer, reused
+
+    def __len__(self):
+        return self._count
+
+    def keep(self, key, reader):
+        """After a poll answered through Flask: keep ``reader`` for a next poll. False (the
+        caller ends the reader) for a request without credentials."""
+        if key is None:
+            return False
+        self._count += 1
+        self._park(Poller(key, reader, time.monotonic(), self._pace()))
+        return True
+
+    def adopt_headers(self, key, headers):
+        basic = bool(key[0])
+        if basic not in self._headers:
+            self._headers[basic] = [(name, value) for name, value in headers if name.lower() not in _UNSENT]
+
+    def headers(self, key):
+        return self._headers.get(bool(key[0]))
+
+    def take(self, key, cursor):
+        """A free poller of ``key`` at ``cursor``, now busy; None if there is none."""
+        free = self._idle.get((key, cursor))
+        while free:
+            poller = free.pop()
+            if not free:
+                del self._idle[(key, cursor)]
+            if not poller.reader.closed_reason:
+                return poller
+            self._end(poller)
+        return None
+
+    def _pace(self):
+        # Less than the pace by up to a fifth, at random: pollers woken by one message would
+        # otherwise stay in step, every answer and every next poll of a room in one burst.
+        return self.pace_secs * random.uniform(1 - PACE_SPREAD, 1.0)
+
+    def answered(self, poller):
+        """The poll was answered: the poller is free again, at its new cursor."""
+        poller.answered_at = time.monotonic()
+        poller.not_before = poller.answered_at + self._pace()
+        poller.cursor = str(poller.reader.last_id)
+        self._park(poller)
+
+    def end(self, poller):
+        """End a busy poller (its poll went wrong)."""
+        self._end(poller)
+
+    def _park(self, poller):
+        self._idle.setdefault((poller.key, poller.cursor), []).append(poller)
+
+    def _end(self, poller):
+        self._count -= 1
+        poller.reader.hub.detach(poller.reader)
+
+    def prune(self, now):
+        """End the free pollers not asked again within the linger time, and the closed ones."""
+        for place, free in list(self._idle.items()):
+            gone = [p for p in free if p.reader.closed_reason or now - p.answered_at >= self.linger_secs]
+            if not gone:
+                continue
+            for poller in gone:
+                free.remove(poller)
+                self._end(poller)
+            if not free:
+                del self._idle[place]
+
+    def end_all(self):
+        """End every free poller (busy ones end with their polls: their readers are closed)."""
+        idle, self._idle = self._idle, {}
+        for free in idle.values():
+            for poller in free:
+                self._end(poller)
+
+
+def wait_paced(reader, timeout, not_before):
+    """What the reader has after its cursor, waiting up to ``timeout`` for something and, once
+    there is, until ``not_before`` (monotonic) so the answer carries the whole window."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = time.monotonic()
+        if not reader.wait(max(0.0, deadline - now)):
+            now = time.monotonic()
+            if now < not_before:  # even an empty answer waits for the pace
+                gevent.sleep(not_before - now)
+            return []
+        now = time.monotonic()
+        if now < not_before:
+            gevent.sleep(not_before - now)
+        batch = reader.take_ready()
+        if batch or time.monotonic() >= deadline:
+            return batch or []
+
+
+class ShortPath:
+    """WSGI middleware: answers a kept poller's next poll without Flask (see the module docstring)."""
+
+    def __init__(self, app, wsgi_app):
+        self.app = app
+        self.wsgi_app = wsgi_app
+        config = app.config
+        self.default_timeout = config["CHAT_POLL_TIMEOUT_SECS"]
+        self.max_timeout = config["CHAT_POLL_MAX_TIMEOUT_SECS"]
+
+    def __call__(self, environ, start_response):
+        match = POLL_PATH.match(environ.get("PATH_INFO", "")) if environ.get("REQUEST_METHOD") == "GET" else None
+        if match is None:
+            return self.wsgi_app(environ, start_response)
+        key = poller_key(environ, match[1])
+        hub = self.app.extensions["chat.hub"]
+        if key is not None:
+            answer = self._short(hub, key, environ)
+            if answer is not None:
+                return respond_whole(start_response, "200 OK", *answer)
+
+        def remember_headers(status, headers, exc_info=None):
+            if key is not None and status.startswith("200"):
+                hub.pollers.adopt_headers(key, headers)
+            return start_response(status, headers, exc_info)
+        return self.wsgi_app(environ, remember_headers)
+
+    def _short(self, hub, key, environ):
+        query = _query(environ.get("QUERY_STRING", ""), self.default_timeout, self.max_timeout)
+        if query is None:
+            return None
+        cursor, timeout = query
+        pollers = hub.pollers
+        headers = pollers.headers(key)
+        poller = pollers.take(key, cursor) if headers is not None else None
+        if poller is None:
+            return None
+        reader = poller.reader
+        metrics = hub.metrics
+        metrics.polls_open.inc()
+        try:
+            self.app.extensions["chat.presence"].join_polling(reader.user, [reader.room])
+            batch = wait_paced(reader, timeout, poller.not_before)
+            body, delivered = poll_answer(reader, batch)
+        except ReaderReset as stale:
+            body, delivered = poll_answer(reader, [], stale.reset)
+        except ReaderClosed as closed:
+            pollers.end(poller)
+            if closed.reason != Ending.DRAINING:
+                return None  # Flask answers it (the session ended: a 401)
+            body, delivered = poll_answer(reader, [])  # answer now; the client polls again, elsewhere
+            return headers, body
+        except (ChatError, *REDIS_ERRORS):
+            pollers.end(poller)
+            return None  # Flask meets the same trouble and answers it as it does
+        except BaseException:
+            pollers.end(poller)
+            raise
+        finally:
+            metrics.polls_open.dec()
+        reader.count_delivered(delivered)
+        metrics.polls_short.inc()
+        pollers.answered(poller)
+        return headers, body
+
+
+def _query(text, default_timeout, max_timeout):
+    """``(cursor, timeout)`` of a poll's query string, or None unless it names a cursor and
+    nothing but ``cursor`` and a valid ``timeout`` (anything else is Flask's to judge)."""
+    cursor, timeout = None, default_timeout
+    for part in text.split("&"):
+        name, _, value = part.partition("=")
+        if name == "cursor" and cursor is None:
+            cursor = value
+        elif name == "timeout":
+            try:
+                timeout = float(value)
+            except ValueError:
+                return None
+        else:
+            return None
+    if not cursor or not 0 <= timeout <= max_timeout:  # NaN too
+        return None
+    return cursor, timeout
+
+
+def init_app(app):
+    app.wsgi_app = ShortPath(app, app.wsgi_app)

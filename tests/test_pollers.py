@@ -1,0 +1,170 @@
+"""Kept long-pollers and the short path (chatapp.pollers), through the app in this process."""
+
+import base64
+
+import gevent
+import pytest
+
+from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
+from tests.test_streams import send
+
+FAST = {**GENEROUS_LIMITS, "CHAT_POLL_PACE_MS": 0}
+
+
+def basic(name, password=PASSWORD):
+    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
+
+
+def short_answers(app):
+    return app.extensions["chat.metrics"].value("chat_polls_short_total")
+
+
+def poll(client, cursor=None, timeout=0, room="general", headers=None):
+    query = f"timeout={timeout}" + (f"&cursor={cursor}" if cursor else "")
+    return client.get(f"/api/rooms/{room}/poll?{query}", headers=headers)
+
+
+def wait_until(condition, timeout=5.0):
+    with gevent.Timeout(timeout):
+        while not condition():
+            gevent.sleep(0.02)
+
+
+def kept_readers(app):
+    return [r for r in app.extensions["chat.hub"].streams() if r.room == "general"]
+
+
+@pytest.mark.parametrize("config", [FAST])
+def test_a_continued_poll_takes_the_short_path_without_redis(alice, app, redis_client):
+    first = poll(alice).json
+    cursor = first["cursor"]
+    poll(alice, cursor)  # the first answer's headers are what the short path sends
+    before = redis_client.info("commandstats")
+    shorts = short_answers(app)
+    for _ in range(20):
+        answer = poll(alice, cursor)
+        assert answer.status_code == 200 and answer.json == {"messages": [], "cursor": cursor}
+    after = redis_client.info("commandstats")
+    assert short_answers(app) - shorts == 20
+    # No session read, rate limit, nor stream lease per poll: a housekeeping tick may add a few.
+    calls = sum(after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after)
+    assert calls < 10, {k: after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after}
+    assert answer.headers["Content-Type"] == "application/json"
+    assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert "Set-Cookie" not in answer.headers
+
+
+@pytest.mark.parametrize("config", [FAST])
+def test_messages_between_polls_wait_in_the_kept_reader(alice, app):
+    cursor = poll(alice).json["cursor"]
+    sent = [send(alice, f"m{i}") for i in range(5)]
+    got = []
+    while len(got) < 5:
+        answer = poll(alice, cursor, timeout=5).json
+        got += answer["messages"]
+        cursor = answer["cursor"]
+    assert got == sent and cursor == sent[-1]["id"]
+    assert short_answers(app) >= 1
+
+
+@pytest.mark.parametrize("config", [FAST])
+def test_a_lost_answer_is_answered_again_from_the_old_cursor(alice, app):
+    cursor = poll(alice).json["cursor"]
+    sent = [send(alice, f"m{i}") for i in range(3)]
+    assert poll(alice, cursor, timeout=5).json["messages"] == sent  # the client never got this answer
+    again = poll(alice, cursor, timeout=5).json  # so it asks with its old cursor: Flask, from that cursor
+    assert again["messages"] == sent
+    more = send(alice, "more")
+    assert poll(alice, again["cursor"], timeout=5).json["messages"] == [more]
+
+
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_POLL_PACE_MS": 20}])
+def test_pollers_sharing_an_account_each_get_every_message_once_in_order(app, client):
+    """Kept pollers of one account, room and cursor are interchangeable; five clients of one
+    account polling while 60 messages are posted each see all 60, once, in order."""
+    AuthActions(client).register("alice")
+    headers = basic("alice")
+    got = {i: [] for i in range(5)}
+    done = gevent.event.Event()
+    started = []
+
+    def reader(i):
+        poller = app.test_client()
+        cursor = poll(poller, headers=headers).json["cursor"]
+        started.append(i)
+        while not done.is_set() or len(got[i]) < 60:
+            answer = poll(poller, cursor, timeout=1, headers=headers)
+            assert answer.status_code == 200
+            got[i] += [m["text"] for m in answer.json["messages"]]
+            cursor = answer.json["cursor"]
+            if len(got[i]) >= 60:
+                return
+    readers = [gevent.spawn(reader, i) for i in range(5)]
+    wait_until(lambda: len(started) == 5, timeout=10)  # each started "now": before the first message
+    for n in range(60):
+        send(client, f"n{n}")
+        if n % 7 == 0:
+            gevent.sleep(0.01)
+    done.set()
+    gevent.joinall(readers, timeout=20, raise_error=True)
+    assert all(got[i] == [f"n{n}" for n in range(60)] for i in got), got
+    assert short_answers(app) > 0
+
+
+@pytest.mark.parametrize("config", [FAST])
+def test_logout_everywhere_ends_a_kept_poller(alice, app):
+    """A kept poller is a stream: ending the session closes it, and the next poll with the
+    same cookie goes through Flask, which refuses it."""
+    cursor = poll(alice).json["cursor"]
+    assert poll(alice, cursor).status_code == 200
+    other = app.test_client()
+    AuthActions(other).login("alice")
+    assert other.post("/api/auth/logout-everywhere").status_code == 200
+    wait_until(lambda: all(r.closed_reason for r in kept_readers(app)))
+    answer = poll(alice, cursor)
+    assert answer.status_code == 401
+
+
+@pytest.mark.parametrize("config", [FAST])
+def test_a_password_change_ends_a_basic_poller(app, client):
+    AuthActions(client).register("bob")
+    headers = basic("bob")
+    cursor = poll(client, headers=headers).json["cursor"]
+    assert poll(client, cursor, headers=headers).status_code == 200
+    changed = client.post("/api/auth/password", json={"current_password": PASSWORD, "new_password": "another pw 1"},
+                          headers=headers)
+    assert changed.status_code == 200
+    wait_until(lambda: all(r.closed_reason for r in kept_readers(app)))
+    assert poll(client, cursor, headers=headers).status_code == 401
+
+
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_POLL_PACE_MS": 200}])
+def test_the_pace_bounds_a_client_polling_in_a_tight_loop(alice, app):
+    """``timeout=0`` in a loop: a kept poller still answers at most once per pace."""
+    cursor = poll(alice).json["cursor"]
+    answers = 0
+    with gevent.Timeout(1.0, False):
+        while True:
+            assert poll(alice, cursor).status_code == 200
+            answers += 1
+    assert answers <= 1 + 1.0 / 0.2 + 1
+
+
+@pytest.mark.parametrize("config", [{**FAST, "CHAT_POLL_LINGER_SECS": 0.3}])
+def test_a_poller_not_asked_again_ends_and_gives_back_its_lease(alice, app, redis_client):
+    hub = app.extensions["chat.hub"]
+    poll(alice)
+    assert len(hub.pollers) == 1 and hub.reader_count() == 1
+    wait_until(lambda: len(hub.pollers) == 0 and hub.reader_count() == 0)
+    wait_until(lambda: redis_client.zcard("chat:{user:alice}:streams") == 0)
+
+
+@pytest.mark.parametrize("config", [FAST])
+def test_a_draining_worker_answers_a_waiting_short_poll_at_once(alice, app):
+    cursor = poll(alice).json["cursor"]
+    poll(alice, cursor)
+    waiting = gevent.spawn(poll, alice, cursor, 30)
+    wait_until(lambda: app.extensions["chat.metrics"].value("chat_polls_open") == 1)
+    app.extensions["chat.hub"].close()
+    answer = waiting.get(timeout=5)
+    assert answer.status_code == 200 and answer.json == {"messages": [], "cursor": cursor}
