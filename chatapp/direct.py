@@ -28,6 +28,7 @@ import ssl
 from gevent import socket as gsocket
 from gunicorn.http.wsgi import Response as GunicornResponse
 
+WHOLE_MAX_BYTES = 256 * 1024  # bodies up to this are joined and sent with their head; larger ones stream
 _HOP_BY_HOP = {"connection", "transfer-encoding", "content-length", "keep-alive", "date"}
 
 
@@ -44,9 +45,8 @@ class SocketTakeover:
         self.wsgi_app = wsgi_app
 
     def __call__(self, environ, start_response):
-        sock = environ.get("gunicorn.socket")
-        if not _can_take(environ, sock):
-            return self.wsgi_app(environ, start_response)
+        if not isinstance(getattr(start_response, "__self__", None), GunicornResponse):
+            return self.wsgi_app(environ, start_response)  # not gunicorn (tests, another server)
         started = []
 
         def defer(status, headers, exc_info=None):
@@ -54,13 +54,30 @@ class SocketTakeover:
             return _no_write
 
         body = self.wsgi_app(environ, defer)
+        status, headers, exc_info = started
         take_over = getattr(body, "take_over", None)
-        if take_over is None or not started[0].startswith("200"):
-            start_response(*started)
-            return body
-        head = _response_head(started[0], started[1])
-        take_over(_detach(sock), head)
-        raise StopIteration  # gunicorn: "close this connection" (it no longer has one)
+        sock = environ.get("gunicorn.socket")
+        if take_over is not None and status.startswith("200") and _can_take(environ, sock):
+            take_over(_detach(sock), _response_head(status, headers))
+            raise StopIteration  # gunicorn: "close this connection" (it no longer has one)
+        length = _content_length(headers)
+        if take_over is None and exc_info is None and length is not None and length <= WHOLE_MAX_BYTES:
+            try:
+                data = b"".join(body)
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
+            start_response(status, headers)
+            return _send_whole(start_response.__self__, data)
+        start_response(*started)
+        return body
+
+
+def _content_length(headers):
+    for name, value in headers:
+        if name.lower() == "content-length":
+            return int(value) if value.isdigit() else None
+    return None
 
 
 def _can_take(environ, sock):
@@ -82,13 +99,21 @@ def _response_head(status, headers):
 
 
 def respond_whole(start_response, status, headers, body):
-    """Start a response whose body is ``body`` and return its WSGI iterable; under gunicorn,
-    head and body leave in one send (gunicorn sends them apart: two syscalls and, for a
-    small answer, two TCP segments; a tenth of a short-path long-poll's CPU)."""
-    headers = [*headers, ("Content-Length", str(len(body)))]
-    start_response(status, headers)
+    """Start a response whose body is ``body`` and return its WSGI iterable, the head and
+    body in one send under gunicorn (see :func:`_send_whole`)."""
+    start_response(status, [*headers, ("Content-Length", str(len(body)))])
     response = getattr(start_response, "__self__", None)
-    if not isinstance(response, GunicornResponse) or response.headers_sent or response.chunked:
+    if not isinstance(response, GunicornResponse):
+        return [body]
+    return _send_whole(response, body)
+
+
+def _send_whole(response, body):
+    """Send the head gunicorn's ``response`` was started with and ``body`` in one send.
+
+    gunicorn sends them apart: two syscalls and, on loopback, two deliveries to the
+    reader; a fifth of a small POST's CPU went to sends (docs/benchmarks.md)."""
+    if response.headers_sent or response.chunked:
         return [body]
     head = [*response.default_headers(), *(f"{name}: {value}\r\n" for name, value in response.headers), "\r\n"]
     response.sock.sendall("".join(head).encode("latin-1") + body)

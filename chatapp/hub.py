@@ -86,10 +86,11 @@ class Hub:
             self.shards = ShardLinks(where, broker.redis, config["CHAT_HUB_PING_SECS"], metrics, **callbacks,
                                      on_lost=lambda link: self._held.pop(link.node, None))
             self.link = PubSubLink(where, config["CHAT_HUB_PING_SECS"], metrics, channels=lambda: [_CONTROL],
-                                   node=lambda: topology.any_primary(broker.redis), **callbacks)
+                                   node=lambda: topology.any_primary(broker.redis), on_lost=self._control_lost,
+                                   **callbacks)
         else:
             self.link = PubSubLink(where, config["CHAT_HUB_PING_SECS"], metrics,
-                                   channels=lambda: [_CONTROL, *self._rooms], **callbacks)
+                                   channels=lambda: [_CONTROL, *self._rooms], on_lost=self._control_lost, **callbacks)
         self.room_links = self.shards or self.link  # where rooms are subscribed
         self._rooms = {}
         self._muxes = set()  # multiplexed streams (chatapp.multiplex); their rooms' readers are in _rooms
@@ -101,6 +102,11 @@ class Hub:
         # shard; None for one server or Sentinel).
         self._held = collections.defaultdict(Held)
         self._link_address = None
+        # Control messages heard since the control channel's last subscription (None: not
+        # subscribed now, so whatever is cached on their word can't be trusted).
+        self._control_epoch = 0
+        self._control_live = False
+        self._user_watchers = []  # called with a user whose sessions ended (logout everywhere, ban...)
         self._pid = None
         self._housekeeper = None
         self.closed = False
@@ -290,7 +296,30 @@ class Hub:
         else:
             self._dispatch(channel, payload)
 
+    # -- control channel: what may be cached on its word -------------------------------
+
+    def control_epoch(self):
+        """An epoch that stays the same while no control message can have been missed (the
+        control channel subscribed without a break since), or None when that can't be said.
+        Caches that a control message invalidates keep entries only within one epoch."""
+        if self.closed:
+            return None
+        self._ensure_started()
+        return self._control_epoch if self._control_live else None
+
+    def watch_users(self, callback):
+        """Call ``callback(user)`` when a control message ends a user's sessions or streams."""
+        self._user_watchers.append(callback)
+
+    def _control_lost(self, link):
+        if link is self.link:
+            self._control_live = False
+
     def _on_subscribed(self, channel):
+        if channel == _CONTROL:
+            self._control_epoch += 1
+            self._control_live = True
+            return
         room = self._rooms.get(channel)
         if room is None:
             return  # the control channel, or unsubscribed before the confirmation arrived
@@ -360,7 +389,11 @@ class Hub:
             if "joined" in message:
                 self._membership_changed(message["user"], message["room"], message["joined"])
             else:
-                self.close_matching(message["reason"], message.get("user"), message.get("sid"))
+                user = message.get("user")
+                if user:
+                    for callback in self._user_watchers:
+                        callback(user)
+                self.close_matching(message["reason"], user, message.get("sid"))
         except (ValueError, KeyError, TypeError, AttributeError, ChatError):
             log.error("hub: ignoring malformed control message %r", payload[:200])
 

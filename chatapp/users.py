@@ -61,6 +61,11 @@ class UserStore:
         # Hashed once so an unknown user costs the same hash as a wrong password.
         self._dummy_hash = generate_password_hash("not a real password")
         self._cache = {}
+        # Credentials this worker may accept without reading Redis at all, while the hub's
+        # control channel vouches that no "sessions ended" message was missed (see trust_while).
+        self._trusted = {}  # token -> (control epoch, deadline, Account)
+        self._control_epoch = None
+        self._forgotten = 0  # how many times a user was forgotten: a check that straddles one isn't kept
 
     def create(self, name, password, *, reserved_ok=False):
         """Create an account. Names in ``CHAT_ADMINS`` are reserved for the operator (the
@@ -107,12 +112,16 @@ class UserStore:
     def authenticate_basic(self, name, password, guard):
         """:meth:`authenticate` for HTTP Basic, which sends the password with every request.
 
-        The account and its ban are read every time (one MGET), but the scrypt
-        hash is skipped when this process, or another worker or host, verified the
-        same password against the same stored hash within ``CHAT_AUTH_CACHE_SECS``
-        (a marker in Redis keyed by an HMAC of name and password, holding a
-        fingerprint of the stored hash): a password change or a deleted account
-        takes effect at once, without paying tens of ms of CPU per request.
+        A credential this worker accepted lately is accepted again without reading
+        Redis while the hub's control channel vouches for it (:meth:`trust_while`):
+        a password change, ban or logout-everywhere publishes a control message that
+        makes every worker forget the user, and a break in the channel forgets
+        everyone. Otherwise the account and its ban are read (one MGET), and the
+        scrypt hash is skipped when this process, or another worker or host,
+        verified the same password against the same stored hash within
+        ``CHAT_AUTH_CACHE_SECS`` (a marker in Redis keyed by an HMAC of name and
+        password, holding a fingerprint of the stored hash): a password change takes
+        effect at once, without paying tens of ms of CPU per request.
 
         Every other attempt is a guess until proven right: ``guard.begin()``
         refuses it with a 429 before its hash once the login limits are used up
@@ -125,6 +134,10 @@ class UserStore:
             guard.end(failed=True)
             return None
         token = hmac.new(self._secret, f"{name.lower()}\0{password}".encode(), hashlib.sha256).hexdigest()
+        account, epoch = self._trusted_account(token)
+        if account is not None:
+            return account
+        forgotten = self._forgotten
         raw, marker, banned = self.redis.mget(keys.user(name), keys.verified(name, token), keys.banned(name))
         record = json.loads(raw) if raw else None
         banned = banned is not None
@@ -153,7 +166,41 @@ class UserStore:
         self._cache[token] = (stored_hash, now + self.cache_secs, marker_due)
         if banned:
             raise Forbidden("This account is banned.", code="banned")
-        return Account(record["name"], raw)
+        account = Account(record["name"], raw)
+        self._trust(token, epoch, forgotten, account)
+        return account
+
+    def trust_while(self, control_epoch):
+        """Accept a credential checked lately without reading Redis while ``control_epoch()``
+        returns the epoch it was checked in. Every change that must reach a Basic client at
+        once (password change, ban, logout everywhere) publishes a control message naming the
+        user, which calls :meth:`forget`; a break in the control channel changes the epoch."""
+        self._control_epoch = control_epoch
+
+    def forget(self, user):
+        """Drop what this worker trusts of ``user`` (a control message ended its sessions)."""
+        user = user.lower()
+        self._forgotten += 1
+        for token in [t for t, (_, _, account) in self._trusted.items() if account.name.lower() == user]:
+            del self._trusted[token]
+
+    def _trusted_account(self, token):
+        """``(account or None, epoch or None)``: the account if trusted now, and the epoch a
+        check made now would be trusted in."""
+        epoch = self._control_epoch() if self._control_epoch is not None else None
+        if epoch is None:
+            return None, None
+        trusted = self._trusted.get(token)
+        if trusted is not None and trusted[0] == epoch and trusted[1] > time.monotonic():
+            return trusted[2], epoch
+        return None, epoch
+
+    def _trust(self, token, epoch, forgotten, account):
+        if epoch is None or forgotten != self._forgotten or self._control_epoch() != epoch:
+            return  # a control message (or a break) came while this was being checked
+        if len(self._trusted) >= _AUTH_CACHE_MAX:
+            self._trusted.clear()
+        self._trusted[token] = (epoch, time.monotonic() + self.cache_secs, account)
 
     def _mark_verified(self, name, token, raw):
         """Tell every worker this credential is good (for CHAT_AUTH_CACHE_SECS): a client that
@@ -190,8 +237,11 @@ class UserStore:
 
 def init_app(app):
     hasher = Hasher(app.config["CHAT_HASH_THREADS"], app.config["CHAT_HASH_QUEUE"])
-    app.extensions["chat.users"] = UserStore(app.extensions["chat.redis"], hasher,
-                                             app.config["CHAT_AUTH_CACHE_SECS"], app.config["SECRET_KEY"])
+    users = app.extensions["chat.users"] = UserStore(app.extensions["chat.redis"], hasher,
+                                                     app.config["CHAT_AUTH_CACHE_SECS"], app.config["SECRET_KEY"])
+    hub = app.extensions["chat.hub"]
+    users.trust_while(hub.control_epoch)
+    hub.watch_users(users.forget)
 
 
 def current_users():

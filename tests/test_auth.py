@@ -1,7 +1,14 @@
 import base64
+import subprocess
+import sys
+import time
+
+import gevent
 
 from chatapp import keys
+from deploy.launch import ROOT
 from tests.conftest import PASSWORD
+from tests.helpers import account
 
 
 def basic(user, password):
@@ -95,3 +102,76 @@ def test_forged_session_cookie_never_reaches_redis_as_a_key(client, redis_client
     client.set_cookie("chat_session", "*")
     assert client.get("/api/auth/me").status_code == 401
     assert redis_client.keys("chat:session:*") == []
+
+
+# -- HTTP Basic accepted without Redis while the control channel vouches (users.trust_while) --
+
+def _calls(redis_client, command):
+    return redis_client.info("commandstats").get(f"cmdstat_{command}", {"calls": 0})["calls"]
+
+
+def test_a_basic_client_in_steady_use_costs_no_redis_read(auth, app, redis_client):
+    auth.register("alice")
+    fresh = app.test_client()
+    headers = basic("alice", PASSWORD)
+    assert fresh.get("/api/auth/me", headers=headers).status_code == 200
+    hub = app.extensions["chat.hub"]
+    with gevent.Timeout(5):
+        while hub.control_epoch() is None:  # the control channel subscribed
+            gevent.sleep(0.02)
+    assert fresh.get("/api/auth/me", headers=headers).status_code == 200  # checked, now trusted
+    before = _calls(redis_client, "mget")
+    assert all(fresh.get("/api/auth/me", headers=headers).status_code == 200 for _ in range(10))
+    assert _calls(redis_client, "mget") == before
+    assert fresh.get("/api/auth/me", headers=basic("alice", "wrong password")).status_code == 401
+
+
+def test_a_break_in_the_control_channel_ends_the_trust(auth, app, redis_client):
+    auth.register("alice")
+    fresh = app.test_client()
+    headers = basic("alice", PASSWORD)
+    hub = app.extensions["chat.hub"]
+    fresh.get("/api/auth/me", headers=headers)
+    with gevent.Timeout(5):
+        while hub.control_epoch() is None:
+            gevent.sleep(0.02)
+    fresh.get("/api/auth/me", headers=headers)
+    epoch = hub.control_epoch()
+    redis_client.client_kill_filter(_type="pubsub")  # a message published now would be missed
+    with gevent.Timeout(10):
+        while hub.control_epoch() in (None, epoch):
+            gevent.sleep(0.02)
+    before = _calls(redis_client, "mget")
+    assert fresh.get("/api/auth/me", headers=headers).status_code == 200
+    assert _calls(redis_client, "mget") == before + 1  # read again, not taken on the old word
+
+
+def _on_both_workers(api, path="/api/auth/me"):
+    pids = set()
+    for _ in range(60):
+        response = api.get(path)
+        assert response.status == 200
+        pids.add(response.headers["X-Worker-Pid"])
+        if len(pids) == 2:
+            return
+    raise AssertionError("one worker answered every request")
+
+
+def test_a_password_change_reaches_every_worker_that_trusted_the_old_one(server):
+    alice = account(server)
+    _on_both_workers(alice)
+    _on_both_workers(alice)  # trusted on both now
+    assert alice.post("/api/auth/password", {"current_password": PASSWORD,
+                                             "new_password": "a new password"}).status == 200
+    time.sleep(0.3)  # the control message's way to both workers
+    assert [alice.get("/api/auth/me").status for _ in range(20)] == [401] * 20
+
+
+def test_a_ban_reaches_every_worker_that_trusted_the_account(server):
+    bob = account(server)
+    _on_both_workers(bob)
+    _on_both_workers(bob)
+    subprocess.run([sys.executable, "-m", "flask", "--app", "wsgi:app", "users", "ban", bob.auth_user],
+                   cwd=ROOT, env=server.env(), check=True, capture_output=True)
+    time.sleep(0.3)
+    assert {bob.get("/api/auth/me").status for _ in range(20)} == {403}
