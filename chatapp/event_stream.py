@@ -68,8 +68,11 @@ class EventStream:
         frames = self._start()
         try:
             sink.write_blocking(head + sse.http_chunk(next(frames)))  # before waiting for anything
-            for frame in frames:
-                sink.write_blocking(sse.http_chunk(frame))
+            # The rest of the start and what the reader has already (a resumed stream's first
+            # catch-up) in one send: in a reconnect storm every send and drainer counts.
+            start = b"".join(sse.http_chunk(frame) for frame in frames) + (sink.take_chunk() or b"")
+            if start:
+                sink.write_blocking(start)
         except Exception as exc:  # the socket is ours now: nobody else would close it
             sink.finish(self.ending_reason(exc))
         except BaseException:  # a worker stopping (GreenletExit): still close what we own
@@ -83,7 +86,9 @@ class EventStream:
         reader = self.reader
         self.opened = time.monotonic()
         reader.hub.metrics.streams_open.inc()
-        log.info("stream opened room=%s user=%s", reader.room, reader.user,
+        # DEBUG: the closing line says all of it (with the duration), and in a reconnect storm
+        # a line per open was a quarter of an open's CPU (docs/benchmarks.md).
+        log.debug("stream opened room=%s user=%s", reader.room, reader.user,
                  extra={"room": reader.room, "user": reader.user})
         # First bytes at once: headers get past proxies that wait for a body.
         yield sse.Event(retry=self.retry_ms, comment="stream open").encode()
@@ -253,20 +258,26 @@ class SocketSink:
             self.finish(reason)
 
     def _drain_until_idle(self):
-        reader = self.reader
         while True:
             if self._pending:
                 pending, self._pending = self._pending, b""
                 self.write_blocking(pending)
-            try:
-                batch = reader.take_ready()
-            except ReaderReset as stale:
-                self._pending = http_chunk(self.stream.reset_frame(stale.reset))
-                continue
-            if batch is None:
+            chunk = self.take_chunk()
+            if chunk is None:
                 return  # caught up: the hub writes again
-            if batch:
-                self._pending = http_chunk(reader.encode(batch))
+            self._pending = chunk
+
+    def take_chunk(self):
+        """The chunk of what the reader has ready (a batch, or a reset): None when nothing is
+        pending, ``b""`` when what was pending came to nothing (duplicates dropped)."""
+        reader = self.reader
+        try:
+            batch = reader.take_ready()
+        except ReaderReset as stale:
+            return http_chunk(self.stream.reset_frame(stale.reset))
+        if batch is None:
+            return None
+        return http_chunk(reader.encode(batch)) if batch else b""
 
     def _readable(self):
         """The client sent something or hung up (runs in gevent's hub: nothing here may block)."""

@@ -5,7 +5,6 @@
 Both take ``rooms=a,b`` to follow only some of the joined rooms.
 """
 
-import json
 import sys
 import time
 
@@ -19,6 +18,7 @@ from .membership import current_memberships
 from .messages import json_response
 from .multiplex import Cursor, plan_start
 from .params import query_number
+from .pollers import poller_key
 from .presence import current_presence
 from .reader import ReaderClosed
 from .reasons import SESSION_ENDED, Ending
@@ -77,29 +77,33 @@ def events():
 @login_required
 def poll():
     """Long-poll for every room you joined: what follows ``cursor`` at once, else wait up to
-    ``timeout`` seconds. The answer's ``cursor`` goes into the next poll."""
+    ``timeout`` seconds. The answer's ``cursor`` goes into the next poll; the stream is kept
+    for it (chatapp.pollers), which then takes the short path."""
     config = current_app.config
     cursor = _cursor(request.args.get("cursor"))
     timeout = query_number("timeout", config["CHAT_POLL_TIMEOUT_SECS"], 0,
                            config["CHAT_POLL_MAX_TIMEOUT_SECS"], kind=float)
     mux, starts = _open_multiplex(cursor)
-    metrics = mux.hub.metrics
-    metrics.polls_open.inc()
+    hub = mux.hub
+    hub.metrics.polls_open.inc()
+    kept = False
     try:
         mux.open(starts)
         join_as_poller(list(mux.rooms))
         messages, events, resets = _wait_for_answer(mux, timeout)
+        body = mux.poll_answer(messages, events, resets)
+        kept = hub.pollers.keep(poller_key(request.environ, "*" + request.args.get("rooms", "")), mux)
     except ReaderClosed as closed:
         if closed.reason in SESSION_ENDED:
             raise Unauthorized("Your session ended.", code=closed.reason) from None
         if closed.reason != Ending.DRAINING:
             raise StoreUnavailable(code=closed.reason) from None
-        messages, events, resets = [], [], []  # answer now; the client polls again, on another worker
+        body = mux.poll_answer([], [], [])  # answer now; the client polls again, on another worker
     finally:
-        mux.end()
-        metrics.polls_open.dec()
-    metrics.delivered.inc(len(messages))
-    return _answer(mux, messages, events, resets)
+        if not kept:
+            mux.end()
+        hub.metrics.polls_open.dec()
+    return json_response(body)
 
 
 def _wait_for_answer(mux, timeout):
@@ -110,12 +114,3 @@ def _wait_for_answer(mux, timeout):
         answer = mux.take_answer()
         if any(answer) or time.monotonic() >= deadline:
             return answer
-
-
-def _answer(mux, messages, events, resets):
-    """The answer's JSON; messages and presence/typing events are already JSON, shared with
-    every other reader, so they are joined in, not encoded again."""
-    rest = json.dumps({"resets": resets, "rooms": sorted(mux.rooms), "cursor": mux.exact_cursor()},
-                      separators=(",", ":")).encode()
-    return json_response(b'{"messages":[' + b",".join(messages) + b'],"events":[' + b",".join(events) + b"],"
-                         + rest[1:])

@@ -30,6 +30,7 @@ Two settings bound what a poller costs:
 import random
 import re
 import time
+from urllib.parse import unquote
 
 import gevent
 
@@ -39,16 +40,18 @@ from .reader import ReaderClosed, ReaderReset
 from .reasons import Ending
 
 POLL_PATH = re.compile(r"\A/api/rooms/([^/]+)/poll\Z")
+MUX_POLL_PATH = "/api/poll"  # the multiplexed stream's long-poll (chatapp.events)
 PACE_SPREAD = 0.2
 _UNSENT = ("content-length", "set-cookie")  # per answer, and a session cookie is only set by Flask
 
 
-def poller_key(environ, room):
-    """Whose poller this is: the request's exact credentials and the room, or None without any."""
+def poller_key(environ, scope):
+    """Whose poller this is: the request's exact credentials and what it reads (a room, or
+    ``*`` and the multiplexed poll's ``rooms``), or None without credentials."""
     authorization, cookie = environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_COOKIE")
     if not authorization and not cookie:
         return None
-    return authorization, cookie, room
+    return authorization, cookie, scope
 
 
 def poll_answer(reader, batch, reset=None):
@@ -77,7 +80,7 @@ class Poller:
         self.reader = reader
         self.answered_at = now
         self.not_before = now + pace
-        self.cursor = str(reader.last_id)  # what the next poll must carry
+        self.cursor = reader.poll_cursor()  # what the next poll must carry
 
 
 class Pollers:
@@ -137,7 +140,7 @@ class Pollers:
         """The poll was answered: the poller is free again, at its new cursor."""
         poller.answered_at = time.monotonic()
         poller.not_before = poller.answered_at + self._pace()
-        poller.cursor = str(poller.reader.last_id)
+        poller.cursor = poller.reader.poll_cursor()
         self._park(poller)
 
     def end(self, poller):
@@ -149,7 +152,7 @@ class Pollers:
 
     def _end(self, poller):
         self._count -= 1
-        poller.reader.hub.detach(poller.reader)
+        poller.reader.end()
 
     def prune(self, now):
         """End the free pollers not asked again within the linger time, and the closed ones."""
@@ -171,23 +174,39 @@ class Pollers:
                 self._end(poller)
 
 
-def wait_paced(reader, timeout, not_before):
-    """What the reader has after its cursor, waiting up to ``timeout`` for something and, once
-    there is, until ``not_before`` (monotonic) so the answer carries the whole window."""
+def wait_paced(stream, timeout, not_before, take):
+    """``take()`` once the stream has something (None or empty: nothing after all), waiting up
+    to ``timeout`` for it and, once there is, until ``not_before`` (monotonic) so the answer
+    carries the whole window; None if the timeout passed first."""
     deadline = time.monotonic() + timeout
     while True:
+        waited = stream.wait(max(0.0, deadline - time.monotonic()))
         now = time.monotonic()
-        if not reader.wait(max(0.0, deadline - now)):
-            now = time.monotonic()
-            if now < not_before:  # even an empty answer waits for the pace
-                gevent.sleep(not_before - now)
-            return []
-        now = time.monotonic()
-        if now < not_before:
+        if now < not_before:  # even an empty answer waits for the pace
             gevent.sleep(not_before - now)
-        batch = reader.take_ready()
-        if batch or time.monotonic() >= deadline:
-            return batch or []
+        if not waited:
+            return None
+        answer = take()
+        if answer or time.monotonic() >= deadline:
+            return answer
+
+
+def _room_answer(reader, timeout, not_before):
+    """A room's poll: ``(body, messages delivered)``."""
+    try:
+        batch = wait_paced(reader, timeout, not_before, reader.take_ready)
+    except ReaderReset as stale:
+        return poll_answer(reader, [], stale.reset)
+    return poll_answer(reader, batch or [])
+
+
+def _mux_answer(mux, timeout, not_before):
+    """The multiplexed poll: ``(body, 0)`` (the stream counts what it delivers itself)."""
+    def take():
+        answer = mux.take_answer()
+        return answer if any(answer) else None
+    answer = wait_paced(mux, timeout, not_before, take) or ([], [], [])
+    return mux.poll_answer(*answer), 0
 
 
 class ShortPath:
@@ -201,10 +220,10 @@ class ShortPath:
         self.max_timeout = config["CHAT_POLL_MAX_TIMEOUT_SECS"]
 
     def __call__(self, environ, start_response):
-        match = POLL_PATH.match(environ.get("PATH_INFO", "")) if environ.get("REQUEST_METHOD") == "GET" else None
-        if match is None:
+        scope = _scope(environ) if environ.get("REQUEST_METHOD") == "GET" else None
+        if scope is None:
             return self.wsgi_app(environ, start_response)
-        key = poller_key(environ, match[1])
+        key = poller_key(environ, scope)
         hub = self.app.extensions["chat.hub"]
         if key is not None:
             answer = self._short(hub, key, environ)
@@ -227,21 +246,20 @@ class ShortPath:
         poller = pollers.take(key, cursor) if headers is not None else None
         if poller is None:
             return None
-        reader = poller.reader
+        stream = poller.reader
+        multiplexed = key[2].startswith("*")
         metrics = hub.metrics
         metrics.polls_open.inc()
         try:
-            self.app.extensions["chat.presence"].join_polling(reader.user, [reader.room])
-            batch = wait_paced(reader, timeout, poller.not_before)
-            body, delivered = poll_answer(reader, batch)
-        except ReaderReset as stale:
-            body, delivered = poll_answer(reader, [], stale.reset)
+            self.app.extensions["chat.presence"].join_polling(stream.user, list(stream.rooms) if multiplexed
+                                                              else [stream.room])
+            answer = (_mux_answer if multiplexed else _room_answer)(stream, timeout, poller.not_before)
         except ReaderClosed as closed:
             pollers.end(poller)
             if closed.reason != Ending.DRAINING:
                 return None  # Flask answers it (the session ended: a 401)
-            body, delivered = poll_answer(reader, [])  # answer now; the client polls again, elsewhere
-            return headers, body
+            # Answer now; the client polls again, elsewhere.
+            return headers, stream.poll_answer([], [], []) if multiplexed else poll_answer(stream, [])[0]
         except (ChatError, *REDIS_ERRORS):
             pollers.end(poller)
             return None  # Flask meets the same trouble and answers it as it does
@@ -250,26 +268,44 @@ class ShortPath:
             raise
         finally:
             metrics.polls_open.dec()
-        reader.count_delivered(delivered)
+        body, delivered = answer
+        stream.count_delivered(delivered)
         metrics.polls_short.inc()
         pollers.answered(poller)
         return headers, body
 
 
+def _scope(environ):
+    """What a GET reads if it is a long-poll: its room, or ``*`` and the ``rooms`` it names."""
+    path = environ.get("PATH_INFO", "")
+    if path == MUX_POLL_PATH:
+        return "*" + _query_value(environ.get("QUERY_STRING", ""), "rooms")
+    match = POLL_PATH.match(path)
+    return match[1] if match else None
+
+
+def _query_value(text, name):
+    for part in text.split("&"):
+        key, _, value = part.partition("=")
+        if key == name:
+            return unquote(value)
+    return ""
+
+
 def _query(text, default_timeout, max_timeout):
     """``(cursor, timeout)`` of a poll's query string, or None unless it names a cursor and
-    nothing but ``cursor`` and a valid ``timeout`` (anything else is Flask's to judge)."""
+    nothing but ``cursor``, a valid ``timeout`` and ``rooms`` (anything else is Flask's to judge)."""
     cursor, timeout = None, default_timeout
     for part in text.split("&"):
         name, _, value = part.partition("=")
         if name == "cursor" and cursor is None:
-            cursor = value
+            cursor = unquote(value)
         elif name == "timeout":
             try:
                 timeout = float(value)
             except ValueError:
                 return None
-        else:
+        elif name != "rooms":
             return None
     if not cursor or not 0 <= timeout <= max_timeout:  # NaN too
         return None

@@ -150,6 +150,10 @@ class Reader(Stream):
             return []
         return self._advance(self.hub.broker.read_before(self.room, None, backlog), force=True)
 
+    def poll_cursor(self):
+        """What a client's next poll carries to continue from here."""
+        return str(self.last_id)
+
     def follow_for(self, mux, wake):
         """Be one room of the multiplexed stream ``mux``: wake it, let it frame what is written."""
         self.mux = mux

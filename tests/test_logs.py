@@ -18,7 +18,7 @@ def config(config):
 
 
 def test_request_and_stream_lines_as_json_without_secrets(app, caplog):
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)  # "stream opened" is DEBUG; "stream closed" INFO
     client = app.test_client()
     AuthActions(client).register("alice")
     client.get("/api/rooms?secret=1", headers=basic("alice", PASSWORD))

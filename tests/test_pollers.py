@@ -1,6 +1,7 @@
 """Kept long-pollers and the short path (chatapp.pollers), through the app in this process."""
 
 import base64
+from urllib.parse import quote
 
 import gevent
 import pytest
@@ -168,3 +169,24 @@ def test_a_draining_worker_answers_a_waiting_short_poll_at_once(alice, app):
     app.extensions["chat.hub"].close()
     answer = waiting.get(timeout=5)
     assert answer.status_code == 200 and answer.json == {"messages": [], "cursor": cursor}
+
+
+@pytest.mark.parametrize("config", [FAST])
+def test_the_multiplexed_poll_continues_on_the_short_path(alice, app):
+    """``/api/poll``'s cursor (``@ms`` and rooms) comes back URL-encoded, as the page sends it."""
+    first = alice.get("/api/poll?timeout=0").json
+    cursor = first["cursor"]
+    got, shorts = [], short_answers(app)
+    sent = [send(alice, f"m{i}") for i in range(4)]
+    assert alice.post("/api/rooms", json={"name": "random"}).status_code == 201
+    assert alice.post("/api/rooms/random/join").status_code == 200
+    other = send(alice, "elsewhere", room="random")
+    events = []
+    while len(got) < 5:
+        answer = alice.get(f"/api/poll?timeout=5&cursor={quote(cursor, safe='')}").json
+        got += answer["messages"]
+        events += answer["events"]
+        cursor = answer["cursor"]
+    assert got == [*sent, other]
+    assert any(e.get("type") == "joined" and e.get("room") == "random" for e in events)
+    assert short_answers(app) > shorts
