@@ -170,7 +170,8 @@ SETTINGS = (
             "(the page makes one when it loads; the stream keeps them current)."),
     Setting("CHAT_RATE_MEMBERSHIP", rate, "60 per minute", "Joins and leaves each user may make."),
     Setting("CHAT_RATE_STREAMS", rate, "60 per minute", "New SSE streams and long-polls each user "
-            "may open (a long-poll client makes about 3 a minute)."),
+            "may open (a long-poll that continues on its worker's kept poller isn't new: see "
+            "`CHAT_POLL_LINGER_SECS`)."),
 )
 
 
