@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 WATCH_TICK_SECS = 0.5  # an expired session's streams must stop within 2 s
 PING_CHUNK = http_chunk(PING)
 CLOSE_WAIT_SECS = 3.0  # for drainers to end their streams at shutdown (a Redis read is at most 5 s)
+RING_PREFILL = 100  # messages read into a room's ring when it is first subscribed
 HUB_READ_CONNECTIONS = 4  # for the hub's own reads (tails, backfills)
 _CONTROL = keys.CONTROL_CHANNEL.encode()
 
@@ -324,8 +325,11 @@ class Hub:
         if room is None:
             return  # the control channel, or unsubscribed before the confirmation arrived
         if room.last_id is None:
-            room.start_id = self.broker.tail(room.name)
-            room.restart_at(room.start_id)
+            # The ring starts with the room's latest messages: after a restart or a deploy every
+            # client resumes from a cursor seconds old, and those catch-ups then need no Redis read.
+            recent = self.broker.read_before(room.name, None, min(self.ring_size, RING_PREFILL))
+            room.start_id = recent[-1].id if recent else self.broker.tail(room.name)
+            room.start_at(recent, room.start_id)
             room.ready.set()
             self._hold_unacknowledged(room)
             return

@@ -31,6 +31,14 @@ class RoomFeed:
         self.last_id = self.ring_floor = tail
         self.ring.clear()
 
+    def start_at(self, recent, tail):
+        """Follow the room from ``tail`` on (first subscription), with ``recent``, the room's last
+        publications up to ``tail`` (oldest first), in the ring."""
+        self.restart_at(tail)
+        self.ring.extend(recent)
+        if self.ring:
+            self.ring_floor = self.ring[0].id  # the ring holds every publication after its first
+
     def deliver(self, publication):
         """Offer the next publication to every local reader (an id already dispatched is dropped)."""
         if publication.id <= self.last_id:

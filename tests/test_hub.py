@@ -277,6 +277,21 @@ def test_readers_that_fall_behind_catch_up_from_the_ring_sharing_objects(alice, 
         response.close()
 
 
+def test_a_reconnect_storm_on_a_fresh_hub_catches_up_from_the_ring(alice, app):
+    """After a restart every client resumes from a recent cursor in rooms this worker doesn't
+    follow yet: the room's first subscription reads its latest messages into the ring, so
+    the resumed readers need no XRANGE each, and each gets exactly what followed its cursor."""
+    sent = [publish(app, f"m{i}") for i in range(30)]  # nobody reads the room on this worker yet
+    stream_before, ring_before = catchups(app, "stream"), catchups(app, "ring")
+    streams = [LocalStream(alice, "/api/rooms/general/events", headers={"Last-Event-ID": str(sent[i].id)})
+               for i in range(0, 30, 3)]
+    for stream, i in zip(streams, range(0, 30, 3)):
+        assert [m["id"] for m in stream.messages(29 - i)] == [str(p.id) for p in sent[i + 1:]]
+        stream.close()
+    assert catchups(app, "stream") == stream_before
+    assert catchups(app, "ring") - ring_before == len(streams)
+
+
 def test_reset_with_a_live_signal_queued_does_not_crash_the_reader(alice, app):
     """Regression: a typing/presence signal (no id) in the queue made the reset path
     compare None with a stream id (TypeError: the stream died, a long-poll got a 500)."""
