@@ -175,16 +175,17 @@ class Pollers:
 
 
 def wait_paced(stream, timeout, not_before, take):
-    """``take()`` once the stream has something (None or empty: nothing after all), waiting up
-    to ``timeout`` for it and, once there is, until ``not_before`` (monotonic) so the answer
-    carries the whole window; None if the timeout passed first."""
+    """``take()`` once the stream has something (None or empty: nothing after all), not before
+    ``not_before`` (monotonic), so the answer carries the whole window, and waiting up to
+    ``timeout`` for it; None if the timeout passed first."""
     deadline = time.monotonic() + timeout
+    # The pace first: a poller waiting on its wake-up meanwhile would be woken by every message
+    # of a busy room only to wait again (twice the answers' greenlet switches, in a profile).
+    pause = not_before - time.monotonic()
+    if pause > 0:
+        gevent.sleep(pause)
     while True:
-        waited = stream.wait(max(0.0, deadline - time.monotonic()))
-        now = time.monotonic()
-        if now < not_before:  # even an empty answer waits for the pace
-            gevent.sleep(not_before - now)
-        if not waited:
+        if not stream.wait(max(0.0, deadline - time.monotonic())):
             return None
         answer = take()
         if answer or time.monotonic() >= deadline:
