@@ -67,10 +67,13 @@ class EventStream:
         sink = SocketSink(sock, self.reader, self)
         frames = self._start()
         try:
-            sink.write_blocking(head + sse.http_chunk(next(frames)))  # before waiting for anything
-            # The rest of the start and what the reader has already (a resumed stream's first
-            # catch-up) in one send: in a reconnect storm every send and drainer counts.
-            start = b"".join(sse.http_chunk(frame) for frame in frames) + (sink.take_chunk() or b"")
+            start = head + sse.http_chunk(next(frames))
+            if not self.opens_at_once():
+                sink.write_blocking(start)  # before waiting for a subscription: proxies pass the head on
+                start = b""
+            # The start and what the reader has already (a resumed stream's first catch-up) in
+            # one send: in a reconnect storm every send and drainer counts.
+            start += b"".join(sse.http_chunk(frame) for frame in frames) + (sink.take_chunk() or b"")
             if start:
                 sink.write_blocking(start)
         except Exception as exc:  # the socket is ours now: nobody else would close it
@@ -80,6 +83,10 @@ class EventStream:
             raise
         else:
             self.reader.go_direct(sink)
+
+    def opens_at_once(self):
+        """True if opening won't wait for a subscription (the worker follows the room already)."""
+        return self.reader.hub.follows(self.reader.channel)
 
     def _start(self):
         """The frames before live delivery: preamble, ``ready`` once subscribed, the backlog."""
@@ -157,6 +164,9 @@ class MultiplexStream(EventStream):
     def __init__(self, mux, member, starts, config):
         super().__init__(mux, member, None, 0, config)
         self.starts = starts
+
+    def opens_at_once(self):
+        return False  # its rooms' subscriptions are only known as it opens
 
     def _begin(self):
         mux = self.reader

@@ -173,6 +173,11 @@ class Hub:
         if subscribe:
             self.room_links.subscribe(reader.channel)
 
+    def follows(self, channel):
+        """True if the room of ``channel`` is subscribed and ready now: a reader opens at once."""
+        room = self._rooms.get(channel)
+        return room is not None and room.ready.is_set()
+
     def wait_ready(self, reader):
         """Wait for the subscription of ``reader``'s room; return "now" in it."""
         room = self._rooms[reader.channel]
