@@ -95,7 +95,7 @@ SETTINGS = (
     Setting("CHAT_POLL_PACE_MS", int, 200, "A long-poller is answered at most once per this: an answer "
             "due sooner waits and carries every message of the window (a busy room costs each poller at "
             "most 1000/this requests a second).", 0, 10_000),
-    Setting("CHAT_POLL_LINGER_SECS", float, 10.0, "A long-poller's reader is kept this long after an "
+    Setting("CHAT_POLL_LINGER_SECS", float, 3.0, "A long-poller's reader is kept this long after an "
             "answer for the client's next poll, which then skips the request's checks (they were made "
             "once and the worker keeps them up, as for a stream); it holds a stream slot meanwhile.", 0, 600),
     Setting("CHAT_HISTORY_MAX_LIMIT", int, 200, "Cap on history `limit`.", 1, 10_000),

@@ -90,23 +90,32 @@ class Pollers:
     share an account (or one client's several connections) take whichever is free, so a
     poll finds one unless another poll of the same account, room and position is being
     answered with each. How many exist is how many such polls ran at once (each holds a
-    stream slot of the account)."""
+    stream slot of the account), plus those a client left behind: behind a load balancer
+    a client's polls go to any worker, so a poll that reaches this worker through Flask
+    ends the free pollers of its credentials and scope that are behind it here (the client
+    moved on elsewhere), and the rest run out after ``linger_secs``."""
 
     def __init__(self, pace_secs, linger_secs):
         self.pace_secs = pace_secs
         self.linger_secs = linger_secs
-        self._idle = {}  # (key, cursor) -> [Poller], the most recently answered last
+        self._idle = {}  # key -> {cursor -> [Poller], the most recently answered last}
         self._count = 0
         self._headers = {}  # with HTTP Basic or not -> the headers of a Flask answer, reused
 
     def __len__(self):
         return self._count
 
-    def keep(self, key, reader):
-        """After a poll answered through Flask: keep ``reader`` for a next poll. False (the
-        caller ends the reader) for a request without credentials."""
+    def keep(self, key, reader, behind=None):
+        """After a poll answered through Flask: keep ``reader`` for a next poll, and end the
+        free pollers of ``key`` for which ``behind(poller)`` says they are behind this poll
+        (None: all of them). False (the caller ends the reader) for a request without
+        credentials."""
         if key is None:
             return False
+        for free in list(self._idle.get(key, {}).values()):
+            for poller in [p for p in free if behind is None or behind(p)]:
+                self._unpark(poller)
+                self._end(poller)
         self._count += 1
         self._park(Poller(key, reader, time.monotonic(), self._pace()))
         return True
@@ -121,14 +130,14 @@ class Pollers:
 
     def take(self, key, cursor):
         """A free poller of ``key`` at ``cursor``, now busy; None if there is none."""
-        free = self._idle.get((key, cursor))
+        free = self._idle.get(key, {}).get(cursor)
         while free:
-            poller = free.pop()
-            if not free:
-                del self._idle[(key, cursor)]
+            poller = free[-1]
+            self._unpark(poller)
             if not poller.reader.closed_reason:
                 return poller
             self._end(poller)
+            free = self._idle.get(key, {}).get(cursor)
         return None
 
     def _pace(self):
@@ -148,30 +157,36 @@ class Pollers:
         self._end(poller)
 
     def _park(self, poller):
-        self._idle.setdefault((poller.key, poller.cursor), []).append(poller)
+        self._idle.setdefault(poller.key, {}).setdefault(poller.cursor, []).append(poller)
+
+    def _unpark(self, poller):
+        by_cursor = self._idle[poller.key]
+        free = by_cursor[poller.cursor]
+        free.remove(poller)
+        if not free:
+            del by_cursor[poller.cursor]
+            if not by_cursor:
+                del self._idle[poller.key]
 
     def _end(self, poller):
         self._count -= 1
         poller.reader.end()
 
+    def _free(self):
+        return [poller for by_cursor in self._idle.values() for free in by_cursor.values() for poller in free]
+
     def prune(self, now):
         """End the free pollers not asked again within the linger time, and the closed ones."""
-        for place, free in list(self._idle.items()):
-            gone = [p for p in free if p.reader.closed_reason or now - p.answered_at >= self.linger_secs]
-            if not gone:
-                continue
-            for poller in gone:
-                free.remove(poller)
+        for poller in self._free():
+            if poller.reader.closed_reason or now - poller.answered_at >= self.linger_secs:
+                self._unpark(poller)
                 self._end(poller)
-            if not free:
-                del self._idle[place]
 
     def end_all(self):
         """End every free poller (busy ones end with their polls: their readers are closed)."""
-        idle, self._idle = self._idle, {}
-        for free in idle.values():
-            for poller in free:
-                self._end(poller)
+        free, self._idle = self._free(), {}
+        for poller in free:
+            self._end(poller)
 
 
 def wait_paced(stream, timeout, not_before, take):

@@ -137,11 +137,12 @@ def poll(room):
     try:
         try:
             reader.open(cursor)
+            start = reader.last_id  # where the client is: its free pollers here behind it end
             join_as_poller([room])
             batch = wait_for_batch(reader, timeout)
         except ReaderReset as stale:
             reset, batch = stale.reset, []
-        kept = hub.pollers.keep(poller_key(request.environ, room), reader)
+        kept = hub.pollers.keep(poller_key(request.environ, room), reader, lambda p: p.reader.last_id < start)
     except ReaderClosed as closed:
         if closed.reason != Ending.DRAINING:
             raise Unauthorized("Your session ended.", code=closed.reason) from None

@@ -6,6 +6,7 @@ from urllib.parse import quote
 import gevent
 import pytest
 
+from chatapp import create_app
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
 from tests.test_streams import send
 
@@ -190,3 +191,30 @@ def test_the_multiplexed_poll_continues_on_the_short_path(alice, app):
     assert got == [*sent, other]
     assert any(e.get("type") == "joined" and e.get("room") == "random" for e in events)
     assert short_answers(app) > shorts
+
+
+@pytest.mark.parametrize("config", [{**FAST, "CHAT_POLL_LINGER_SECS": 60}])
+def test_a_client_whose_polls_alternate_between_workers_leaves_no_pile_of_pollers(app, client, redis_server,
+                                                                                  redis_client):
+    """Regression: behind nginx a client's polls reach any worker. Each worker kept a poller
+    at the cursor it last answered, the client came back with a newer cursor, so each poll
+    went through Flask and kept one more, each holding a stream slot: after 20 polls the
+    account was at its cap of 20 and was refused (429 too_many_streams)."""
+    other = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True,
+                        **GENEROUS_LIMITS, "CHAT_POLL_PACE_MS": 0, "CHAT_POLL_LINGER_SECS": 60})
+    try:
+        AuthActions(client).register("alice")
+        headers = basic("alice")
+        workers = [app.test_client(), other.test_client()]
+        cursor = poll(workers[0], headers=headers).json["cursor"]
+        sent = []
+        for turn in range(30):
+            sent.append(send(client, f"m{turn}"))
+            answer = poll(workers[turn % 2], cursor, timeout=5, headers=headers)
+            assert answer.status_code == 200, answer.json
+            cursor = answer.json["cursor"]
+        assert cursor == sent[-1]["id"]
+        assert len(app.extensions["chat.hub"].pollers) <= 2 and len(other.extensions["chat.hub"].pollers) <= 2
+        wait_until(lambda: redis_client.zcard("chat:{user:alice}:streams") <= 4)  # releases are batched
+    finally:
+        other.extensions["chat.hub"].close("test over")
