@@ -85,7 +85,7 @@ def poll():
                            config["CHAT_POLL_MAX_TIMEOUT_SECS"], kind=float)
     mux, starts = _open_multiplex(cursor)
     hub = mux.hub
-    hub.metrics.polls_open.inc()
+    hub.pollers.waiting += 1
     kept = False
     try:
         mux.open(starts)
@@ -102,7 +102,7 @@ def poll():
     finally:
         if not kept:
             mux.end()
-        hub.metrics.polls_open.dec()
+        hub.pollers.waiting -= 1
     return json_response(body)
 
 

@@ -497,6 +497,7 @@ class Hub:
                     next_renewal = now + self.slots.renew_secs
                     self.slots.renew(streams)
                 self.pollers.prune(now)
+                self.pollers.flush_metrics(self.metrics)
                 self._prune(now)
             except redis.RedisError as exc:  # down, or full (maxmemory): the next tick tries again
                 log.info("hub: housekeeping skipped (%s: %s)", type(exc).__name__, exc)

@@ -131,7 +131,7 @@ def poll(room):
                            config["CHAT_POLL_MAX_TIMEOUT_SECS"], kind=float)
     reader = _open_reader(room)
     hub = reader.hub
-    hub.metrics.polls_open.inc()
+    hub.pollers.waiting += 1
     kept = False
     reset = None
     try:
@@ -150,7 +150,7 @@ def poll(room):
     finally:
         if not kept:
             hub.detach(reader)
-        hub.metrics.polls_open.dec()
+        hub.pollers.waiting -= 1
     body, delivered = poll_answer(reader, batch, reset)
     hub.metrics.delivered.inc(delivered)
     return json_response(body)

@@ -474,6 +474,7 @@ def test_resume_across_workers_is_exact_for_every_room_sse_and_poll(server, user
         for i in range(300):
             response = user.post(f"/api/rooms/{rooms[i % 10]}/messages", {"text": str(i)})
             assert response.status == 201, response.body
+            gevent.sleep(0.003)  # at least 0.9 s of posting: several cuts fall inside it, however fast a POST
     poster = gevent.spawn(post_all)
     while not poster.dead:
         gevent.sleep(0.15)

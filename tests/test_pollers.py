@@ -18,7 +18,8 @@ def basic(name, password=PASSWORD):
 
 
 def short_answers(app):
-    return app.extensions["chat.metrics"].value("chat_polls_short_total")
+    hub = app.extensions["chat.hub"]
+    return app.extensions["chat.metrics"].value("chat_polls_short_total") + hub.pollers.short_answers
 
 
 def poll(client, cursor=None, timeout=0, room="general", headers=None):
@@ -166,7 +167,7 @@ def test_a_draining_worker_answers_a_waiting_short_poll_at_once(alice, app):
     cursor = poll(alice).json["cursor"]
     poll(alice, cursor)
     waiting = gevent.spawn(poll, alice, cursor, 30)
-    wait_until(lambda: app.extensions["chat.metrics"].value("chat_polls_open") == 1)
+    wait_until(lambda: app.extensions["chat.hub"].pollers.waiting == 1)
     app.extensions["chat.hub"].close()
     answer = waiting.get(timeout=5)
     assert answer.status_code == 200 and answer.json == {"messages": [], "cursor": cursor}
