@@ -28,6 +28,11 @@ def set_banned(user, banned):
     if banned:  # sessions first: ending them only frees memory, so it works on a full store too
         kick(user, Ending.BANNED)
     current_users().set_banned(user, banned)
+    if banned:
+        # Again, now that the ban is written: a worker that checked the account between the
+        # kick and the write would trust it (chatapp.users.trust_while), and a stream opened
+        # in between would stay open.
+        current_app.extensions["chat.broker"].publish_control(Ending.BANNED, user=user)
 
 
 def _existing(name):

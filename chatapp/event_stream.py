@@ -66,23 +66,37 @@ class EventStream:
         """Write the head and the start on ``sock`` (this greenlet), then hand it to the hub."""
         sink = SocketSink(sock, self.reader, self)
         frames = self._start()
+        unsent = b""  # the head, while it waits to go with the rest of the start
         try:
-            start = head + sse.http_chunk(next(frames))
+            unsent = head + sse.http_chunk(next(frames))
             if not self.opens_at_once():
-                sink.write_blocking(start)  # before waiting for a subscription: proxies pass the head on
-                start = b""
+                sink.write_blocking(unsent)  # before waiting for a subscription: proxies pass the head on
+                unsent = b""
             # The start and what the reader has already (a resumed stream's first catch-up) in
             # one send: in a reconnect storm every send and drainer counts.
-            start += b"".join(sse.http_chunk(frame) for frame in frames) + (sink.take_chunk() or b"")
+            start = unsent + b"".join(sse.http_chunk(frame) for frame in frames) + (sink.take_chunk() or b"")
+            unsent = b""
             if start:
                 sink.write_blocking(start)
         except Exception as exc:  # the socket is ours now: nobody else would close it
+            self._head_first(sink, unsent)
             sink.finish(self.ending_reason(exc))
         except BaseException:  # a worker stopping (GreenletExit): still close what we own
+            self._head_first(sink, unsent)
             sink.finish(Ending.DRAINING)
             raise
         else:
             self.reader.go_direct(sink)
+
+    @staticmethod
+    def _head_first(sink, unsent):
+        """The head, if the start failed before it went: the farewell must not be all the
+        client gets (a chunk with no status line is an invalid response to a proxy)."""
+        if unsent:
+            try:
+                sink.write_blocking(unsent)
+            except OSError:
+                pass
 
     def opens_at_once(self):
         """True if opening won't wait for a subscription (the worker follows the room already)."""

@@ -332,7 +332,8 @@ class Hub:
         if room.last_id is None:
             # The ring starts with the room's latest messages: after a restart or a deploy every
             # client resumes from a cursor seconds old, and those catch-ups then need no Redis read.
-            recent = self.broker.read_before(room.name, None, min(self.ring_size, RING_PREFILL))
+            prefill = min(self.ring_size, RING_PREFILL)
+            recent = self.broker.read_before(room.name, None, prefill) if prefill else []
             room.start_id = recent[-1].id if recent else self.broker.tail(room.name)
             room.start_at(recent, room.start_id)
             room.ready.set()
@@ -486,6 +487,8 @@ class Hub:
             try:
                 readers, streams = self.readers(), self.streams()
                 self._ping_quiet(streams, now)
+                self.pollers.prune(now)  # before anything that needs Redis, which may be down
+                self.pollers.flush_metrics(self.metrics)
                 if now >= next_sweep:
                     next_sweep = now + SWEEP_SECS
                     self.presence.tick({room.name: room.readers for room in self._rooms.values() if room.readers},
@@ -496,8 +499,6 @@ class Hub:
                 if now >= next_renewal:
                     next_renewal = now + self.slots.renew_secs
                     self.slots.renew(streams)
-                self.pollers.prune(now)
-                self.pollers.flush_metrics(self.metrics)
                 self._prune(now)
             except redis.RedisError as exc:  # down, or full (maxmemory): the next tick tries again
                 log.info("hub: housekeeping skipped (%s: %s)", type(exc).__name__, exc)

@@ -30,7 +30,7 @@ Two settings bound what a poller costs:
 import random
 import re
 import time
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 import gevent
 
@@ -313,25 +313,28 @@ def _query_value(text, name):
     for part in text.split("&"):
         key, _, value = part.partition("=")
         if key == name:
-            return unquote(value)
+            return unquote_plus(value)  # as Flask reads a query
     return ""
 
 
 def _query(text, default_timeout, max_timeout):
     """``(cursor, timeout)`` of a poll's query string, or None unless it names a cursor and
     nothing but ``cursor``, a valid ``timeout`` and ``rooms`` (anything else is Flask's to judge)."""
-    cursor, timeout = None, default_timeout
+    cursor = timeout = None
     for part in text.split("&"):
         name, _, value = part.partition("=")
-        if name == "cursor" and cursor is None:
-            cursor = unquote(value)
+        if name == "cursor":
+            cursor = cursor if cursor is not None else unquote_plus(value)  # the first, as Flask reads it
         elif name == "timeout":
-            try:
-                timeout = float(value)
-            except ValueError:
-                return None
+            if timeout is None:
+                try:
+                    timeout = float(value)
+                except ValueError:
+                    return None
         elif name != "rooms":
             return None
+    if timeout is None:
+        timeout = default_timeout
     if not cursor or not 0 <= timeout <= max_timeout:  # NaN too
         return None
     return cursor, timeout

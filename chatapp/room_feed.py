@@ -43,8 +43,8 @@ class RoomFeed:
         """Offer the next publication to every local reader (an id already dispatched is dropped)."""
         if publication.id <= self.last_id:
             return
-        if len(self.ring) == self.ring.maxlen:
-            self.ring_floor = self.ring[0].id
+        if len(self.ring) == self.ring.maxlen:  # the oldest goes (CHAT_HUB_RING 0: the ring holds none)
+            self.ring_floor = self.ring[0].id if self.ring else publication.id
         self.ring.append(publication)
         self.last_id = publication.id
         for reader in tuple(self.readers):  # a failed direct write detaches its reader

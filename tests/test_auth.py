@@ -4,10 +4,11 @@ import sys
 import time
 
 import gevent
+import pytest
 
 from chatapp import keys
 from deploy.launch import ROOT
-from tests.conftest import PASSWORD
+from tests.conftest import GENEROUS_LIMITS, PASSWORD
 from tests.helpers import account
 
 
@@ -175,3 +176,58 @@ def test_a_ban_reaches_every_worker_that_trusted_the_account(server):
                    cwd=ROOT, env=server.env(), check=True, capture_output=True)
     time.sleep(0.3)
     assert {bob.get("/api/auth/me").status for _ in range(20)} == {403}
+
+
+def _wait_for_forget(users, since):
+    with gevent.Timeout(5):
+        while users._forgotten == since:
+            gevent.sleep(0.01)
+
+
+def test_a_check_between_the_kick_and_the_ban_write_does_not_keep_a_banned_account_trusted(auth, app,
+                                                                                            monkeypatch):
+    """Regression (review): a ban kicks first (control message: every worker forgets the user)
+    and writes the ban after; a Basic request in between was trusted again, without a second
+    message, so the banned account was served for CHAT_AUTH_CACHE_SECS."""
+    from chatapp.admin import set_banned
+    auth.register("bob")
+    fresh = app.test_client()
+    hub, users = app.extensions["chat.hub"], app.extensions["chat.users"]
+    fresh.get("/api/auth/me", headers=basic("bob", PASSWORD))
+    with gevent.Timeout(5):
+        while hub.control_epoch() is None:
+            gevent.sleep(0.02)
+    assert fresh.get("/api/auth/me", headers=basic("bob", PASSWORD)).status_code == 200  # trusted
+    write_ban = users.set_banned
+
+    def a_request_first(name, banned):
+        _wait_for_forget(users, forgotten)  # the kick reached this worker
+        assert fresh.get("/api/auth/me", headers=basic("bob", PASSWORD)).status_code == 200  # trusted again
+        write_ban(name, banned)
+    monkeypatch.setattr(users, "set_banned", a_request_first)
+    forgotten = users._forgotten
+    with app.test_request_context():
+        set_banned("bob", True)
+    _wait_for_forget(users, forgotten + 1)  # the message published after the write
+    assert fresh.get("/api/auth/me", headers=basic("bob", PASSWORD)).status_code == 403
+
+
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_AUTH_CACHE_SECS": 1.0}])
+def test_a_trusted_client_in_steady_use_is_never_hashed_again(auth, app, monkeypatch):
+    """Regression (review): a trusted request didn't renew this worker's cache nor the shared
+    marker, so every CHAT_AUTH_CACHE_SECS a client in steady use paid a hash again, and met
+    the login limits a stranger may have used up."""
+    auth.register("carol")
+    fresh = app.test_client()
+    hub, users = app.extensions["chat.hub"], app.extensions["chat.users"]
+    fresh.get("/api/auth/me", headers=basic("carol", PASSWORD))
+    with gevent.Timeout(5):
+        while hub.control_epoch() is None:
+            gevent.sleep(0.02)
+    hashes = []
+    check = users.hasher.check
+    monkeypatch.setattr(users.hasher, "check", lambda *a: hashes.append(1) or check(*a))
+    for _ in range(30):  # 3 s of steady use: three cache periods
+        assert fresh.get("/api/auth/me", headers=basic("carol", PASSWORD)).status_code == 200
+        gevent.sleep(0.1)
+    assert hashes == []

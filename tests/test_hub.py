@@ -1,6 +1,7 @@
 """The worker hub's invariants, against a real Redis: subscribe-then-backfill,
 self-healing, bounded slow readers, encode once."""
 
+import _socket
 import json
 import time
 
@@ -8,6 +9,8 @@ import gevent
 import pytest
 import redis
 
+from chatapp.broker import StreamId
+from chatapp.event_stream import EventStream
 from tests.conftest import GENEROUS_LIMITS, AuthActions
 from tests.helpers import LocalStream, SSEParser, kill_pubsub_repeatedly
 
@@ -314,3 +317,41 @@ def test_reset_with_a_live_signal_queued_does_not_crash_the_reader(alice, app):
         pass
     assert reader.next_batch(0) == [typing]
     hub_of(app).detach(reader)
+
+
+@pytest.mark.parametrize("config", [{**GENEROUS_LIMITS, "CHAT_HUB_RING": 0}])
+def test_a_hub_without_a_ring_still_subscribes_rooms(alice, app):
+    """Regression (review): the ring's prefill asked Redis for 0 entries, which redis-py
+    refuses: every first subscription failed, the link reconnected in a loop."""
+    sent = publish(app, "before")
+    stream = LocalStream(alice, "/api/rooms/general/events", headers={"Last-Event-ID": "0"})
+    assert [m["id"] for m in stream.messages(1)] == [str(sent.id)]
+    later = publish(app, "after")
+    assert [m["id"] for m in stream.messages(1)] == [str(later.id)]
+    stream.close()
+
+
+def test_a_start_that_fails_while_its_head_waits_still_sends_the_head_first(alice, app, monkeypatch):
+    """Regression (review): a stream opening in a followed room keeps its head to send it with
+    the rest of its start; when the first catch-up failed (Redis down), the farewell went out
+    alone, a chunk with no status line (nginx: 502, and EventSource gives up for good)."""
+    follower = LocalStream(alice, "/api/rooms/general/events")
+    follower.next_event()
+    follower.next_event()  # "ready": the worker follows the room
+    hub = hub_of(app)
+
+    def down(*args, **kwargs):
+        raise redis.ConnectionError("Redis went away")
+    monkeypatch.setattr(hub.broker, "catch_up", down)  # the new stream's first catch-up reads Redis
+    ours, theirs = _socket.socketpair()
+    ours.setblocking(False)
+    with app.test_request_context():
+        reader = hub.reader("general", "alice")
+        member = app.extensions["chat.presence"].member("alice")
+        EventStream(reader, member, StreamId(1, 0), 0, app.config).take_over(ours, b"HTTP/1.1 200 OK\r\n\r\n")
+    theirs.settimeout(5)
+    received = theirs.recv(65536)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\n\r\n")
+    assert b"event: retry" in received  # then the farewell, in its chunk
+    theirs.close()
+    follower.close()
