@@ -111,16 +111,23 @@ def _calls(redis_client, command):
     return redis_client.info("commandstats").get(f"cmdstat_{command}", {"calls": 0})["calls"]
 
 
-def test_a_basic_client_in_steady_use_costs_no_redis_read(auth, app, redis_client):
-    auth.register("alice")
+def _signed_in_by_basic(auth, app, name):
+    """A new client of account ``name`` over HTTP Basic, checked once by this worker with its
+    control channel subscribed: its next request is trusted."""
+    auth.register(name)
     fresh = app.test_client()
-    headers = basic("alice", PASSWORD)
+    headers = basic(name, PASSWORD)
     assert fresh.get("/api/auth/me", headers=headers).status_code == 200
     hub = app.extensions["chat.hub"]
     with gevent.Timeout(5):
         while hub.control_epoch() is None:  # the control channel subscribed
             gevent.sleep(0.02)
     assert fresh.get("/api/auth/me", headers=headers).status_code == 200  # checked, now trusted
+    return fresh, headers
+
+
+def test_a_basic_client_in_steady_use_costs_no_redis_read(auth, app, redis_client):
+    fresh, headers = _signed_in_by_basic(auth, app, "alice")
     before = _calls(redis_client, "mget")
     assert all(fresh.get("/api/auth/me", headers=headers).status_code == 200 for _ in range(10))
     assert _calls(redis_client, "mget") == before
@@ -128,15 +135,8 @@ def test_a_basic_client_in_steady_use_costs_no_redis_read(auth, app, redis_clien
 
 
 def test_a_break_in_the_control_channel_ends_the_trust(auth, app, redis_client):
-    auth.register("alice")
-    fresh = app.test_client()
-    headers = basic("alice", PASSWORD)
+    fresh, headers = _signed_in_by_basic(auth, app, "alice")
     hub = app.extensions["chat.hub"]
-    fresh.get("/api/auth/me", headers=headers)
-    with gevent.Timeout(5):
-        while hub.control_epoch() is None:
-            gevent.sleep(0.02)
-    fresh.get("/api/auth/me", headers=headers)
     epoch = hub.control_epoch()
     redis_client.client_kill_filter(_type="pubsub")  # a message published now would be missed
     with gevent.Timeout(10):
@@ -190,14 +190,8 @@ def test_a_check_between_the_kick_and_the_ban_write_does_not_keep_a_banned_accou
     and writes the ban after; a Basic request in between was trusted again, without a second
     message, so the banned account was served for CHAT_AUTH_CACHE_SECS."""
     from chatapp.admin import set_banned
-    auth.register("bob")
-    fresh = app.test_client()
-    hub, users = app.extensions["chat.hub"], app.extensions["chat.users"]
-    fresh.get("/api/auth/me", headers=basic("bob", PASSWORD))
-    with gevent.Timeout(5):
-        while hub.control_epoch() is None:
-            gevent.sleep(0.02)
-    assert fresh.get("/api/auth/me", headers=basic("bob", PASSWORD)).status_code == 200  # trusted
+    fresh, _ = _signed_in_by_basic(auth, app, "bob")
+    users = app.extensions["chat.users"]
     write_ban = users.set_banned
 
     def a_request_first(name, banned):
@@ -217,13 +211,8 @@ def test_a_trusted_client_in_steady_use_is_never_hashed_again(auth, app, monkeyp
     """Regression (review): a trusted request didn't renew this worker's cache nor the shared
     marker, so every CHAT_AUTH_CACHE_SECS a client in steady use paid a hash again, and met
     the login limits a stranger may have used up."""
-    auth.register("carol")
-    fresh = app.test_client()
-    hub, users = app.extensions["chat.hub"], app.extensions["chat.users"]
-    fresh.get("/api/auth/me", headers=basic("carol", PASSWORD))
-    with gevent.Timeout(5):
-        while hub.control_epoch() is None:
-            gevent.sleep(0.02)
+    fresh, _ = _signed_in_by_basic(auth, app, "carol")
+    users = app.extensions["chat.users"]
     hashes = []
     check = users.hasher.check
     monkeypatch.setattr(users.hasher, "check", lambda *a: hashes.append(1) or check(*a))
