@@ -42,6 +42,10 @@ from .reasons import Ending
 POLL_PATH = re.compile(r"\A/api/rooms/([^/]+)/poll\Z")
 MUX_POLL_PATH = "/api/poll"  # the multiplexed stream's long-poll (chatapp.events)
 PACE_SPREAD = 0.2
+# A kept poller ends after this, in use or not, so its client's next poll goes through Flask,
+# which refreshes the session (its time to live in Redis and the cookie's expiry): a client
+# that only ever long-polled would otherwise be signed out after CHAT_SESSION_LIFETIME_SECS.
+MAX_AGE_SECS = 600
 _UNSENT = ("content-length", "set-cookie")  # per answer, and a session cookie is only set by Flask
 
 
@@ -73,11 +77,12 @@ class Poller:
     """A long-poll reader kept between polls: who reads (the request's credentials), which
     room, from where (the cursor its last answer gave), and its stream lease."""
 
-    __slots__ = ("answered_at", "cursor", "key", "not_before", "reader")
+    __slots__ = ("answered_at", "cursor", "ends_at", "key", "not_before", "reader")
 
     def __init__(self, key, reader, now, pace):
         self.key = key
         self.reader = reader
+        self.ends_at = now + MAX_AGE_SECS
         self.answered_at = now
         self.not_before = now + pace
         self.cursor = reader.poll_cursor()  # what the next poll must carry
@@ -186,9 +191,11 @@ class Pollers:
             metrics.polls_short.inc(answers)
 
     def prune(self, now):
-        """End the free pollers not asked again within the linger time, and the closed ones."""
+        """End the free pollers not asked again within the linger time, the closed ones and
+        the old ones (``MAX_AGE_SECS``)."""
         for poller in self._free():
-            if poller.reader.closed_reason or now - poller.answered_at >= self.linger_secs:
+            if poller.reader.closed_reason or now - poller.answered_at >= self.linger_secs \
+                    or now >= poller.ends_at:
                 self._unpark(poller)
                 self._end(poller)
 

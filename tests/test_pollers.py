@@ -6,7 +6,7 @@ from urllib.parse import quote
 import gevent
 import pytest
 
-from chatapp import create_app
+from chatapp import create_app, pollers
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
 from tests.test_streams import send
 
@@ -219,3 +219,18 @@ def test_a_client_whose_polls_alternate_between_workers_leaves_no_pile_of_poller
         wait_until(lambda: redis_client.zcard("chat:{user:alice}:streams") <= 4)  # releases are batched
     finally:
         other.extensions["chat.hub"].close("test over")
+
+
+@pytest.mark.parametrize("config", [FAST])
+def test_a_kept_poller_ends_at_its_max_age_so_flask_refreshes_the_session(alice, app, monkeypatch):
+    """Regression (review): the short path never refreshed the session (its time to live in
+    Redis, the cookie's expiry), so a client that only long-polled was signed out after
+    CHAT_SESSION_LIFETIME_SECS however active it was."""
+    monkeypatch.setattr(pollers, "MAX_AGE_SECS", 0.3)
+    hub = app.extensions["chat.hub"]
+    cursor = poll(alice).json["cursor"]
+    assert poll(alice, cursor).status_code == 200 and short_answers(app) == 1
+    wait_until(lambda: len(hub.pollers) == 0)  # ended at 0.3 s, before the 3 s linger
+    answer = poll(alice, cursor)
+    assert answer.status_code == 200 and short_answers(app) == 1  # through Flask
+    assert "chat_session=" in answer.headers.get("Set-Cookie", "")  # which refreshed the session
