@@ -286,8 +286,16 @@ def run_system(name, keys, args, log, env=None):
             log(f"[{name}] {key}: {spec['title']} readers={spec['readers']} rooms={len(spec['rooms'])} "
                 f"duration={spec['duration']}s (setup {prep:.1f}s)")
             timeout = 120 + spec["duration"] + spec["drain"] + spec["readers"] / 50
+            short_before = system.polls_short()
             res = run_loadgen(spec, timeout)
             res.update({"title": spec["title"], "scenario": key, "system": name, "setup_secs": round(prep, 2)})
+            if short_before is not None and (spec["mode"] == "poll" or spec.get("poll_rooms")):
+                # chat: long-polls its workers answered on the short path (kept pollers), from
+                # /metrics (the housekeeper adds them every 0.5 s)
+                time.sleep(0.6)
+                short_after = system.polls_short()
+                if short_before is not None and short_after is not None:
+                    res["server_polls_short"] = short_after - short_before
             if env:
                 res["server_env"] = {k: v if v is not None else "(default)" for k, v in env.items()}
             if not system.server.alive():

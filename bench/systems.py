@@ -213,6 +213,10 @@ class System:
     def logs(self):
         return self.server.log_text() if self.server else ""
 
+    def polls_short(self):
+        """chat's ``chat_polls_short_total`` (None for systems without it)."""
+        return None
+
 
 class Chat(System):
     """This project: ``gunicorn -c gunicorn.conf.py wsgi:app`` (2 gevent workers) with its own Redis."""
@@ -251,6 +255,11 @@ class Chat(System):
         self.port = gunicorn.port
         wait_for(lambda: http_request(self.port, "GET", "/readyz", timeout=2)[0] == 200, 30, "chat /readyz")
         self._wait_workers()
+
+    def polls_short(self):
+        status, body = http_request(self.port, "GET", "/metrics", timeout=5)
+        match = re.search(rb"^chat_polls_short_total ([0-9.e+]+)$", body, re.M) if status == 200 else None
+        return int(float(match[1])) if match else None
 
     def _wait_port(self, pattern):
         found = {}
