@@ -74,6 +74,7 @@ def test_messages_between_polls_wait_in_the_kept_reader(alice, app):
 def test_a_lost_answer_is_answered_again_from_the_old_cursor(alice, app):
     cursor = poll(alice).json["cursor"]
     sent = [send(alice, f"m{i}") for i in range(3)]
+    wait_until(lambda: len(kept_readers(app)[0].queued()) == 3)  # all three came over Pub/Sub
     assert poll(alice, cursor, timeout=5).json["messages"] == sent  # the client never got this answer
     again = poll(alice, cursor, timeout=5).json  # so it asks with its old cursor: Flask, from that cursor
     assert again["messages"] == sent
@@ -102,8 +103,9 @@ def test_pollers_sharing_an_account_each_get_every_message_once_in_order(app, cl
             cursor = answer.json["cursor"]
             if len(got[i]) >= 60:
                 return
+    assert client.get("/api/auth/me", headers=headers).status_code == 200  # one hash, not five at once
     readers = [gevent.spawn(reader, i) for i in range(5)]
-    wait_until(lambda: len(started) == 5, timeout=10)  # each started "now": before the first message
+    wait_until(lambda: len(started) == 5, timeout=30)  # each started "now": before the first message
     for n in range(60):
         send(client, f"n{n}")
         if n % 7 == 0:
