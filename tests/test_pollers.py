@@ -49,9 +49,10 @@ def test_a_continued_poll_takes_the_short_path_without_redis(alice, app, redis_c
         assert answer.status_code == 200 and answer.json == {"messages": [], "cursor": cursor}
     after = redis_client.info("commandstats")
     assert short_answers(app) - shorts == 20
-    # No session read, rate limit, nor stream lease per poll: a housekeeping tick may add a few.
+    # No auth read, rate limit, nor stream lease per poll (through Flask, at least three each):
+    # fewer calls than polls, whatever the hub's housekeeping ticks add meanwhile.
     calls = sum(after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after)
-    assert calls < 10, {k: after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after}
+    assert calls < 20, {k: after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after}
     assert answer.headers["Content-Type"] == "application/json"
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
     assert "Set-Cookie" not in answer.headers
