@@ -6,7 +6,6 @@ Both take ``rooms=a,b`` to follow only some of the joined rooms.
 """
 
 import sys
-import time
 
 from flask import Blueprint, Response, current_app, request
 
@@ -18,7 +17,7 @@ from .membership import current_memberships
 from .messages import json_response
 from .multiplex import Cursor, plan_start
 from .params import query_number
-from .pollers import poller_key
+from .pollers import mux_answer, poller_key
 from .presence import current_presence
 from .reader import ReaderClosed
 from .reasons import SESSION_ENDED, Ending
@@ -90,8 +89,7 @@ def poll():
     try:
         mux.open(starts)
         join_as_poller(list(mux.rooms))
-        messages, events, resets = _wait_for_answer(mux, timeout)
-        body = mux.poll_answer(messages, events, resets)
+        body, _ = mux_answer(mux, timeout)
         kept = hub.pollers.keep(poller_key(request.environ, "*" + request.args.get("rooms", "")), mux)
     except ReaderClosed as closed:
         if closed.reason in SESSION_ENDED:
@@ -105,12 +103,3 @@ def poll():
         hub.pollers.waiting -= 1
     return json_response(body)
 
-
-def _wait_for_answer(mux, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        if not mux.wait(max(0.0, deadline - time.monotonic())):
-            return [], [], []
-        answer = mux.take_answer()
-        if any(answer) or time.monotonic() >= deadline:
-            return answer

@@ -224,8 +224,8 @@ def wait_paced(stream, timeout, not_before, take):
             return answer
 
 
-def _room_answer(reader, timeout, not_before):
-    """A room's poll: ``(body, messages delivered)``."""
+def room_answer(reader, timeout, not_before=0.0):
+    """A room's poll, through Flask or not: ``(body, messages delivered)``."""
     try:
         batch = wait_paced(reader, timeout, not_before, reader.take_ready)
     except ReaderReset as stale:
@@ -233,8 +233,9 @@ def _room_answer(reader, timeout, not_before):
     return poll_answer(reader, batch or [])
 
 
-def _mux_answer(mux, timeout, not_before):
-    """The multiplexed poll: ``(body, 0)`` (the stream counts what it delivers itself)."""
+def mux_answer(mux, timeout, not_before=0.0):
+    """The multiplexed poll, through Flask or not: ``(body, 0)`` (the stream counts what it
+    delivers itself)."""
     def take():
         answer = mux.take_answer()
         return answer if any(answer) else None
@@ -285,7 +286,7 @@ class ShortPath:
         try:
             self.app.extensions["chat.presence"].join_polling(stream.user, list(stream.rooms) if multiplexed
                                                               else [stream.room])
-            answer = (_mux_answer if multiplexed else _room_answer)(stream, timeout, poller.not_before)
+            answer = (mux_answer if multiplexed else room_answer)(stream, timeout, poller.not_before)
         except ReaderClosed as closed:
             pollers.end(poller)
             if closed.reason != Ending.DRAINING:

@@ -2,7 +2,6 @@
 
 import logging
 import random
-import time
 
 import redis
 from flask import Blueprint, Response, current_app, request
@@ -27,10 +26,10 @@ from .errors import (
 from .event_stream import EventStream
 from .messages import json_response
 from .params import query_cursor, query_number
-from .pollers import poll_answer, poller_key
+from .pollers import poll_answer, poller_key, room_answer
 from .presence import current_presence
 from .ratelimit import enforce
-from .reader import ReaderClosed, ReaderReset
+from .reader import ReaderClosed
 from .reasons import Ending
 from .rooms import current_rooms
 
@@ -133,25 +132,20 @@ def poll(room):
     hub = reader.hub
     hub.pollers.waiting += 1
     kept = False
-    reset = None
     try:
-        try:
-            reader.open(cursor)
-            start = reader.last_id  # where the client is: its free pollers here behind it end
-            join_as_poller([room])
-            batch = wait_for_batch(reader, timeout)
-        except ReaderReset as stale:
-            reset, batch = stale.reset, []
+        reader.open(cursor)
+        start = reader.last_id  # where the client is: its free pollers here behind it end
+        join_as_poller([room])
+        body, delivered = room_answer(reader, timeout)
         kept = hub.pollers.keep(poller_key(request.environ, room), reader, lambda p: p.reader.last_id < start)
     except ReaderClosed as closed:
         if closed.reason != Ending.DRAINING:
             raise Unauthorized("Your session ended.", code=closed.reason) from None
-        batch = []  # answer now; the client polls again, on another worker
+        body, delivered = poll_answer(reader, [])  # answer now; the client polls again, on another worker
     finally:
         if not kept:
             hub.detach(reader)
         hub.pollers.waiting -= 1
-    body, delivered = poll_answer(reader, batch, reset)
     hub.metrics.delivered.inc(delivered)
     return json_response(body)
 
@@ -164,12 +158,3 @@ def join_as_poller(rooms):
             raise
         log.warning("poll in %s not counted in presence: redis is out of memory", ",".join(rooms)[:200])
 
-
-def wait_for_batch(reader, timeout):
-    deadline = time.monotonic() + timeout
-    while True:
-        batch = reader.next_batch(max(0.0, deadline - time.monotonic()))
-        if batch is None:
-            return []
-        if batch or time.monotonic() >= deadline:
-            return batch
