@@ -12,6 +12,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import gevent
@@ -468,3 +469,65 @@ class MultiplexPoller(_RoomCounts):
             except (OSError, http.client.HTTPException, ValueError):
                 pass
             gevent.sleep(self.retry_secs)
+
+
+class Attempt(NamedTuple):
+    start: float
+    end: float
+    status: int | None  # None: no HTTP answer (connection refused or reset)
+    code: str  # the error code of a non-201, "connection" without an answer
+
+
+class Poster:
+    """Posts to one room through each of ``apis`` in turn (one per attempt); each message has an
+    Idempotency-Key and is retried with it, backing off up to ``max_delay``, on anything but a
+    201 until it gets one. ``acked``: key (also the text) -> id, in the order they were posted."""
+
+    def __init__(self, apis, room, name, pause=0.08, max_delay=0.4):
+        self.apis, self.room, self.name, self.pause, self.max_delay = apis, room, name, pause, max_delay
+        self.acked = {}  # key (also the text) -> id
+        self.attempts = []
+        self.running = True
+        self._turn = itertools.count()
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        for n in itertools.count():
+            if not self.running:
+                return
+            key = f"{self.name}-{n}"
+            delay = 0.05
+            while True:
+                api = self.apis[next(self._turn) % len(self.apis)]
+                start = time.monotonic()
+                status, code, body = None, "connection", None
+                try:
+                    response = api.post(f"/api/rooms/{self.room}/messages", {"text": key},
+                                        headers={"Idempotency-Key": key}, timeout=10)
+                    status, code = response.status, f"{response.status}"
+                    body = response.json
+                    code = "" if status == 201 else f"{status} {body.get('error')}"
+                except (OSError, http.client.HTTPException, ValueError):
+                    pass  # no answer, or one that isn't our JSON (e.g. a 502 page): retried all the same
+                self.attempts.append(Attempt(start, time.monotonic(), status, code))
+                if status == 201:
+                    self.acked[key] = body["id"]
+                    break
+                gevent.sleep(delay)
+                delay = min(delay * 2, self.max_delay)
+            gevent.sleep(self.pause)
+
+    def failures(self, since=0.0, until=float("inf")):
+        return [a for a in self.attempts if a.status != 201 and a.end >= since and a.start <= until]
+
+    def succeeded_since(self, moment):
+        return any(a.status == 201 and a.start >= moment for a in self.attempts)
+
+    @property
+    def done(self):
+        return self._greenlet.dead
+
+    def stop(self):
+        self.running = False
+        self._greenlet.join(timeout=60)
+        self._greenlet.kill()

@@ -3,7 +3,6 @@ workers sharing one Redis (AOF). Readers resume by cursor like browsers; posters
 retry with idempotency keys. Nothing acknowledged may be lost, nothing delivered
 twice or out of order."""
 
-import itertools
 import os
 import re
 
@@ -14,7 +13,15 @@ import redis
 from deploy.cluster import Cluster
 from deploy.launch import free_port
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
-from tests.helpers import Api, PollReader, ResumingReader, all_ids, assert_exactly_once_in_order, parse_id
+from tests.helpers import (
+    Api,
+    PollReader,
+    Poster,
+    ResumingReader,
+    all_ids,
+    assert_exactly_once_in_order,
+    parse_id,
+)
 
 ROOMS = 3
 SSE_READERS_PER_ROOM = 47
@@ -32,41 +39,6 @@ def cluster(tmp_path_factory):
     cluster.stop()
 
 
-class Poster:
-    """Posts through nginx; retries each message with its key until it gets a 201."""
-
-    def __init__(self, api, room, name):
-        self.api, self.room, self.name = api, room, name
-        self.acked = []
-        self.retries = 0
-        self.running = True
-        self._greenlet = gevent.spawn(self._run)
-
-    def _run(self):
-        for n in itertools.count():
-            if not self.running:
-                return
-            key = f"{self.name}-{n}"
-            delay = 0.05
-            while True:
-                try:
-                    response = self.api.post(f"/api/rooms/{self.room}/messages", {"text": key},
-                                             headers={"Idempotency-Key": key}, timeout=10)
-                    if response.status == 201:
-                        self.acked.append(response.json["id"])
-                        break
-                except OSError:
-                    pass
-                self.retries += 1
-                gevent.sleep(delay)
-                delay = min(delay * 2, 1.0)
-            gevent.sleep(0.08)
-
-    def stop(self):
-        self.running = False
-        self._greenlet.join(timeout=30)
-
-
 def test_nothing_is_lost_duplicated_or_reordered_under_faults(cluster):
     name = unique("f")
     Api(cluster.url).post("/api/auth/register", {"username": name, "password": PASSWORD})
@@ -82,7 +54,8 @@ def test_nothing_is_lost_duplicated_or_reordered_under_faults(cluster):
     polls = [PollReader(api, room, start[room]) for room in rooms for _ in range(POLL_READERS_PER_ROOM)]
     readers = sse + polls
     gevent.sleep(2)
-    posters = [Poster(api, room, f"{room}-p{i}") for room in rooms for i in range(POSTERS_PER_ROOM)]
+    posters = [Poster([api], room, f"{room}-p{i}", max_delay=1.0)
+               for room in rooms for i in range(POSTERS_PER_ROOM)]
     control = redis.Redis.from_url(cluster.redis.url)
     first, second = cluster.instances
     faults = []
@@ -103,7 +76,7 @@ def test_nothing_is_lost_duplicated_or_reordered_under_faults(cluster):
 
     for poster in posters:
         poster.stop()
-    acked = {room: [i for p in posters if p.room == room for i in p.acked] for room in rooms}
+    acked = {room: [i for p in posters if p.room == room for i in p.acked.values()] for room in rooms}
     stored = {room: all_ids(api, room) for room in rooms}
     for room in rooms:
         missing = set(acked[room]) - set(stored[room])
@@ -119,7 +92,7 @@ def test_nothing_is_lost_duplicated_or_reordered_under_faults(cluster):
         reader.stop()
     total_acked = sum(len(a) for a in acked.values())
     print(f"\nfault suite: {len(readers)} readers ({len(sse)} SSE, {len(polls)} long-poll) in {ROOMS} rooms; "
-          f"{total_acked} messages acknowledged ({sum(p.retries for p in posters)} retried posts); "
+          f"{total_acked} messages acknowledged ({sum(len(p.failures()) for p in posters)} retried posts); "
           f"{deliveries} deliveries checked; {len(faults)} faults injected:\n  - " + "\n  - ".join(faults))
     assert len(readers) >= 200 and len(faults) == 7
 
@@ -135,7 +108,7 @@ def test_sigterm_ends_streams_promptly_and_a_rolling_restart_loses_nothing(clust
     log_sizes = [log.stat().st_size for log in logs]  # judge only what this test makes them write
     readers = [ResumingReader(api, room, last_id=first_id, retry_secs=0.3) for _ in range(20)]
     gevent.sleep(1)
-    poster = Poster(api, room, f"{room}-p")
+    poster = Poster([api], room, f"{room}-p", max_delay=1.0)
     stop_times = []
     for instance in cluster.instances:
         gevent.sleep(1.5)
@@ -144,7 +117,7 @@ def test_sigterm_ends_streams_promptly_and_a_rolling_restart_loses_nothing(clust
     gevent.sleep(1.5)
     poster.stop()
     stored = all_ids(api, room)
-    assert set(poster.acked) <= set(stored)
+    assert set(poster.acked.values()) <= set(stored)
     for reader in readers:
         assert reader.wait_for(stored[-1], timeout=30)
         assert_exactly_once_in_order(reader.ids, stored[1:])

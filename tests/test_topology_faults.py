@@ -14,12 +14,10 @@ got a reset; on the Cluster the rooms of the other shards were not interrupted a
 totals and each outage (from the first failed POST to the next 201) are printed (``pytest -s``).
 """
 
-import http.client
 import itertools
 import re
 import time
 from collections import Counter
-from typing import NamedTuple
 
 import gevent
 from redis.crc import key_slot
@@ -31,6 +29,7 @@ from tests.helpers import (
     Api,
     MultiplexReader,
     PollReader,
+    Poster,
     ResumingReader,
     account,
     assert_exactly_once_in_order,
@@ -42,67 +41,6 @@ ENV = {**GENEROUS_LIMITS, "CHAT_HEARTBEAT_SECS": "2", "CHAT_RETRY_MS": "300", "C
 REPLICA_ACKS = {"CHAT_DURABILITY": "replicas", "CHAT_DURABILITY_REPLICAS": "1", "CHAT_DURABILITY_TIMEOUT_MS": "1000"}
 SEEDS = 3  # messages in each room before the readers start: cursored readers start after them
 STEADY_SECS = 10  # of normal traffic before, between and after the faults
-
-
-class Attempt(NamedTuple):
-    start: float
-    end: float
-    status: int | None  # None: no HTTP answer (connection refused or reset)
-    code: str  # the error code of a non-201, "connection" without an answer
-
-
-class Poster:
-    """Posts to one room through every instance in turn (one instance per attempt); each message has
-    an Idempotency-Key and is retried with it on anything but a 201 until it gets one."""
-
-    def __init__(self, apis, room, name, pause):
-        self.apis, self.room, self.name, self.pause = apis, room, name, pause
-        self.acked = {}  # key (also the text) -> id
-        self.attempts = []
-        self.running = True
-        self._turn = itertools.count()
-        self._greenlet = gevent.spawn(self._run)
-
-    def _run(self):
-        for n in itertools.count():
-            if not self.running:
-                return
-            key = f"{self.name}-{n}"
-            delay = 0.05
-            while True:
-                api = self.apis[next(self._turn) % len(self.apis)]
-                start = time.monotonic()
-                status, code, body = None, "connection", None
-                try:
-                    response = api.post(f"/api/rooms/{self.room}/messages", {"text": key},
-                                        headers={"Idempotency-Key": key}, timeout=10)
-                    status, code = response.status, f"{response.status}"
-                    body = response.json
-                    code = "" if status == 201 else f"{status} {body.get('error')}"
-                except (OSError, http.client.HTTPException, ValueError):
-                    pass  # no answer, or one that isn't our JSON (e.g. a 502 page): retried all the same
-                self.attempts.append(Attempt(start, time.monotonic(), status, code))
-                if status == 201:
-                    self.acked[key] = body["id"]
-                    break
-                gevent.sleep(delay)
-                delay = min(delay * 2, 0.4)
-            gevent.sleep(self.pause)
-
-    def failures(self, since=0.0, until=float("inf")):
-        return [a for a in self.attempts if a.status != 201 and a.end >= since and a.start <= until]
-
-    def succeeded_since(self, moment):
-        return any(a.status == 201 and a.start >= moment for a in self.attempts)
-
-    @property
-    def done(self):
-        return self._greenlet.dead
-
-    def stop(self):
-        self.running = False
-        self._greenlet.join(timeout=60)
-        self._greenlet.kill()
 
 
 def outage(posters, since, until=float("inf")):
@@ -291,12 +229,16 @@ def sentinel_healthy(sentinel_set):
     sentinel_set.wait_replicated()
 
 
+def replica_ack_instances(redis_url, tmp_path):
+    """Two gunicorn instances of 2 workers whose 201 means "on a replica too" (not started yet)."""
+    return [Gunicorn(redis_url, workers=2, env={**ENV, **REPLICA_ACKS}, log_path=tmp_path / f"gunicorn-{i}.log")
+            for i in range(2)]
+
+
 def test_sentinel_failovers_lose_nothing_acknowledged_and_readers_never_see_a_message_taken_back(
         sentinel_set, tmp_path):
     sentinel_healthy(sentinel_set)
-    env = {**ENV, **REPLICA_ACKS}
-    instances = [Gunicorn(sentinel_set.url, workers=2, env=env, log_path=tmp_path / f"gunicorn-{i}.log")
-                 for i in range(2)]
+    instances = replica_ack_instances(sentinel_set.url, tmp_path)
     traffic = None
     try:
         for instance in instances:
@@ -461,9 +403,7 @@ def test_cluster_shard_failover_and_a_live_slot_move_lose_nothing_and_other_shar
     shards = rooms_per_shard(cluster_set, 2)
     doomed_rooms, other_rooms = shards[doomed], [room for p in others for room in shards[p]]
     moving = shards[others[0]][0]  # a busy room of a shard that didn't fail, to the third primary
-    env = {**ENV, **REPLICA_ACKS}
-    instances = [Gunicorn(cluster_set.url, workers=2, env=env, log_path=tmp_path / f"gunicorn-{i}.log")
-                 for i in range(2)]
+    instances = replica_ack_instances(cluster_set.url, tmp_path)
     traffic = None
     try:
         for instance in instances:
