@@ -30,15 +30,26 @@ LIMITS = ("CHAT_RATE_MESSAGES", "CHAT_RATE_LOGIN_IP", "CHAT_RATE_LOGIN_USER", "C
           "CHAT_RATE_STREAMS", "CHAT_RATE_TYPING", "CHAT_RATE_ROOMS", "CHAT_RATE_UNREAD", "CHAT_RATE_MEMBERSHIP")
 
 
+class _ClientStorage(RedisStorage):
+    """limits' Redis storage on the app's own client, so its calls share the requests' round
+    trips (chatapp.coalesce) instead of going out one by one on a client of its own."""
+
+    def __init__(self, client):
+        self._client = client
+        super().__init__("redis://", connection_pool=client.connection_pool, key_prefix=keys.RATE_LIMIT_PREFIX)
+
+    def get_connection(self, readonly=False):
+        return self._client
+
+
 class RateLimits:
     """The configured limits and a sliding-window counter on the app's Redis pool."""
 
     def __init__(self, where, client, config):
         if where.kind == topology.CLUSTER:
             storage = RedisClusterStorage(where.url, key_prefix=keys.RATE_LIMIT_PREFIX)
-        else:  # on the app's pool, which for Sentinel follows the primary
-            storage = RedisStorage("redis://", connection_pool=client.connection_pool,
-                                   key_prefix=keys.RATE_LIMIT_PREFIX)
+        else:  # on the app's client, which for Sentinel follows the primary
+            storage = _ClientStorage(client)
         self._limiter = SlidingWindowCounterRateLimiter(storage)
         self._limits = {name: parse(config[name]) for name in LIMITS}
         # Hits this worker knows are coming but can't count yet ((setting, key) -> n): the

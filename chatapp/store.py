@@ -15,9 +15,10 @@ from .stream_slots import StreamSlots
 def init_app(app):
     config = app.config
     where, timeout = topology.parse(config["REDIS_URL"]), config["CHAT_REDIS_TIMEOUT_SECS"]
-    # One immediate retry replaces a pooled connection that died with a Redis
-    # restart; more would only delay the 503 a client needs to see.
-    client = topology.client(where, config["CHAT_REDIS_POOL"], timeout, retry=Retry(NoBackoff(), 1))
+    # On a Cluster one immediate retry finds a slot's new node; more would only delay the
+    # 503 a client needs to see. Requests' commands share round trips (chatapp.coalesce).
+    client = topology.client(where, config["CHAT_REDIS_POOL"], timeout, cluster_retry=Retry(NoBackoff(), 1),
+                             coalesce=True)
     broker = Broker(client, config["CHAT_STREAM_MAXLEN"], config["CHAT_IDEMPOTENCY_TTL_SECS"],
                     durability=config["CHAT_DURABILITY"], replicas=config["CHAT_DURABILITY_REPLICAS"],
                     wait_ms=config["CHAT_DURABILITY_TIMEOUT_MS"])

@@ -19,6 +19,7 @@ import redis
 import redis.cluster
 import redis.sentinel
 
+from .coalesce import CoalescingRedis
 from .config import ConfigError
 
 SINGLE, SENTINEL, CLUSTER = "single", "sentinel", "cluster"
@@ -112,26 +113,33 @@ def parse(url):
     return Topology(SENTINEL, url, tuple(nodes), service, options)
 
 
-def client(topology, max_connections, timeout, retry=None, **connection_options):
+def client(topology, max_connections, timeout, cluster_retry=None, *, coalesce=False, **connection_options):
     """A client on a bounded pool (waiting longer for a pooled connection than for Redis
-    itself makes no sense). ``connection_options`` go to each connection (e.g. ``protocol``)."""
+    itself makes no sense). ``connection_options`` go to each connection (e.g. ``protocol``).
+    ``coalesce``: concurrent commands share round trips (:mod:`chatapp.coalesce`; not on a
+    Cluster, whose commands go to the node of their keys). ``cluster_retry``: how a Cluster
+    client retries a command whose node failed (it finds the slot's new node). On one server
+    or Sentinel a command is never sent twice (it may have run): a pooled connection that died
+    is replaced when it is checked out (:class:`_PeekOnCheckout`), and a drop mid-command is
+    the caller's error."""
     common = {"socket_timeout": timeout, "socket_connect_timeout": 2, **connection_options}
-    extra = {"retry": retry} if retry is not None else {}
+    plain = CoalescingRedis if coalesce else redis.Redis
     if topology.kind == SINGLE:
         scheme = topology.url.partition("://")[0]
         options = {"connection_class": _PEEKING[scheme]} if scheme in _PEEKING else {}
         pool = redis.BlockingConnectionPool.from_url(topology.url, max_connections=max_connections, timeout=timeout,
                                                      **common, **options)
-        return redis.Redis(connection_pool=pool, **extra)
+        return plain(connection_pool=pool)
     if topology.kind == SENTINEL:
         sentinel = redis.sentinel.Sentinel(topology.nodes, sentinel_kwargs={
             "socket_timeout": SENTINEL_SOCKET_TIMEOUT_SECS, "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_SECS,
             **{k: v for k, v in topology.options.items() if k in ("username", "password")}})
         pool = _BlockingSentinelPool(topology.service, sentinel, max_connections=max_connections, timeout=timeout,
                                      connection_class=_SentinelConnection, **common, **topology.options)
-        return redis.Redis(connection_pool=pool, **extra)
+        return plain(connection_pool=pool)
     return redis.cluster.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in topology.nodes],
-                                      max_connections=max_connections, **common, **topology.options, **extra)
+                                      max_connections=max_connections, **common, **topology.options,
+                                      **({"retry": cluster_retry} if cluster_retry is not None else {}))
 
 
 def node_client(topology, node, **connection_options):

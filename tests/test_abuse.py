@@ -5,6 +5,7 @@ import logging
 import os
 import re
 
+import gevent
 import pytest
 import redis
 
@@ -644,6 +645,8 @@ def test_a_credential_verified_on_one_worker_is_not_locked_out_on_another(redis_
     """Regression: the 'already verified' cache was per worker, so after a stranger's guesses
     at a name its owner's client was refused by every worker it hadn't met yet."""
     from chatapp import create_app
+    from chatapp.auth import end_user_sessions
+    from chatapp.reasons import Ending
 
     config = {"REDIS_URL": redis_server.url, "SECRET_KEY": "t", **DEFAULT_LOGIN_LIMITS}
     first, second = create_app(config), create_app(config)
@@ -654,8 +657,15 @@ def test_a_credential_verified_on_one_worker_is_not_locked_out_on_another(redis_
             guess(first.test_client(), "alice", f"guess {i}", ip=f"203.0.113.{i}")
         assert guess(second.test_client(), "alice", "one more", ip="203.0.113.99").status_code == 429
         assert guess(second.test_client(), "alice", PASSWORD, ip="198.51.100.9").status_code == 200
+        # As the view does (its own per-name limit is used up by the stranger): the control
+        # message end_user_sessions publishes is what makes the other worker drop the
+        # credential it trusts (chatapp.users.UserStore.trust_while).
         with first.app_context():
             first.extensions["chat.users"].change_password("alice", PASSWORD, "a new password here")
+            end_user_sessions("alice", Ending.PASSWORD_CHANGED)
+        with gevent.Timeout(10):
+            while guess(second.test_client(), "alice", PASSWORD, ip="198.51.100.10").status_code == 200:
+                gevent.sleep(0.02)
         assert guess(second.test_client(), "alice", PASSWORD, ip="198.51.100.10").status_code in (401, 429)
     finally:
         first.extensions["chat.hub"].close()

@@ -1,0 +1,110 @@
+"""Concurrent commands share round trips, and nothing else about them changes (chatapp.coalesce)."""
+
+import gevent
+import pytest
+import redis
+
+from chatapp import topology
+from chatapp.coalesce import CoalescingRedis
+
+SLOW_SCRIPT = """
+local start = redis.call('TIME')
+repeat
+  local now = redis.call('TIME')
+until (now[1] - start[1]) * 1000000 + (now[2] - start[2]) > tonumber(ARGV[1])
+return 1
+"""
+
+
+@pytest.fixture
+def coalescing(redis_server):
+    client = topology.client(topology.parse(redis_server.url), 4, 5, coalesce=True)
+    assert isinstance(client, CoalescingRedis)
+    yield client
+    client.connection_pool.disconnect()
+
+
+def server_reads(client):
+    return client.info("stats")["total_reads_processed"]
+
+
+def together(*calls):
+    jobs = [gevent.spawn(call) for call in calls]
+    gevent.joinall(jobs, timeout=10, raise_error=True)
+    return [job.value for job in jobs]
+
+
+def test_concurrent_commands_leave_in_one_round_trip_and_each_gets_its_own_reply(coalescing):
+    prefix = "coalesce:own"
+    coalescing.ping()
+    before = server_reads(coalescing)
+    replies = together(*[lambda i=i: coalescing.incrby(f"{prefix}:{i}", i + 1) for i in range(50)])
+    reads = server_reads(coalescing) - before
+    assert replies == [i + 1 for i in range(50)]
+    # One command at a time would be 50 reads (+1 for INFO); a batch is a handful at most.
+    assert reads <= 5, reads
+    assert coalescing.batches >= 1
+
+
+def test_an_error_reply_reaches_only_the_command_that_caused_it(coalescing, redis_client):
+    redis_client.rpush("coalesce:list", "x")
+
+    def wrong():
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            coalescing.incr("coalesce:list")
+        return "raised"
+
+    replies = together(lambda: coalescing.incr("coalesce:a"), wrong, lambda: coalescing.incr("coalesce:b"))
+    assert replies == [1, "raised", 1]
+    assert coalescing.batches >= 1
+
+
+def test_regression_a_connection_dropped_mid_batch_fails_only_the_unanswered(redis_server, redis_client):
+    """The connection closes after the second reply of a batch (its own CLIENT KILL): the
+    commands answered before keep their replies, the ones after fail as a lone command on a
+    dropped connection does (they may have run: sending them again could run them twice),
+    and the next command goes out on a new connection."""
+    client = topology.client(topology.parse(redis_server.url), 1, 5, coalesce=True)
+
+    def failing(key):
+        with pytest.raises(redis.ConnectionError):
+            client.incr(key)
+        return "failed"
+
+    own_id = client.client_id()
+    replies = together(lambda: client.incr("coalesce:before"),
+                       lambda: client.execute_command("CLIENT", "KILL", "ID", own_id, "SKIPME", "no"),
+                       lambda: failing("coalesce:after1"), lambda: failing("coalesce:after2"))
+    assert replies == [1, 1, "failed", "failed"]
+    assert redis_client.get("coalesce:before") == b"1"
+    assert client.incr("coalesce:next") == 1 and client.client_id() != own_id
+    client.connection_pool.disconnect()
+
+
+def test_regression_a_killed_sender_does_not_strand_the_commands_it_carried(coalescing):
+    slow = coalescing.register_script(SLOW_SCRIPT)
+    slow([], [1])  # loaded: the next call is one EVALSHA, sent in the batch below
+    jobs = [gevent.spawn(slow, [], [300_000])]
+    jobs += [gevent.spawn(coalescing.incr, f"coalesce:carried:{i}") for i in range(3)]
+    gevent.sleep(0.05)  # all four are on the wire, in one batch sent by the first
+    jobs[0].kill()
+    gevent.joinall(jobs[1:], timeout=5)
+    assert all(job.ready() for job in jobs[1:])  # answered or failed, not waiting for ever
+    assert coalescing.incr("coalesce:after-kill") == 1  # and the client goes on
+
+
+def test_blocking_commands_dont_hold_up_the_others(coalescing, redis_client):
+    waiting = gevent.spawn(coalescing.blpop, ["coalesce:queue"], 5)
+    gevent.sleep(0.05)
+    assert together(*[lambda i=i: coalescing.incr(f"coalesce:free:{i}") for i in range(5)]) == [1] * 5
+    assert not waiting.ready()  # a BLPOP in the batch would have held the INCRs until it returned
+    redis_client.rpush("coalesce:queue", "go")
+    assert waiting.get(timeout=5) == (b"coalesce:queue", b"go")
+
+
+def test_scripts_flushed_from_the_server_are_loaded_again_by_every_caller(coalescing, redis_client):
+    script = coalescing.register_script("return redis.call('INCRBY', KEYS[1], ARGV[1])")
+    assert script(["coalesce:script"], [1]) == 1
+    redis_client.script_flush()
+    replies = together(*[lambda: script(["coalesce:script"], [1]) for _ in range(10)])
+    assert sorted(replies) == list(range(2, 12))
