@@ -2,11 +2,13 @@
 
 A worker serves many requests at once, and most of what each asks Redis (a rate
 limit, an append, a session, a lease) is one short command. Sent one by one, each
-costs its own send and receive system calls and a pool checkout, which profiles
-put at about a tenth of a POST's CPU. Here a command that arrives while another
-batch is on the wire waits for it, then leaves with every command queued behind
-it in one pipeline (automatic pipelining, as StackExchange.Redis and ioredis do
-it). Alone, a command goes at once, exactly as redis-py sends it.
+costs its own send and receive system calls and a pool checkout, about a tenth of
+a POST's CPU in profiles. Here the first command opens a batch and lets the other
+greenlets that are ready to run reach their own commands (gevent's ``sleep(0)``);
+they join it, and the batch leaves as one pipeline (automatic pipelining, as
+ioredis does it once per event-loop tick). Batches never wait for one another:
+each goes on its own pooled connection as soon as it is gathered, so a command
+is never held behind another's round trip.
 
 Nothing about what a command means changes: each is its own command (a script is
 still atomic), replies go back to their own callers, an error reply reaches only
@@ -14,6 +16,9 @@ the command that caused it, and commands of one caller keep their order (a calle
 waits for each reply). Commands that block on the server (WAIT, blocking pops,
 XREAD BLOCK) never join a batch: they would hold up every other command behind
 them.
+
+The price is latency when the worker is saturated: the sleep(0) puts a command
+behind everything else ready to run (docs/benchmarks.md measures both sides).
 """
 
 import threading
@@ -57,82 +62,50 @@ class CoalescingRedis(redis.Redis):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
-        self._queue = []
-        self._leading = False  # a caller is sending a batch and reading its replies
-        self.batches = 0  # round trips made for more than one command (for tests and metrics)
+        self._gathering = None  # the batch being gathered, if one is
+        self.batches = 0  # round trips made for more than one command (for tests)
 
     def execute_command(self, *args, **options):
         if args[0] in ALONE:
             return super().execute_command(*args, **options)
         call = _Call(args, options)
         with self._lock:
-            self._queue.append(call)
-            leading = self._take_lead()
-        if not leading:
-            leading = self._wait(call)
-            if not leading:
-                return call.outcome()
-        self._lead(call)
-        return call.outcome()
-
-    def _take_lead(self):
-        if self._leading:
-            return False
-        self._leading = True
-        return True
-
-    def _wait(self, call):
-        """Wait until ``call`` is answered (False) or this caller is to send the next batch (True)."""
+            batch = self._gathering
+            if batch is not None and len(batch) < MAX_BATCH:
+                batch.append(call)
+            else:
+                batch = self._gathering = [call]
+        if batch[0] is not call:  # joined: the caller that opened the batch sends it
+            call.wake.wait()
+            return call.outcome()
         try:
-            while True:
-                call.wake.wait()
-                if call.done:
-                    return False
-                with self._lock:
-                    if self._take_lead():
-                        return True
-                    call.wake.clear()
-                if call.done:  # answered between the check and the clear
-                    return False
-        except BaseException:
-            # Killed while waiting: don't leave the queue without a leader.
-            with self._lock:
-                if call in self._queue:
-                    self._queue.remove(call)
-                self._hand_over()
-            raise
-
-    def _lead(self, call):
-        try:
-            # Let the other greenlets that are ready to run get to their own commands first
-            # (gevent's sleep(0) in a patched worker): they join this batch.
-            time.sleep(0)
-            while not call.done:
-                with self._lock:
-                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-                self._run(batch)
+            time.sleep(0)  # the other ready greenlets reach their commands and join
         finally:
             with self._lock:
-                self._leading = False
-                self._hand_over()
-
-    def _hand_over(self):
-        """Wake the first queued caller to send the next batch (the lock is held)."""
-        if self._queue and not self._leading:
-            self._queue[0].wake.set()
+                if self._gathering is batch:
+                    self._gathering = None
+        self._run(batch)
+        return call.outcome()
 
     def _run(self, batch):
-        if len(batch) == 1:
-            call = batch[0]
-            try:
-                call.finish(super().execute_command(*call.args, **call.options))
-            except redis.RedisError as exc:
-                call.finish(error=exc)
-            finally:
-                if not call.done:  # killed mid-call: the caller is gone with it
-                    call.finish(error=redis.ConnectionError("abandoned"))
-            return
-        self.batches += 1
+        """Send ``batch`` and hand each reply to its caller. Whatever happens (a dropped
+        connection, this caller killed), no caller is left waiting."""
+        try:
+            if len(batch) == 1:
+                call = batch[0]
+                try:
+                    call.finish(super().execute_command(*call.args, **call.options))
+                except redis.RedisError as exc:
+                    call.finish(error=exc)
+                return
+            self.batches += 1
+            self._run_many(batch)
+        finally:
+            for call in batch:
+                if not call.done:
+                    call.finish(error=redis.ConnectionError("Redis batch abandoned: its sender was stopped"))
+
+    def _run_many(self, batch):
         pool = self.connection_pool
         conn = pool.get_connection()
         pending = list(batch)
@@ -146,9 +119,6 @@ class CoalescingRedis(redis.Redis):
             conn.disconnect()  # replies may be left unread on it
             raise
         finally:
-            for call in pending:  # killed mid-batch: the others must not wait for ever
-                if not call.done:
-                    call.finish(error=redis.ConnectionError("Redis batch abandoned"))
             pool.release(conn)
 
     def _send_and_read(self, conn, pending):
