@@ -134,6 +134,9 @@ SETTINGS = (
             "them; past it a retryable 503 `not_replicated`.", 10, 60_000),
     Setting("CHAT_REDIS_POOL", int, 64, "Redis connections per worker for commands.", 1, 10_000),
     Setting("CHAT_REDIS_TIMEOUT_SECS", float, 5.0, "Socket timeout for Redis commands.", 0.1, 120),
+    Setting("CHAT_REDIS_COALESCE", bool, True, "Requests' Redis commands of one pass of a worker's event loop "
+            "share a round trip (a fifth less CPU per POST; on a worker saturated by long-polls, POSTs wait a "
+            "pass longer: docs/benchmarks.md)."),
     Setting("CHAT_SESSION_LIFETIME_SECS", int, 14 * 24 * 3600, "Session cookie lifetime.", 60),
     Setting("CHAT_MAX_SESSIONS_PER_USER", int, 50, "Sessions (signed-in browsers) one account keeps; "
             "a login past it ends the oldest.", 1, 100_000),

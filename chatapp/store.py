@@ -18,7 +18,7 @@ def init_app(app):
     # On a Cluster one immediate retry finds a slot's new node; more would only delay the
     # 503 a client needs to see. Requests' commands share round trips (chatapp.coalesce).
     client = topology.client(where, config["CHAT_REDIS_POOL"], timeout, cluster_retry=Retry(NoBackoff(), 1),
-                             coalesce=True)
+                             coalesce=config["CHAT_REDIS_COALESCE"])
     broker = Broker(client, config["CHAT_STREAM_MAXLEN"], config["CHAT_IDEMPOTENCY_TTL_SECS"],
                     durability=config["CHAT_DURABILITY"], replicas=config["CHAT_DURABILITY_REPLICAS"],
                     wait_ms=config["CHAT_DURABILITY_TIMEOUT_MS"])

@@ -1,5 +1,7 @@
 """Concurrent commands share round trips, and nothing else about them changes (chatapp.coalesce)."""
 
+import time
+
 import gevent
 import pytest
 import redis
@@ -112,3 +114,84 @@ def test_scripts_flushed_from_the_server_are_loaded_again_by_every_caller(coales
     redis_client.script_flush()
     replies = together(*[lambda: script(["coalesce:script"], [1]) for _ in range(10)])
     assert sorted(replies) == list(range(2, 12))
+
+
+def test_regression_a_timeout_of_a_batch_opener_before_sending_leaves_no_one_waiting(coalescing):
+    """The opener's own deadline passes while it lets the others join (its CPU work ran past
+    it; gevent fires the timer after a slice of ready callbacks): its command is not sent,
+    the joiner's is, and the joiner gets its reply."""
+    def opener():
+        try:
+            with gevent.Timeout(0.002):
+                started = time.perf_counter()
+                while time.perf_counter() - started < 0.010:  # no yield: the deadline passes meanwhile
+                    pass
+                return coalescing.incr("coalesce:opener")
+        except gevent.Timeout:
+            return "timed out"
+
+    jobs = [gevent.spawn(opener), gevent.spawn(coalescing.incr, "coalesce:joiner")]
+    jobs += [gevent.spawn(lambda: None) for _ in range(60)]
+    gevent.joinall(jobs[:2], timeout=5)
+    assert jobs[1].ready() and jobs[1].value == 1
+    if jobs[0].value == "timed out":
+        assert coalescing.get("coalesce:opener") is None  # never sent, as with redis-py
+
+
+def test_regression_a_timeout_of_a_batch_opener_while_reading_fails_no_other_command(coalescing):
+    slow = coalescing.register_script(SLOW_SCRIPT)
+    slow([], [1])
+
+    def opener():
+        with pytest.raises(gevent.Timeout):
+            with gevent.Timeout(0.05):  # this request's own deadline, shorter than its script
+                slow([], [200_000])
+        return "timed out"
+
+    replies = together(opener, *[lambda i=i: coalescing.incr(f"coalesce:joined:{i}") for i in range(3)])
+    assert replies == ["timed out", 1, 1, 1]
+    assert coalescing.batches == 1
+
+
+def test_regression_a_bad_argument_fails_only_its_own_command(coalescing):
+    def bad():
+        with pytest.raises(redis.DataError):
+            coalescing.set("coalesce:bad", None)
+        return "refused"
+
+    replies = together(lambda: coalescing.incr("coalesce:a"), bad, lambda: coalescing.incr("coalesce:c"))
+    assert replies == [1, "refused", 1]
+
+
+def test_regression_an_unreadable_reply_is_the_error_of_its_own_caller(redis_server, redis_client):
+    client = topology.client(topology.parse(redis_server.url), 4, 5, coalesce=True, decode_responses=True)
+    redis_client.set("coalesce:binary", b"\xff\xfe")
+
+    def unreadable():
+        with pytest.raises(UnicodeDecodeError):
+            client.get("coalesce:binary")
+        return "raised"
+
+    def after():
+        try:
+            return client.incr("coalesce:after")
+        except redis.ConnectionError:
+            return "failed"  # may have run: the connection was dropped after the bad reply
+
+    replies = together(lambda: client.incr("coalesce:before"), unreadable, after)
+    assert replies[:2] == [1, "raised"] and replies[2] in (1, "failed")
+    assert client.incr("coalesce:next") == 1  # the client goes on
+    client.connection_pool.disconnect()
+
+
+def test_the_app_coalesces_by_default(app):
+    assert isinstance(app.extensions["chat.redis"], CoalescingRedis)
+
+
+@pytest.mark.parametrize("config", [{"CHAT_REDIS_COALESCE": False}])
+def test_coalescing_can_be_turned_off(app, client):
+    """CHAT_REDIS_COALESCE=0: every command goes alone (for a worker saturated by long-polls,
+    where waiting a pass costs POSTs more latency than the round trips it saves)."""
+    redis_client = app.extensions["chat.redis"]
+    assert type(redis_client) is redis.Redis
+    assert client.get("/healthz").status_code == 200 and redis_client.ping()
