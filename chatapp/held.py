@@ -87,3 +87,58 @@ class Held:
 
     def _settle(self):
         self.since = time.monotonic() if self else None
+
+
+class HeldByServer:
+    """What a hub holds, per server it hears from: one :class:`Held` per shard node on a
+    Cluster (replication is ordered per shard), a single one (node None) for one server or
+    Sentinel. ``node_of(channel)`` names a channel's node (None without shards); ``probe(room)``
+    writes and WAITs in ``room``'s slot (True: enough replicas have everything before it);
+    ``serves(node, room)`` says whether the server this hub listens to for ``node`` still
+    serves ``room`` (mid-failover what is held came from another server: no probe)."""
+
+    def __init__(self, node_of, probe, serves, probe_after_secs):
+        self._by_node = collections.defaultdict(Held)
+        self._node_of = node_of
+        self._probe = probe
+        self._serves = serves
+        self.probe_after_secs = probe_after_secs
+
+    def _of(self, channel):
+        return self._by_node[self._node_of(channel)]
+
+    def hold_live(self, channel, publication):
+        self._of(channel).hold_live(channel, publication)
+
+    def hold_from_log(self, channel, publications):
+        self._of(channel).hold_from_log(channel, publications)
+
+    def acknowledged(self, channel, position):
+        """What an acknowledgement of ``channel``'s message at ``position`` releases (see Held)."""
+        return self._of(channel).acknowledged(channel, position)
+
+    def drop(self, node=None):
+        """Forget what came from ``node`` (its link reconnected or was lost: what it held may be
+        on a primary that is gone; each room's resubscription reads its log again)."""
+        self._by_node.pop(node, None)
+
+    def clear(self):
+        self._by_node.clear()
+
+    def probe_stale(self, now, room_of):
+        """Release what was held longer than ``probe_after_secs`` with no acknowledgement (its
+        poster's WAIT timed out, or its acknowledgement was lost): a write and WAIT on the
+        server held from, in the slot of a room held there (``room_of(channel)``, None: the
+        room is gone), which covers everything that server ran before. Returns what it releases."""
+        released = []
+        for node, held in list(self._by_node.items()):
+            if not held or now - held.since < self.probe_after_secs:
+                continue
+            snapshot = held.snapshot()
+            last, newest = snapshot
+            room = room_of(last[0] if last is not None else next(iter(newest)))
+            if room is None or not self._serves(node, room):
+                continue
+            if self._probe(room):
+                released += held.probed(snapshot)
+        return released

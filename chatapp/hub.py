@@ -26,7 +26,6 @@ session re-checks (:class:`SessionWatch`), stream leases
 nobody reads.
 """
 
-import collections
 import json
 import logging
 import os
@@ -38,7 +37,7 @@ import redis
 from . import keys, topology
 from .broker import Ack, Signal, StreamId, decode_payload
 from .errors import ChatError, StoreUnavailable
-from .held import Held
+from .held import HeldByServer
 from .link import PubSubLink
 from .multiplex import Multiplex
 from .pollers import Pollers
@@ -85,7 +84,7 @@ class Hub:
         self.shards = None  # on a Redis Cluster: a sharded link per node for the rooms (chatapp.shards)
         if where.kind == topology.CLUSTER:
             self.shards = ShardLinks(where, broker.redis, config["CHAT_HUB_PING_SECS"], metrics, **callbacks,
-                                     on_lost=lambda link: self._held.pop(link.node, None))
+                                     on_lost=lambda link: self.held.drop(link.node))
             self.link = PubSubLink(where, config["CHAT_HUB_PING_SECS"], metrics, channels=lambda: [_CONTROL],
                                    node=lambda: topology.any_primary(broker.redis), on_lost=self._control_lost,
                                    **callbacks)
@@ -99,9 +98,9 @@ class Hub:
         # of an earlier millisecond has reached this worker (docs/DESIGN.md, invariant 12).
         self.watermark = 0
         # With replica acknowledgement (invariant 11): what was received but isn't known to be
-        # on enough replicas, per server (per shard node on a Cluster: replication is ordered per
-        # shard; None for one server or Sentinel).
-        self._held = collections.defaultdict(Held)
+        # on enough replicas, per server (chatapp.held).
+        self.held = HeldByServer(lambda channel: self.shards.node_of(channel) if self.shards is not None else None,
+                                 probe=broker.replicated, serves=self._serves, probe_after_secs=WATCH_TICK_SECS)
         self._link_address = None
         # Control messages heard since the control channel's last subscription (None: not
         # subscribed now, so whatever is cached on their word can't be trusted).
@@ -358,7 +357,7 @@ class Hub:
         is held like a live publication, so the acknowledgement that covers it releases it."""
         if not self.broker.waits_for_replicas:
             return
-        self._held_for(room.channel).hold_from_log(
+        self.held.hold_from_log(
             room.channel, self.broker.read_after(room.name, room.last_id, self.catchup_page, acknowledged=False))
 
     def _on_reconnected(self, link):
@@ -366,9 +365,9 @@ class Hub:
         and every multiplexed stream's rooms. Publications the link held may be on a primary
         that is gone: dropped (each room's resubscription reads its log again)."""
         if self.shards is None:
-            self._held.clear()
+            self.held.clear()
         elif link is not self.link:  # a shard's link: only its own held publications, nothing else lost
-            self._held.pop(link.node, None)
+            self.held.drop(link.node)
             return
         self.sessions.check_all_soon(self.streams())
         if self._muxes:
@@ -426,9 +425,9 @@ class Hub:
         if isinstance(item, Signal):
             room.signal(item)
         elif isinstance(item, Ack):
-            self._release_through(channel, item.id)
+            self._release(self.held.acknowledged(channel, item.id))
         elif self.broker.waits_for_replicas:
-            self._held_for(channel).hold_live(channel, item)
+            self.held.hold_live(channel, item)
         else:
             self._deliver(room, item, live=True)
 
@@ -441,40 +440,21 @@ class Hub:
 
     # -- replica acknowledgement (invariant 11) ------------------------------------------
 
-    def _held_for(self, channel):
-        return self._held[self.shards.node_of(channel) if self.shards is not None else None]
-
-    def _release_through(self, channel, position):
-        """An acknowledgement of ``channel``'s message at ``position`` (see chatapp.held)."""
-        self._release(self._held_for(channel).acknowledged(channel, position))
-
     def _release(self, released):
         for channel, publication, live in released:
             room = self._rooms.get(channel)
             if room is not None and room.last_id is not None:
                 self._deliver(room, publication, live)
 
-    def _probe_replication(self, now):
-        """Release what was held longer than a tick with no acknowledgement (its poster's WAIT
-        timed out, or its acknowledgement was lost): a write and WAIT on the server the link
-        listens to (in the slot of a room held there), which covers everything it ran before."""
-        for node, held in list(self._held.items()):
-            if not held or now - held.since < WATCH_TICK_SECS:
-                continue
-            snapshot = held.snapshot()
-            last, newest = snapshot
-            channel = last[0] if last is not None else next(iter(newest))
-            room = self._rooms.get(channel)
-            if room is None:
-                continue
-            if node is None:
-                here = self.link.address is not None and self.link.address == self.broker.primary_address()
-            else:
-                here = node == self.broker.node_address(room.name)
-            if not here:
-                continue  # mid-failover: what we hold came from another server
-            if self.broker.replicated(room.name):
-                self._release(held.probed(snapshot))
+    def _serves(self, node, room):
+        """Whether the server the hub listens to for ``node`` still serves ``room``."""
+        if node is None:
+            return self.link.address is not None and self.link.address == self.broker.primary_address()
+        return node == self.broker.node_address(room)
+
+    def _room_name(self, channel):
+        room = self._rooms.get(channel)
+        return room.name if room is not None else None
 
     # -- housekeeping ------------------------------------------------------------
 
@@ -494,7 +474,7 @@ class Hub:
                     self.presence.tick({room.name: room.readers for room in self._rooms.values() if room.readers},
                                        now)
                 self.sessions.check(streams, now)
-                self._probe_replication(now)
+                self._release(self.held.probe_stale(now, self._room_name))
                 self._count_delivered(readers + list(self._muxes))
                 if now >= next_renewal:
                     next_renewal = now + self.slots.renew_secs
