@@ -361,7 +361,6 @@ class Multiplex(Stream):
         return ([publication.json for _, publication in messages], events + [signal.json for _, signal in signals],
                 [_reset_data(room, reset) for room, reset in resets])
 
-
     def poll_answer(self, messages, events, resets):
         """The long-poll answer's JSON; messages and events are JSON already, shared with every
         reader, so they are joined in, not encoded again."""

@@ -123,20 +123,20 @@ def client(topology, max_connections, timeout, cluster_retry=None, *, coalesce=F
     is replaced when it is checked out (:class:`_PeekOnCheckout`), and a drop mid-command is
     the caller's error."""
     common = {"socket_timeout": timeout, "socket_connect_timeout": 2, **connection_options}
-    plain = CoalescingRedis if coalesce else redis.Redis
+    client_class = CoalescingRedis if coalesce else redis.Redis
     if topology.kind == SINGLE:
         scheme = topology.url.partition("://")[0]
         options = {"connection_class": _PEEKING[scheme]} if scheme in _PEEKING else {}
         pool = redis.BlockingConnectionPool.from_url(topology.url, max_connections=max_connections, timeout=timeout,
                                                      **common, **options)
-        return plain(connection_pool=pool)
+        return client_class(connection_pool=pool)
     if topology.kind == SENTINEL:
         sentinel = redis.sentinel.Sentinel(topology.nodes, sentinel_kwargs={
             "socket_timeout": SENTINEL_SOCKET_TIMEOUT_SECS, "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT_SECS,
             **{k: v for k, v in topology.options.items() if k in ("username", "password")}})
         pool = _BlockingSentinelPool(topology.service, sentinel, max_connections=max_connections, timeout=timeout,
                                      connection_class=_SentinelConnection, **common, **topology.options)
-        return plain(connection_pool=pool)
+        return client_class(connection_pool=pool)
     return redis.cluster.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in topology.nodes],
                                       max_connections=max_connections, **common, **topology.options,
                                       **({"retry": cluster_retry} if cluster_retry is not None else {}))
