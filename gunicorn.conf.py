@@ -15,14 +15,14 @@ from pathlib import Path
 
 import gevent
 
-from chatapp.config import ConfigError, load_settings, setting
-from chatapp.embedded_redis import EmbeddedRedis
-from chatapp.reasons import Ending
+from chatapp.core.reasons import Ending
+from chatapp.ops.config import ConfigError, load_settings, setting
+from chatapp.store.embedded_redis import EmbeddedRedis
 
 bind = os.environ.get("BIND") or f"{os.environ.get('HOST', '127.0.0.1')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_class = "gevent"
-# A stream holds a connection slot only until it is live (then chatapp.direct
+# A stream holds a connection slot only until it is live (then chatapp.web.takeover
 # takes its socket out of gunicorn's pool; CHAT_MAX_STREAMS caps live ones); a
 # burst of 10,000 opening at once still needs the slots.
 worker_connections = int(os.environ.get("CHAT_WORKER_CONNECTIONS", "11000"))

@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 import redis  # noqa: E402
 
-from chatapp.config import setting  # noqa: E402
-from chatapp.embedded_redis import EmbeddedRedis  # noqa: E402
+from chatapp.ops.config import setting  # noqa: E402
+from chatapp.store.embedded_redis import EmbeddedRedis  # noqa: E402
 from deploy.launch import Gunicorn  # noqa: E402
 
 PASSWORD = "correct horse"

@@ -3,9 +3,9 @@
 
 def create_app(test_config=None):
     """Build the Flask app; see :func:`chatapp.app.create_app`."""
-    # Imported here, not at the top: the gunicorn master imports chatapp.config
-    # and chatapp.embedded_redis, and must not import Flask or redis-py (they
+    # Imported here, not at the top: the gunicorn master imports chatapp.ops.config
+    # and chatapp.store.embedded_redis, and must not import Flask or redis-py (they
     # import ssl) before the gevent workers monkey-patch it.
-    from .app import create_app as build
+    from chatapp.app import create_app as build
 
     return build(test_config)

@@ -6,30 +6,15 @@ import time
 from flask import Flask, g
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import (
-    admin,
-    auth,
-    direct,
-    errors,
-    events,
-    health,
-    logs,
-    membership,
-    messages,
-    metrics,
-    migrations,
-    page,
-    pollers,
-    presence,
-    ratelimit,
-    rooms,
-    security,
-    sessions,
-    store,
-    streams,
-    users,
-)
-from .config import load_settings
+from chatapp import services
+from chatapp.accounts import sessions, users
+from chatapp.delivery import pollers
+from chatapp.ops import errors, logs, metrics
+from chatapp.ops.config import load_settings
+from chatapp.store import memberships as membership
+from chatapp.store import migrations, presence, ratelimit, rooms
+from chatapp.web import admin, auth, events, health, messages, page, security, streams
+from chatapp.web import takeover as direct
 
 
 def create_app(test_config=None):
@@ -50,7 +35,7 @@ def create_app(test_config=None):
 
     logs.init_app(app)
     errors.init_app(app)
-    store.init_app(app)
+    services.init_app(app)
     migrations.init_app(app)
     metrics.init_app(app)
     sessions.init_app(app)

@@ -26,8 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from chatapp.config import setting  # noqa: E402
-from chatapp.embedded_redis import EmbeddedRedis  # noqa: E402
+from chatapp.ops.config import setting  # noqa: E402
+from chatapp.store.embedded_redis import EmbeddedRedis  # noqa: E402
 from deploy.launch import Gunicorn, free_port, wait_for_port  # noqa: E402
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"

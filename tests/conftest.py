@@ -9,7 +9,7 @@ import redis  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
 
 from chatapp import create_app  # noqa: E402
-from chatapp.embedded_redis import EmbeddedRedis  # noqa: E402
+from chatapp.store.embedded_redis import EmbeddedRedis  # noqa: E402
 from deploy.launch import LIFTED_LIMITS, Gunicorn  # noqa: E402
 from tests.helpers import PASSWORD, Api, account, gunicorn_with_redis, unique  # noqa: E402, F401 (re-exported)
 

@@ -374,7 +374,7 @@ def kill_pubsub_repeatedly(client, times=20, every=0.05):
 @contextlib.contextmanager
 def gunicorn_with_redis(folder, workers=2, env=None):
     """A gunicorn and an embedded Redis of their own, under ``folder``; yields (server, redis)."""
-    from chatapp.embedded_redis import EmbeddedRedis
+    from chatapp.store.embedded_redis import EmbeddedRedis
 
     store = EmbeddedRedis(Path(folder) / "redis")
     store.start()

@@ -9,8 +9,8 @@ import gevent
 import pytest
 import redis
 
-from chatapp import keys
-from chatapp.logs import TEXT_FORMAT, TextFormatter
+from chatapp.ops.logs import TEXT_FORMAT, TextFormatter
+from chatapp.store import keys
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
 from tests.helpers import LocalStream
 from tests.test_auth import basic
@@ -144,13 +144,13 @@ class BlockedHash:
     def __init__(self, monkeypatch):
         from gevent import monkey
 
-        import chatapp.passwords
+        import chatapp.accounts.passwords
 
         self.entered = monkey.get_original("threading", "Event")()
         self.release = monkey.get_original("threading", "Event")()
         self.thread_ids = []
         self.niceness = []
-        original = chatapp.passwords.check_password_hash
+        original = chatapp.accounts.passwords.check_password_hash
         get_ident = monkey.get_original("_thread", "get_ident")
 
         def blocking(stored, password):
@@ -160,7 +160,7 @@ class BlockedHash:
             self.release.wait(30)
             return original(stored, password)
 
-        monkeypatch.setattr(chatapp.passwords, "check_password_hash", blocking)
+        monkeypatch.setattr(chatapp.accounts.passwords, "check_password_hash", blocking)
 
 
 def test_password_hashing_runs_off_the_event_loop(guarded, monkeypatch):
@@ -288,7 +288,7 @@ def verify_then(monkeypatch, app, action):
 def test_a_login_racing_a_ban_gets_no_session(auth, app, redis_client, monkeypatch):
     auth.register("alice")
     auth.logout()
-    from chatapp.admin import set_banned
+    from chatapp.web.admin import set_banned
 
     verify_then(monkeypatch, app, lambda: set_banned("alice", True))
     late = app.test_client()
@@ -299,7 +299,7 @@ def test_a_login_racing_a_ban_gets_no_session(auth, app, redis_client, monkeypat
 
 def test_a_login_racing_a_kick_stays_reachable(auth, app, redis_client, monkeypatch):
     auth.register("alice")
-    from chatapp.admin import kick
+    from chatapp.web.admin import kick
 
     verify_then(monkeypatch, app, lambda: kick("alice"))
     late = app.test_client()
@@ -407,7 +407,7 @@ def test_a_record_written_by_an_earlier_release_still_replays(alice, redis_clien
 def full_store(tmp_path):
     """An app on a Redis of its own with a small maxmemory, and a way to fill and empty it."""
     from chatapp import create_app
-    from chatapp.embedded_redis import EmbeddedRedis
+    from chatapp.store.embedded_redis import EmbeddedRedis
 
     server = EmbeddedRedis(tmp_path / "redis", maxmemory="20mb")
     server.start()
@@ -521,9 +521,9 @@ def test_live_streams_keep_their_leases_and_a_dead_workers_run_out(app, redis_cl
     open stops renewing, and its user's count heals by itself."""
     import gevent
 
-    from chatapp.errors import TooManyStreams
-    from chatapp.keys import user_streams
-    from chatapp.stream_slots import StreamSlots
+    from chatapp.ops.errors import TooManyStreams
+    from chatapp.store.keys import user_streams
+    from chatapp.store.stream_slots import StreamSlots
 
     AuthActions(app.test_client()).register("carol")
     stream = LocalStream(app.test_client(), "/api/rooms/general/events", headers=basic("carol", PASSWORD))
@@ -633,7 +633,7 @@ def test_on_a_full_store_guessing_stays_limited_bans_work_and_leases_renew(full_
     assert guesses == {507}  # never a 401: no hash answers while attempts can't be counted
     slots.renew(app.extensions["chat.hub"].readers())  # would raise OOM
     with app.app_context():
-        from chatapp.admin import set_banned
+        from chatapp.web.admin import set_banned
 
         with pytest.raises(redis.OutOfMemoryError):
             set_banned("mallory", True)
@@ -645,8 +645,8 @@ def test_a_credential_verified_on_one_worker_is_not_locked_out_on_another(redis_
     """Regression: the 'already verified' cache was per worker, so after a stranger's guesses
     at a name its owner's client was refused by every worker it hadn't met yet."""
     from chatapp import create_app
-    from chatapp.auth import end_user_sessions
-    from chatapp.reasons import Ending
+    from chatapp.core.reasons import Ending
+    from chatapp.web.auth import end_user_sessions
 
     config = {"REDIS_URL": redis_server.url, "SECRET_KEY": "t", **DEFAULT_LOGIN_LIMITS}
     first, second = create_app(config), create_app(config)
@@ -659,7 +659,7 @@ def test_a_credential_verified_on_one_worker_is_not_locked_out_on_another(redis_
         assert guess(second.test_client(), "alice", PASSWORD, ip="198.51.100.9").status_code == 200
         # As the view does (its own per-name limit is used up by the stranger): the control
         # message end_user_sessions publishes is what makes the other worker drop the
-        # credential it trusts (chatapp.users.UserStore.trust_while).
+        # credential it trusts (chatapp.accounts.users.UserStore.trust_while).
         with first.app_context():
             first.extensions["chat.users"].change_password("alice", PASSWORD, "a new password here")
             end_user_sessions("alice", Ending.PASSWORD_CHANGED)

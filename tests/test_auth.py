@@ -6,7 +6,7 @@ import time
 import gevent
 import pytest
 
-from chatapp import keys
+from chatapp.store import keys
 from deploy.launch import ROOT
 from tests.conftest import GENEROUS_LIMITS, PASSWORD
 from tests.helpers import account
@@ -203,7 +203,7 @@ def test_a_check_between_the_kick_and_the_ban_write_does_not_keep_a_banned_accou
     """Regression (review): a ban kicks first (control message: every worker forgets the user)
     and writes the ban after; a Basic request in between was trusted again, without a second
     message, so the banned account was served for CHAT_AUTH_CACHE_SECS."""
-    from chatapp.admin import set_banned
+    from chatapp.web.admin import set_banned
     fresh, _ = _signed_in_by_basic(auth, app, "bob")
     users = app.extensions["chat.users"]
     write_ban = users.set_banned

@@ -259,7 +259,7 @@ def test_smoke_run_against_chat_loses_nothing(tmp_path):
         _delivered_everything(results[key])
     assert results["d"]["drops"] == results["d"]["readers"] * 2  # smoke: 2 cuts per reader, all resumed
     assert results["g"]["poll_requests"] > 0
-    # Every poll after a reader's first continues on its worker's kept poller (chatapp.pollers).
+    # Every poll after a reader's first continues on its worker's kept poller (chatapp.delivery.pollers).
     assert results["g"]["server_polls_short"] > 0 and results["l"]["server_polls_short"] > 0
     mixed, sc = results["l"], doc["scenarios"]["l"]
     assert mixed["mode"] == "sse" and mixed["readers"] == sc["readers"] // 2 and "latency_by_second" in mixed

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from chatapp import keys
-from chatapp.broker import ZERO, StreamId
-from chatapp.errors import BadRequest
+from chatapp.ops.errors import BadRequest
+from chatapp.store import keys
+from chatapp.store.broker import ZERO, StreamId
 
 
 def broker_of(app):

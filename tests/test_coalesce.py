@@ -1,4 +1,4 @@
-"""Concurrent commands share round trips, and nothing else about them changes (chatapp.coalesce)."""
+"""Concurrent commands share round trips, and nothing else about them changes (chatapp.store.coalesce)."""
 
 import time
 
@@ -6,8 +6,8 @@ import gevent
 import pytest
 import redis
 
-from chatapp import topology
-from chatapp.coalesce import CoalescingRedis
+from chatapp.store import topology
+from chatapp.store.coalesce import CoalescingRedis
 
 SLOW_SCRIPT = """
 local start = redis.call('TIME')

@@ -1,4 +1,4 @@
-"""Streams written by the hub straight to their sockets (chatapp.direct), under real gunicorn."""
+"""Streams written by the hub straight to their sockets (chatapp.web.takeover), under real gunicorn."""
 
 import base64
 import gc
@@ -11,8 +11,8 @@ import gevent
 import pytest
 import redis
 
-from chatapp.direct import _detach
-from chatapp.event_stream import EventStream
+from chatapp.delivery.event_stream import EventStream
+from chatapp.web.takeover import _detach
 from deploy.launch import Gunicorn
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
 from tests.helpers import Api, account, assert_exactly_once_in_order, operator_account

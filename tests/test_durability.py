@@ -12,8 +12,8 @@ import pytest
 import redis
 
 from chatapp import create_app
-from chatapp.embedded_redis import EmbeddedRedis
-from chatapp.errors import NotReplicated
+from chatapp.ops.errors import NotReplicated
+from chatapp.store.embedded_redis import EmbeddedRedis
 from deploy.launch import free_port
 from tests.conftest import GENEROUS_LIMITS, AuthActions
 from tests.helpers import LocalStream
@@ -117,7 +117,7 @@ def test_fsync_durability_runs_the_embedded_redis_with_appendfsync_always(tmp_pa
 
 
 def test_an_unknown_durability_is_a_config_error():
-    from chatapp.config import ConfigError, load_settings
+    from chatapp.ops.config import ConfigError, load_settings
 
     with pytest.raises(ConfigError):
         load_settings({"REDIS_URL": "redis://x", "CHAT_DURABILITY": "maybe"})

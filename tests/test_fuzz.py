@@ -71,7 +71,7 @@ headers = st.dictionaries(
 
 @pytest.fixture(scope="module")
 def fuzz_app(tmp_path_factory):
-    from chatapp.embedded_redis import EmbeddedRedis
+    from chatapp.store.embedded_redis import EmbeddedRedis
 
     store = EmbeddedRedis(tmp_path_factory.mktemp("fuzz-redis"))
     store.start()
@@ -113,7 +113,7 @@ def send(client, method, path, *, chosen_body, chosen_headers, query):
 
 def check_metrics(app):
     """Every label value of the request histogram is from a fixed set: no request made a series."""
-    from chatapp.metrics import METHODS, OTHER
+    from chatapp.ops.metrics import METHODS, OTHER
 
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()} | {OTHER}
     text = app.extensions["chat.metrics"].exposition().decode()

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from chatapp.config import markdown_table
+from chatapp.ops.config import markdown_table
 from tests.helpers import ROOT
 
 
@@ -15,4 +15,4 @@ def test_ruff_finds_nothing():
 
 def test_readme_settings_table_matches_the_code():
     readme = (ROOT / "README.md").read_text()
-    assert markdown_table() in readme, "regenerate it: python -m chatapp.config --update-readme"
+    assert markdown_table() in readme, "regenerate it: python -m chatapp.ops.config --update-readme"

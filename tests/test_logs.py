@@ -6,7 +6,7 @@ import logging
 import gevent
 import pytest
 
-from chatapp.logs import JsonFormatter
+from chatapp.ops.logs import JsonFormatter
 from tests.conftest import PASSWORD, AuthActions
 from tests.helpers import LocalStream
 from tests.test_auth import basic

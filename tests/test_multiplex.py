@@ -13,8 +13,8 @@ import gevent
 import gevent.event
 import pytest
 
-from chatapp import keys
-from chatapp.errors import StoreUnavailable
+from chatapp.ops.errors import StoreUnavailable
+from chatapp.store import keys
 from tests.conftest import GENEROUS_LIMITS
 from tests.helpers import (
     LocalStream,

@@ -1,4 +1,4 @@
-"""Kept long-pollers and the short path (chatapp.pollers), through the app in this process."""
+"""Kept long-pollers and the short path (chatapp.delivery.pollers), through the app in this process."""
 
 import base64
 from urllib.parse import quote
@@ -6,7 +6,8 @@ from urllib.parse import quote
 import gevent
 import pytest
 
-from chatapp import create_app, pollers
+from chatapp import create_app
+from chatapp.delivery import pollers
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
 from tests.test_streams import send
 

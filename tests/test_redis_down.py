@@ -3,7 +3,7 @@
 import pytest
 
 from chatapp import create_app
-from chatapp.embedded_redis import EmbeddedRedis
+from chatapp.store.embedded_redis import EmbeddedRedis
 from tests.conftest import PASSWORD
 from tests.helpers import SSEParser
 from tests.test_auth import basic

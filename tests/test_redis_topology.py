@@ -10,7 +10,7 @@ import redis
 import redis.cluster
 import redis.sentinel
 
-from chatapp.embedded_redis import redis_server_binary
+from chatapp.store.embedded_redis import redis_server_binary
 from deploy.redis_topology import binaries
 from tests.helpers import unique
 

@@ -1,6 +1,7 @@
 import pytest
 
-from chatapp import create_app, keys
+from chatapp import create_app
+from chatapp.store import keys
 from tests.conftest import GENEROUS_LIMITS, AuthActions
 
 
@@ -154,7 +155,8 @@ def test_unread_counts_are_rate_limited_per_user(alice):
 def test_a_worker_never_serves_with_half_its_keys_migrated(app, redis_client, redis_server, config):
     import redis as redis_lib
 
-    from chatapp import create_app, migrations
+    from chatapp import create_app
+    from chatapp.store import migrations
     from tests.conftest import AuthActions
     assert AuthActions(app.test_client()).register("eve").status_code == 201
     # The earlier release's layout: eve's account and her ban under the old names.

@@ -2,7 +2,7 @@
 
 import pytest
 
-from chatapp import keys
+from chatapp.store import keys
 from tests.conftest import PASSWORD, AuthActions
 from tests.helpers import LocalStream
 from tests.test_auth import basic

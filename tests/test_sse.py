@@ -1,6 +1,6 @@
 import pytest
 
-from chatapp.sse import Event
+from chatapp.core.sse import Event
 
 
 def test_encode_message_frame():

@@ -4,8 +4,8 @@ import pytest
 import redis
 import redis.sentinel
 
-from chatapp import topology
-from chatapp.config import ConfigError
+from chatapp.ops.config import ConfigError
+from chatapp.store import topology
 
 
 def connection_pool(url, max_connections, timeout):

@@ -1,0 +1,1 @@
+"""Users, passwords and sessions (kept in Redis through chatapp.store)."""

@@ -1,0 +1,352 @@
+"""Long-pollers kept between their polls, and the short path their next poll takes.
+
+A long-poll client asks again as soon as it has its answer: in a busy room that
+is several requests a second per client. Through Flask, each one paid the auth
+check (a Redis read), the stream-opening rate limit (a script) and a stream
+lease (a script): ~0.9 ms of a worker's CPU per poll, so a thousand pollers in
+one busy room took the whole server (docs/benchmarks.md, scenario g).
+
+So a poll answered through Flask leaves its reader registered with the hub,
+kept here under the request's exact credentials (``Authorization`` and
+``Cookie``) and room. While kept it is a stream like any other: the hub queues
+the room's publications for it, re-checks its session, renews its lease and
+closes it on a kick, logout or ban. The client's next poll, if it carries the
+same credentials and the cursor of the last answer, is answered by
+:class:`ShortPath` before Flask sees it: the checks that poll would make were
+made by the one that opened the poller and are kept up by the hub, as for an
+SSE stream. Anything else (other credentials, another cursor, a poller busy
+with another request, a closed one, an error) goes through Flask as before.
+
+Two settings bound what a poller costs:
+
+* ``CHAT_POLL_PACE_MS``: a kept poller is answered at most once per pace; an
+  answer that would come sooner waits, collecting every message of the window.
+  A busy room costs each poller at most 1000/pace requests a second, and a
+  client asking in a tight loop (``timeout=0``) can't make it more.
+* ``CHAT_POLL_LINGER_SECS``: a poller not asked again within this is ended (its
+  lease and its place in ``CHAT_MAX_STREAMS`` given back).
+"""
+
+import random
+import re
+import time
+from urllib.parse import unquote_plus
+
+import gevent
+
+from chatapp.core.reasons import Ending
+from chatapp.delivery.reader import ReaderClosed, ReaderReset
+from chatapp.ops.errors import REDIS_ERRORS, ChatError
+from chatapp.web.takeover import respond_whole
+
+POLL_PATH = re.compile(r"\A/api/rooms/([^/]+)/poll\Z")
+MUX_POLL_PATH = "/api/poll"  # the multiplexed stream's long-poll (chatapp.web.events)
+PACE_SPREAD = 0.2
+# A kept poller ends after this, in use or not, so its client's next poll goes through Flask,
+# which refreshes the session (its time to live in Redis and the cookie's expiry): a client
+# that only ever long-polled would otherwise be signed out after CHAT_SESSION_LIFETIME_SECS.
+MAX_AGE_SECS = 600
+_UNSENT = ("content-length", "set-cookie")  # per answer, and a session cookie is only set by Flask
+
+
+def poller_key(environ, scope):
+    """Whose poller this is: the request's exact credentials and what it reads (a room, or
+    ``*`` and the multiplexed poll's ``rooms``), or None without credentials."""
+    authorization, cookie = environ.get("HTTP_AUTHORIZATION"), environ.get("HTTP_COOKIE")
+    if not authorization and not cookie:
+        return None
+    return authorization, cookie, scope
+
+
+def poll_answer(reader, batch, reset=None):
+    """The per-room long-poll answer (JSON bytes): ``batch``'s messages, already JSON and
+    shared with every reader, joined in; live-only events under ``events``."""
+    extra = b""
+    if reset is not None:
+        oldest = reset.oldest
+        extra = b',"reset":true,"oldest":' + (b'"%s"' % str(oldest).encode() if oldest else b"null")
+    messages = [p.json for p in batch if p.id is not None]
+    signals = [p.json for p in batch if p.id is None]
+    if signals:  # live-only presence and typing events
+        extra += b',"events":[' + b",".join(signals) + b"]"
+    body = b'{"messages":[' + b",".join(messages) + b'],"cursor":"' + str(reader.last_id).encode() + b'"'
+    return body + extra + b"}", len(messages)
+
+
+class Poller:
+    """A long-poll reader kept between polls: who reads (the request's credentials), which
+    room, from where (the cursor its last answer gave), and its stream lease."""
+
+    __slots__ = ("answered_at", "cursor", "ends_at", "key", "not_before", "reader")
+
+    def __init__(self, key, reader, now, pace):
+        self.key = key
+        self.reader = reader
+        self.ends_at = now + MAX_AGE_SECS
+        self.answered_at = now
+        self.not_before = now + pace
+        self.cursor = reader.poll_cursor()  # what the next poll must carry
+
+
+class Pollers:
+    """This worker's kept pollers (the hub owns them and prunes them).
+
+    Pollers with the same credentials, room and cursor are interchangeable: clients that
+    share an account (or one client's several connections) take whichever is free, so a
+    poll finds one unless another poll of the same account, room and position is being
+    answered with each. How many exist is how many such polls ran at once (each holds a
+    stream slot of the account), plus those a client left behind: behind a load balancer
+    a client's polls go to any worker, so a poll that reaches this worker through Flask
+    ends the free pollers of its credentials and scope that are behind it here (the client
+    moved on elsewhere), and the rest run out after ``linger_secs``."""
+
+    def __init__(self, pace_secs, linger_secs):
+        self.pace_secs = pace_secs
+        self.linger_secs = linger_secs
+        self._idle = {}  # key -> {cursor -> [Poller], the most recently answered last}
+        self._count = 0
+        # Counted here and added to the metrics by the hub's housekeeping: a multiprocess
+        # metric write per poll was a twentieth of a short-path poll's CPU.
+        self.waiting = 0  # polls waiting now, through Flask or not (the chat_polls_open gauge)
+        self.short_answers = 0  # answered on the short path since the last flush
+        self._headers = {}  # with HTTP Basic or not -> the headers of a Flask answer, reused
+
+    def __len__(self):
+        return self._count
+
+    def keep(self, key, reader, behind=None):
+        """After a poll answered through Flask: keep ``reader`` for a next poll, and end the
+        free pollers of ``key`` for which ``behind(poller)`` says they are behind this poll
+        (None: all of them). False (the caller ends the reader) for a request without
+        credentials."""
+        if key is None:
+            return False
+        for free in list(self._idle.get(key, {}).values()):
+            for poller in [p for p in free if behind is None or behind(p)]:
+                self._unpark(poller)
+                self._end(poller)
+        self._count += 1
+        self._park(Poller(key, reader, time.monotonic(), self._pace()))
+        return True
+
+    def adopt_headers(self, key, headers):
+        basic = bool(key[0])
+        if basic not in self._headers:
+            self._headers[basic] = [(name, value) for name, value in headers if name.lower() not in _UNSENT]
+
+    def headers(self, key):
+        return self._headers.get(bool(key[0]))
+
+    def take(self, key, cursor):
+        """A free poller of ``key`` at ``cursor``, now busy; None if there is none."""
+        free = self._idle.get(key, {}).get(cursor)
+        while free:
+            poller = free[-1]
+            self._unpark(poller)
+            if not poller.reader.closed_reason:
+                return poller
+            self._end(poller)
+            free = self._idle.get(key, {}).get(cursor)
+        return None
+
+    def _pace(self):
+        # Less than the pace by up to a fifth, at random: pollers woken by one message would
+        # otherwise stay in step, every answer and every next poll of a room in one burst.
+        return self.pace_secs * random.uniform(1 - PACE_SPREAD, 1.0)
+
+    def answered(self, poller):
+        """The poll was answered: the poller is free again, at its new cursor."""
+        poller.answered_at = time.monotonic()
+        poller.not_before = poller.answered_at + self._pace()
+        poller.cursor = poller.reader.poll_cursor()
+        self._park(poller)
+
+    def end(self, poller):
+        """End a busy poller (its poll went wrong)."""
+        self._end(poller)
+
+    def _park(self, poller):
+        self._idle.setdefault(poller.key, {}).setdefault(poller.cursor, []).append(poller)
+
+    def _unpark(self, poller):
+        by_cursor = self._idle[poller.key]
+        free = by_cursor[poller.cursor]
+        free.remove(poller)
+        if not free:
+            del by_cursor[poller.cursor]
+            if not by_cursor:
+                del self._idle[poller.key]
+
+    def _end(self, poller):
+        self._count -= 1
+        poller.reader.end()
+
+    def _free(self):
+        return [poller for by_cursor in self._idle.values() for free in by_cursor.values() for poller in free]
+
+    def flush_metrics(self, metrics):
+        metrics.polls_open.set(self.waiting)
+        answers, self.short_answers = self.short_answers, 0
+        if answers:
+            metrics.polls_short.inc(answers)
+
+    def prune(self, now):
+        """End the free pollers not asked again within the linger time, the closed ones and
+        the old ones (``MAX_AGE_SECS``)."""
+        for poller in self._free():
+            if poller.reader.closed_reason or now - poller.answered_at >= self.linger_secs \
+                    or now >= poller.ends_at:
+                self._unpark(poller)
+                self._end(poller)
+
+    def end_all(self):
+        """End every free poller (busy ones end with their polls: their readers are closed)."""
+        free, self._idle = self._free(), {}
+        for poller in free:
+            self._end(poller)
+
+
+def wait_paced(stream, timeout, not_before, take):
+    """``take()`` once the stream has something (None or empty: nothing after all), not before
+    ``not_before`` (monotonic), so the answer carries the whole window, and waiting up to
+    ``timeout`` for it; None if the timeout passed first."""
+    deadline = time.monotonic() + timeout
+    # The pace first: a poller waiting on its wake-up meanwhile would be woken by every message
+    # of a busy room only to wait again (twice the answers' greenlet switches, in a profile).
+    pause = not_before - time.monotonic()
+    if pause > 0:
+        gevent.sleep(pause)
+    while True:
+        if not stream.wait(max(0.0, deadline - time.monotonic())):
+            return None
+        answer = take()
+        if answer or time.monotonic() >= deadline:
+            return answer
+
+
+def room_answer(reader, timeout, not_before=0.0):
+    """A room's poll, through Flask or not: ``(body, messages delivered)``."""
+    try:
+        batch = wait_paced(reader, timeout, not_before, reader.take_ready)
+    except ReaderReset as stale:
+        return poll_answer(reader, [], stale.reset)
+    return poll_answer(reader, batch or [])
+
+
+def mux_answer(mux, timeout, not_before=0.0):
+    """The multiplexed poll, through Flask or not: ``(body, 0)`` (the stream counts what it
+    delivers itself)."""
+    def take():
+        answer = mux.take_answer()
+        return answer if any(answer) else None
+    answer = wait_paced(mux, timeout, not_before, take) or ([], [], [])
+    return mux.poll_answer(*answer), 0
+
+
+class ShortPath:
+    """WSGI middleware: answers a kept poller's next poll without Flask (see the module docstring)."""
+
+    def __init__(self, app, wsgi_app):
+        self.app = app
+        self.wsgi_app = wsgi_app
+        config = app.config
+        self.default_timeout = config["CHAT_POLL_TIMEOUT_SECS"]
+        self.max_timeout = config["CHAT_POLL_MAX_TIMEOUT_SECS"]
+
+    def __call__(self, environ, start_response):
+        scope = _scope(environ) if environ.get("REQUEST_METHOD") == "GET" else None
+        if scope is None:
+            return self.wsgi_app(environ, start_response)
+        key = poller_key(environ, scope)
+        hub = self.app.extensions["chat.hub"]
+        if key is not None:
+            answer = self._short(hub, key, environ)
+            if answer is not None:
+                return respond_whole(start_response, "200 OK", *answer)
+
+        def remember_headers(status, headers, exc_info=None):
+            if key is not None and status.startswith("200"):
+                hub.pollers.adopt_headers(key, headers)
+            return start_response(status, headers, exc_info)
+        return self.wsgi_app(environ, remember_headers)
+
+    def _short(self, hub, key, environ):
+        query = _query(environ.get("QUERY_STRING", ""), self.default_timeout, self.max_timeout)
+        if query is None:
+            return None
+        cursor, timeout = query
+        pollers = hub.pollers
+        headers = pollers.headers(key)
+        poller = pollers.take(key, cursor) if headers is not None else None
+        if poller is None:
+            return None
+        stream = poller.reader
+        multiplexed = key[2].startswith("*")
+        pollers.waiting += 1
+        try:
+            self.app.extensions["chat.presence"].join_polling(stream.user, list(stream.rooms) if multiplexed
+                                                              else [stream.room])
+            answer = (mux_answer if multiplexed else room_answer)(stream, timeout, poller.not_before)
+        except ReaderClosed as closed:
+            pollers.end(poller)
+            if closed.reason != Ending.DRAINING:
+                return None  # Flask answers it (the session ended: a 401)
+            # Answer now; the client polls again, elsewhere.
+            return headers, stream.poll_answer([], [], []) if multiplexed else poll_answer(stream, [])[0]
+        except (ChatError, *REDIS_ERRORS):
+            pollers.end(poller)
+            return None  # Flask meets the same trouble and answers it as it does
+        except BaseException:
+            pollers.end(poller)
+            raise
+        finally:
+            pollers.waiting -= 1
+        body, delivered = answer
+        stream.count_delivered(delivered)
+        pollers.short_answers += 1
+        pollers.answered(poller)
+        return headers, body
+
+
+def _scope(environ):
+    """What a GET reads if it is a long-poll: its room, or ``*`` and the ``rooms`` it names."""
+    path = environ.get("PATH_INFO", "")
+    if path == MUX_POLL_PATH:
+        return "*" + _query_value(environ.get("QUERY_STRING", ""), "rooms")
+    match = POLL_PATH.match(path)
+    return match[1] if match else None
+
+
+def _query_value(text, name):
+    for part in text.split("&"):
+        key, _, value = part.partition("=")
+        if key == name:
+            return unquote_plus(value)  # as Flask reads a query
+    return ""
+
+
+def _query(text, default_timeout, max_timeout):
+    """``(cursor, timeout)`` of a poll's query string, or None unless it names a cursor and
+    nothing but ``cursor``, a valid ``timeout`` and ``rooms`` (anything else is Flask's to judge)."""
+    cursor = timeout = None
+    for part in text.split("&"):
+        name, _, value = part.partition("=")
+        if name == "cursor":
+            cursor = cursor if cursor is not None else unquote_plus(value)  # the first, as Flask reads it
+        elif name == "timeout":
+            if timeout is None:
+                try:
+                    timeout = float(value)
+                except ValueError:
+                    return None
+        elif name != "rooms":
+            return None
+    if timeout is None:
+        timeout = default_timeout
+    if not cursor or not 0 <= timeout <= max_timeout:  # NaN too
+        return None
+    return cursor, timeout
+
+
+def init_app(app):
+    app.wsgi_app = ShortPath(app, app.wsgi_app)

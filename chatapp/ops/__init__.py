@@ -1,0 +1,1 @@
+"""Operations: configuration, the error hierarchy, logs and metrics. Imports nothing of chatapp."""

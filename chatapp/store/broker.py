@@ -1,0 +1,415 @@
+"""The Broker: each room's durable log (a Redis Stream) and its live channel.
+
+This module owns every Redis key of a room and every read and write of its
+stream. A :class:`Publication` is one message with its stream position; its
+JSON and its SSE frame are built once and shared by everyone who sends it.
+"""
+
+import json
+import re
+from importlib import resources
+from typing import NamedTuple
+
+import redis
+import redis.cluster
+
+from chatapp.core.sse import Event, http_chunk
+from chatapp.ops.errors import BadRequest, NotReplicated
+from chatapp.store import keys, topology
+
+# What travels on a room's channel is one of two kinds, told apart by how its JSON
+# starts: a message (stored, with a stream position) or a live-only signal (presence,
+# typing: never stored). The Lua scripts write the same shapes.
+PUBLICATION_PREFIX = b'{"id":'
+SIGNAL_PREFIX = b'{"type":'
+ACK_PREFIX = b'{"acked":'  # with replica acknowledgement: "everything published up to this id is safe"
+
+# What a 201 means (CHAT_DURABILITY): written on the primary; fsynced there (the
+# embedded Redis runs appendfsync always); or on CHAT_DURABILITY_REPLICAS replicas.
+PRIMARY, FSYNC, REPLICAS = "primary", "fsync", "replicas"
+DURABILITY_MODES = (PRIMARY, FSYNC, REPLICAS)
+
+_CURSOR_RE = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
+MAX_SEQ = 2**64 - 1  # the largest part of a stream id
+
+
+class StreamId(NamedTuple):
+    """A Redis stream id; compares as an integer pair, never as a string."""
+
+    ms: int
+    seq: int
+
+    @classmethod
+    def parse(cls, text):
+        """Parse ``<ms>-<seq>`` (or ``0``, meaning before everything); raise BadRequest."""
+        if text in ("0", "0-0"):
+            return ZERO
+        match = _CURSOR_RE.match(text or "")
+        if not match:
+            raise BadRequest(f"Malformed cursor {text[:40]!r}: expected <ms>-<seq>.",
+                             code="bad_cursor")
+        ms, seq = int(match[1]), int(match[2])
+        # The largest id can't be an exclusive start for Redis ("(max" is refused), and
+        # no message ever has it.
+        if ms > MAX_SEQ or seq > MAX_SEQ or (ms, seq) == (MAX_SEQ, MAX_SEQ):
+            raise BadRequest("Cursor out of range.", code="bad_cursor")
+        return cls(ms, seq)
+
+    @classmethod
+    def from_bytes(cls, raw):
+        ms, _, seq = raw.partition(b"-")
+        return cls(int(ms), int(seq))
+
+    def __str__(self):
+        return f"{self.ms}-{self.seq}"
+
+
+ZERO = StreamId(0, 0)
+
+
+class Publication:
+    """One message at its stream position, encoded once for every reader."""
+
+    __slots__ = ("_chunk", "_frame", "_mux_chunk", "_mux_frame", "id", "json")
+
+    def __init__(self, id, json_bytes):
+        self.id = id
+        self.json = json_bytes
+        self._frame = None
+        self._chunk = None
+        self._mux_chunk = None
+        self._mux_frame = None
+
+    @classmethod
+    def from_payload(cls, payload):
+        """Build from the published JSON, which always starts with ``{"id":"<id>"``."""
+        start = len(PUBLICATION_PREFIX) + 1
+        end = payload.index(b'"', start)
+        return cls(StreamId.from_bytes(payload[start:end]), payload)
+
+    @classmethod
+    def from_entry(cls, room_entry):
+        """Build from an XRANGE entry ``(id, {b"body": ...})`` the way the script does."""
+        raw_id, fields = room_entry
+        body = fields[b"body"]
+        ms = raw_id.partition(b"-")[0]
+        payload = b'{"id":"' + raw_id + b'","ts":' + ms + b"," + body[1:]
+        return cls(StreamId.from_bytes(raw_id), payload)
+
+    @property
+    def frame(self):
+        """The SSE frame; built on first use, then shared by every reader."""
+        if self._frame is None:
+            self._frame = Event(self.json, event="message", id=str(self.id)).encode()
+        return self._frame
+
+    @property
+    def chunk(self):
+        """The frame as an HTTP chunk, for streams the hub writes directly; also built once."""
+        if self._chunk is None:
+            self._chunk = http_chunk(self.frame)
+        return self._chunk
+
+    def mux_frame(self, room, cursor=None):
+        """The frame for a multiplexed stream: its id is a cursor over the stream's rooms
+        (:mod:`chatapp.delivery.multiplex`). ``cursor`` None means the common one, just this message's
+        ``room:id``, built once and shared."""
+        if cursor is not None:
+            return Event(self.json, event="message", id=cursor).encode()
+        if self._mux_frame is None:
+            self._mux_frame = Event(self.json, event="message", id=f"{room}:{self.id}").encode()
+        return self._mux_frame
+
+    def mux_chunk(self, room):
+        """The common multiplexed frame as an HTTP chunk, built once and shared by every
+        multiplexed stream that is caught up."""
+        if self._mux_chunk is None:
+            self._mux_chunk = http_chunk(self.mux_frame(room))
+        return self._mux_chunk
+
+
+class Signal:
+    """A live-only event (presence, typing): never stored, no stream position, not
+    sent to the user it is about."""
+
+    __slots__ = ("chunk", "frame", "id", "json", "user")
+
+    def __init__(self, json_bytes):
+        fields = json.loads(json_bytes)
+        self.id = None
+        self.json = json_bytes
+        self.user = fields["user"].lower()
+        self.frame = Event(json_bytes, event=fields["type"]).encode()
+        self.chunk = http_chunk(self.frame)
+
+
+class Ack(NamedTuple):
+    """With replica acknowledgement: the message ``id`` of the channel's room, and every
+    message published before it on the same server, is on enough replicas."""
+
+    id: StreamId
+
+
+def decode_payload(payload):
+    """A channel payload as a :class:`Publication`, a :class:`Signal` or an :class:`Ack`;
+    ValueError if none."""
+    if payload.startswith(PUBLICATION_PREFIX):
+        return Publication.from_payload(payload)
+    if payload.startswith(SIGNAL_PREFIX):
+        return Signal(payload)
+    if payload.startswith(ACK_PREFIX):
+        return Ack(StreamId.parse(json.loads(payload)["acked"]))
+    raise ValueError("neither a message, a signal nor an acknowledgement")
+
+
+class Reset(NamedTuple):
+    """A stale cursor's answer: go on after ``latest``; ``oldest`` is the oldest message kept."""
+
+    latest: StreamId
+    oldest: StreamId | None
+
+
+def lua_script(name):
+    """The source of ``lua/<name>.lua`` (registered once per client, run with EVALSHA)."""
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
+
+
+def is_cluster(client):
+    return isinstance(client, redis.cluster.RedisCluster)
+
+
+def run_many(script, calls):
+    """``script(keys, args)`` for each ``(keys, args)`` of ``calls``: in one pipeline, or on a
+    Redis Cluster (where redis-py can't pipeline scripts) one call each."""
+    client = script.registered_client
+    if is_cluster(client):
+        return [script(names, args) for names, args in calls]
+    pipe = client.pipeline(transaction=False)
+    for names, args in calls:
+        script(names, args, client=pipe)
+    return pipe.execute() if calls else []
+
+
+def room_script(client, name):
+    """A script that publishes to a room's channel, registered on ``client``: on a Redis Cluster
+    it publishes with SPUBLISH (sharded Pub/Sub: only the room's node sends it, to the links
+    subscribed there), elsewhere with PUBLISH."""
+    source = lua_script(name)
+    if is_cluster(client):
+        source = source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
+    return client.register_script(source)
+
+
+class Broker:
+    """Saves to history and publishes atomically per room; reads history back."""
+
+    def __init__(self, redis, maxlen, idempotency_ttl, *, durability=PRIMARY, replicas=1, wait_ms=1000):
+        self.redis = redis
+        self.maxlen = maxlen
+        self.idempotency_ttl = idempotency_ttl
+        self.durability = durability
+        self.replicas = replicas
+        self.wait_ms = wait_ms
+        self._append_publish = room_script(redis, "append_publish")
+        self._count_after = redis.register_script(lua_script("count_after"))
+        self._confirm = room_script(redis, "confirm")
+
+    @property
+    def waits_for_replicas(self):
+        return self.durability == REPLICAS
+
+    def publish(self, room, user, text, idempotency_key=None):
+        """Append and publish a message; return ``(Publication, created)``.
+
+        With an idempotency key seen before in this room for this user, nothing
+        is written and the first message comes back with ``created`` False.
+        """
+        names = [keys.room_log(room), keys.room_channel(room), keys.room_trimmed(room)]
+        if idempotency_key:
+            names.append(keys.room_idempotency(room, user, idempotency_key))
+        fields = {"room": room, "user": user, "text": text}
+        if idempotency_key:
+            fields["client_id"] = idempotency_key  # lets the sender's page match its pending copy
+        body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
+        args = [body, self.maxlen, self.idempotency_ttl]
+        if not self.waits_for_replicas:
+            created, payload = self._append_publish(names, args)
+            return Publication.from_payload(payload), bool(created)
+        names.append(keys.room_acked(room))
+        args.append("1")
+        # WAIT counts the replicas that have every earlier write of its connection, so it
+        # goes after the script on the same connection: one pipeline, one round trip (on a
+        # Cluster, on the room's node).
+        def append_and_wait(client):
+            pipe = client.pipeline(transaction=False)
+            self._append_publish(names, args, client=pipe)
+            pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+            return pipe.execute()
+
+        (created, payload), acknowledged = self._on_node(keys.room_log(room), append_and_wait)
+        publication = Publication.from_payload(payload)
+        if acknowledged < self.replicas:
+            # Stored, but a failover could still take it back: not acknowledged. Readers
+            # don't see it yet; a retry with the same key returns this message, once safe.
+            raise NotReplicated(f"The message reached {acknowledged} of {self.replicas} replicas in time; "
+                                "retry (the same Idempotency-Key is safe).", headers={"Retry-After": "1"})
+        self._confirm([keys.room_acked(room), keys.room_channel(room)], [str(publication.id)])
+        return publication, bool(created)
+
+    def _on_node(self, key, run):
+        """``run(client)`` on the client of the node serving ``key``: the client itself, or on a
+        Cluster a plain client of that node (for what must share one connection, or whose
+        replies redis-py's cluster pipelines leave unparsed). A node that no longer serves the
+        slot (MOVED, ASK) makes it read the slot map again and try once more; one that became
+        a replica (READONLY) or is gone makes it read the map and fail (a retryable 503)."""
+        if not is_cluster(self.redis):
+            return run(self.redis)
+        for attempt in (1, 2):
+            node = self.redis.get_redis_connection(self.redis.get_node_from_key(key))
+            try:
+                return run(node)
+            except (redis.exceptions.MovedError, redis.exceptions.AskError):
+                self.redis.nodes_manager.initialize()
+                if attempt == 2:
+                    raise
+            except (redis.exceptions.ReadOnlyError, redis.ConnectionError, redis.TimeoutError):
+                self.redis.nodes_manager.initialize()
+                raise
+        raise AssertionError("unreachable")
+
+    def primary_address(self):
+        """Where this broker's writes go now (see :func:`chatapp.store.topology.address`)."""
+        return topology.address(self.redis)
+
+    def node_address(self, room):
+        """On a Cluster: ``(host, port)`` of the node serving ``room`` now."""
+        node = self.redis.get_node_from_key(keys.room_log(room))
+        return node.host, node.port
+
+    def replicated(self, room):
+        """With replica acknowledgement: a write (in the room's slot) and a WAIT on one
+        connection. True if enough replicas have everything the server ran before it."""
+        def probe(client):
+            pipe = client.pipeline(transaction=False)
+            pipe.set(keys.room_probe(room), b"1", px=60_000)
+            pipe.execute_command("WAIT", self.replicas, self.wait_ms)
+            return pipe.execute()[1]
+
+        return self._on_node(keys.room_log(room), probe) >= self.replicas
+
+    def signal(self, room, event, user):
+        """Publish a live-only event to the room's readers on every worker; nothing is stored.
+
+        Its JSON starts with ``{"type":`` (a publication's with ``{"id":``); presence.lua
+        publishes the same shape.
+        """
+        payload = json.dumps({"type": event, "room": room, "user": user}, separators=(",", ":"))
+        if is_cluster(self.redis):
+            self.redis.spublish(keys.room_channel(room), payload)
+        else:
+            self.redis.publish(keys.room_channel(room), payload)
+
+    def publish_control(self, reason, *, user=None, sid=None):
+        """Ask every worker to close the readers of ``user`` (any session) or of session ``sid``."""
+        message = {"reason": reason, "user": user.lower() if user else None, "sid": sid}
+        self.redis.publish(keys.CONTROL_CHANNEL, json.dumps(message))
+
+    def publish_membership(self, user, room, at):
+        """Tell every worker that ``user`` joined ``room`` at ``at`` (None: left it)."""
+        message = {"user": user.lower(), "room": room, "joined": str(at) if at is not None else None}
+        self.redis.publish(keys.CONTROL_CHANNEL, json.dumps(message))
+
+    def read_after(self, room, cursor, count, acknowledged=True):
+        """Up to ``count`` publications strictly after ``cursor``, oldest first (with replica
+        acknowledgement only acknowledged ones, unless ``acknowledged`` is False)."""
+        end = self._newest_readable(room) if acknowledged else "+"
+        entries = self.redis.xrange(keys.room_log(room), f"({cursor}", end, count=count)
+        return [Publication.from_entry(entry) for entry in entries]
+
+    def read_before(self, room, cursor, count):
+        """Up to ``count`` publications strictly before ``cursor`` (or the newest), oldest first."""
+        newest = self._newest_readable(room)
+        end = newest if cursor is None or (newest != "+" and StreamId.parse(newest) < cursor) else f"({cursor}"
+        entries = self.redis.xrevrange(keys.room_log(room), end, "-", count=count)
+        return [Publication.from_entry(entry) for entry in reversed(entries)]
+
+    def tail(self, room):
+        """The id of the newest message readers may see, or ZERO for an empty room."""
+        return self.tails([room])[0]
+
+    def tails(self, rooms):
+        """The newest id readers may see of each room, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for room in rooms:
+            pipe.xrevrange(keys.room_log(room), "+", "-", count=1)
+            if self.waits_for_replicas:
+                pipe.get(keys.room_acked(room))
+        replies = iter(pipe.execute())
+        tails = []
+        for _ in rooms:
+            newest = next(replies)
+            tail = StreamId.from_bytes(newest[0][0]) if newest else ZERO
+            if self.waits_for_replicas:
+                tail = _clamp(tail, next(replies))
+            tails.append(tail)
+        return tails
+
+    def _newest_readable(self, room):
+        """The end of a read of the room's log: "+", or with replica acknowledgement the
+        newest acknowledged id (none recorded: the log predates the mode, all of it)."""
+        if not self.waits_for_replicas:
+            return "+"
+        acked = self.redis.get(keys.room_acked(room))
+        return acked.decode() if acked else "+"
+
+    def count_after(self, cursors, cap):
+        """For each ``{room: cursor}``, how many messages follow the cursor (at most ``cap``), in
+        one round trip; the entries are counted inside Redis, never sent."""
+        return run_many(self._count_after, [([keys.room_log(room)], [str(cursor), cap])
+                                            for room, cursor in cursors.items()])
+
+    def catch_up(self, room, cursor, count, upto=None):
+        """Up to ``count`` publications after ``cursor``, and a :class:`Reset` if it is stale.
+
+        A cursor is stale when messages after it may have been trimmed away, or
+        when it is newer than anything this stream ever held (the store was
+        wiped). Then the page is empty and the reader must be told (invariant 8),
+        never silently moved on. One transaction, so a trim can't land between
+        the reads. With replica acknowledgement nothing past ``upto`` (what the
+        hub has released) or else the room's acknowledged marker is returned
+        (invariant 11).
+        """
+        log, trimmed = keys.room_log(room), keys.room_trimmed(room)
+
+        def read(client):
+            pipe = client.pipeline(transaction=True)
+            pipe.xrange(log, f"({cursor}", "+", count=count)
+            pipe.xrange(log, "-", "+", count=1)
+            pipe.xrevrange(log, "+", "-", count=1)
+            pipe.exists(trimmed)
+            if self.waits_for_replicas and upto is None:
+                pipe.get(keys.room_acked(room))
+            return pipe.execute()
+
+        entries, first, last, was_trimmed, *acked = self._on_node(log, read)
+        oldest = StreamId.from_bytes(first[0][0]) if first else None
+        newest = StreamId.from_bytes(last[0][0]) if last else ZERO
+        if cursor > newest or (was_trimmed and (oldest is None or cursor < oldest)):
+            bound = newest if not self.waits_for_replicas else (upto or _clamp(newest, acked[0]))
+            return [], Reset(min(newest, bound), oldest)
+        page = [Publication.from_entry(entry) for entry in entries]
+        if self.waits_for_replicas:
+            bound = upto or _clamp(newest, acked[0])
+            page = [p for p in page if p.id <= bound]
+        return page, None
+
+    def bound_to(self, redis):
+        """The same broker on another connection pool (the hub reads on its own)."""
+        return Broker(redis, self.maxlen, self.idempotency_ttl, durability=self.durability, replicas=self.replicas,
+                      wait_ms=self.wait_ms)
+
+
+def _clamp(newest, acked):
+    """``newest``, but not past the acknowledged marker ``acked`` (raw, or None: no marker,
+    the log predates replica acknowledgement)."""
+    return newest if acked is None else min(newest, StreamId.from_bytes(acked))

@@ -1,0 +1,209 @@
+"""Who is asking: session cookies (browsers) and HTTP Basic (curl, API clients)."""
+
+import functools
+
+from flask import Blueprint, current_app, g, jsonify, request, session
+from flask_wtf.csrf import generate_csrf
+
+from chatapp.accounts import sessions
+from chatapp.accounts.users import USERNAME_RE, credential, current_users
+from chatapp.core.reasons import Ending
+from chatapp.ops.errors import StoreUnavailable, Unauthorized
+from chatapp.store.ratelimit import client_key, current_limits, enforce
+from chatapp.web.params import request_fields, string_field
+
+bp = Blueprint("auth", __name__, url_prefix="/api/auth")
+
+
+def current_user():
+    """The signed-in username for this request, or None."""
+    if "user" not in g:
+        if request.authorization:
+            g.user = _basic_user()
+        elif sessions.session_unavailable():
+            raise StoreUnavailable()
+        else:
+            g.user = session.get("user")
+    return g.user
+
+
+def current_sid():
+    """The session id the request is authenticated by; None for HTTP Basic."""
+    return None if request.authorization else getattr(session, "sid", None)
+
+
+def current_credential():
+    """For HTTP Basic, a fingerprint of the account record the password was checked against
+    (a stream re-checks it: a password change ends the stream); None for a session. Made only
+    when a stream asks: other requests don't need it."""
+    current_user()
+    record = g.get("basic_record")
+    return credential(record) if record else None
+
+
+def enforce_login_name(name):
+    """The per-username login limit (logins, password changes, Basic attempts that need a hash)."""
+    enforce("CHAT_RATE_LOGIN_USER", f"login:{name}")
+
+
+class GuessLimits:
+    """HTTP Basic attempts that need a password hash count against the login limits.
+
+    * Per name, every such attempt counts, before its hash (as every login does): it is
+      one Redis write ahead of the hash, so a burst at a name can't queue more hashes
+      than the limit, and a store too full to count refuses the attempt (507) before a
+      hash could tell a right password from a wrong one. An honest client's attempts are
+      few: once verified, a credential skips all this.
+    * Per client IP, only failures count, so many honest clients behind one address
+      (an office, a load generator) can all sign in. A failure is only known after its
+      hash, so the attempts from that address still being hashed are held, in this
+      worker, against what the limit has left.
+    """
+
+    def __init__(self, name):
+        self.name = name if USERNAME_RE.match(name) else None  # only valid names become keys
+        self.ip = ("CHAT_RATE_LOGIN_IP", client_key())
+
+    def begin(self):
+        """Before a hash: 429 (or 507 on a full store) unless both limits have room for it."""
+        limits = current_limits()
+        # In line before asking what is left: asked first, a burst's attempts would all
+        # hear "3 left" before any of them counted.
+        limits.pending[self.ip] += 1
+        place = limits.pending[self.ip]
+        try:
+            if limits.remaining(*self.ip) < place:
+                limits.refuse(*self.ip)
+            if self.name:
+                enforce_login_name(self.name)
+        except BaseException:
+            self._leave_line(limits)
+            raise
+
+    def end(self, failed):
+        limits = current_limits()
+        try:
+            if failed:  # counted before leaving the line: no instant where it is in neither
+                limits.count(*self.ip)
+        finally:
+            self._leave_line(limits)
+
+    def _leave_line(self, limits):
+        limits.pending[self.ip] -= 1
+        if not limits.pending[self.ip]:
+            del limits.pending[self.ip]
+
+
+def _basic_user():
+    auth = request.authorization
+    if auth.type != "basic" or not auth.username or auth.password is None:
+        return None
+    account = current_users().authenticate_basic(auth.username, auth.password, GuessLimits(auth.username))
+    if account is None:
+        return None
+    g.basic_record = account.record
+    return account.name
+
+
+def login_required(view):
+    """Run ``view`` only for a signed-in user (cookie or Basic); else a JSON 401."""
+
+    @functools.wraps(view)
+    def wrapped(*args, **kwargs):
+        if current_user() is None:
+            raise Unauthorized()
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def _start_session(account):
+    """Sign ``account`` in on this browser with a brand-new session id."""
+    interface = current_app.session_interface
+    ended = interface.begin(session, account.name, account.record, current_app.permanent_session_lifetime)
+    broker = current_app.extensions["chat.broker"]
+    for sid in ended:  # past CHAT_MAX_SESSIONS_PER_USER the oldest sessions end
+        broker.publish_control(Ending.LOGGED_OUT, sid=sid)
+    g.user = account.name
+    g.pop("csrf_token", None)  # the token cached for the old session would not validate
+    return jsonify(user=account.name, csrf_token=generate_csrf())
+
+
+def end_user_sessions(user, reason):
+    """End every session of ``user`` and close their streams on every worker and host."""
+    ended = current_app.session_interface.end_all(user)
+    current_app.extensions["chat.broker"].publish_control(reason, user=user)
+    return ended
+
+
+@bp.post("/register")
+def register():
+    """Create an account and sign it in."""
+    enforce("CHAT_RATE_REGISTER_IP")
+    fields = request_fields()
+    account = current_users().create(string_field(fields, "username"), string_field(fields, "password"))
+    current_app.extensions["chat.memberships"].join_default(account.name)
+    return _start_session(account), 201
+
+
+@bp.post("/login")
+def login():
+    """Sign in; an unknown user and a wrong password get the same answer, in the same time."""
+    enforce("CHAT_RATE_LOGIN_IP")
+    fields = request_fields()
+    name = fields.get("username")
+    if isinstance(name, str) and USERNAME_RE.match(name):  # only valid names become keys
+        enforce_login_name(name)
+    account = current_users().authenticate(fields.get("username"), fields.get("password"))
+    if account is None:
+        raise Unauthorized("Wrong username or password.", code="bad_credentials")
+    return _start_session(account)
+
+
+@bp.post("/logout")
+def logout():
+    """End this session (and the streams it holds)."""
+    user, sid = session.get("user"), current_sid()
+    if user and sid:
+        current_app.session_interface.forget(user, sid)
+        current_app.extensions["chat.broker"].publish_control(Ending.LOGGED_OUT, sid=sid)
+    session.clear()
+    return jsonify(ok=True)
+
+
+@bp.post("/logout-everywhere")
+@login_required
+def logout_everywhere():
+    """End every session of the signed-in user, on every device."""
+    ended = end_user_sessions(current_user(), Ending.LOGGED_OUT)
+    session.clear()
+    return jsonify(ok=True, sessions_ended=ended)
+
+
+@bp.post("/password")
+@login_required
+def change_password():
+    """Change the password; every other session ends, this one gets a new id."""
+    user = current_user()
+    enforce_login_name(user)
+    fields = request_fields()
+    account = current_users().change_password(user, fields.get("current_password"),
+                                              string_field(fields, "new_password"))
+    end_user_sessions(user, Ending.PASSWORD_CHANGED)
+    if request.authorization:
+        return jsonify(user=user)
+    return _start_session(account)
+
+
+@bp.get("/me")
+@login_required
+def me():
+    """Who the request is authenticated as, and whether they may administer."""
+    user = current_user()
+    return jsonify(user=user, admin=current_users().is_admin(user))
+
+
+@bp.get("/csrf")
+def csrf():
+    """A CSRF token for this browser session; send it as ``X-CSRFToken`` on writes."""
+    return jsonify(csrf_token=generate_csrf())

@@ -1,0 +1,25 @@
+"""Liveness and readiness probes for load balancers and orchestrators."""
+
+import os
+
+from flask import Blueprint, current_app, jsonify
+
+from chatapp.ops.errors import REDIS_ERRORS, StoreUnavailable
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz():
+    """The process is alive; says which worker answered."""
+    return jsonify(status="ok", pid=os.getpid())
+
+
+@bp.get("/readyz")
+def readyz():
+    """Redis answers; 503 otherwise, so a balancer stops sending traffic here."""
+    try:
+        current_app.extensions["chat.redis"].ping()
+    except REDIS_ERRORS as exc:
+        raise StoreUnavailable(f"Redis is not reachable: {type(exc).__name__}.") from None
+    return jsonify(status="ready", pid=os.getpid())
