@@ -2,9 +2,9 @@ import json
 
 import pytest
 
+from chatapp.core.ids import ZERO, StreamId
 from chatapp.ops.errors import BadRequest
 from chatapp.store import keys
-from chatapp.store.broker import ZERO, StreamId
 
 
 def broker_of(app):

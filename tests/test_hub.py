@@ -9,8 +9,8 @@ import gevent
 import pytest
 import redis
 
+from chatapp.core.ids import StreamId
 from chatapp.delivery.event_stream import EventStream
-from chatapp.store.broker import StreamId
 from tests.conftest import GENEROUS_LIMITS, AuthActions
 from tests.helpers import LocalStream, SSEParser, kill_pubsub_repeatedly
 
@@ -298,8 +298,8 @@ def test_a_reconnect_storm_on_a_fresh_hub_catches_up_from_the_ring(alice, app):
 def test_reset_with_a_live_signal_queued_does_not_crash_the_reader(alice, app):
     """Regression: a typing/presence signal (no id) in the queue made the reset path
     compare None with a stream id (TypeError: the stream died, a long-poll got a 500)."""
+    from chatapp.core.publication import Signal
     from chatapp.delivery.reader import ReaderReset
-    from chatapp.store.broker import Signal
 
     broker = app.extensions["chat.broker"]
     broker.maxlen = 10

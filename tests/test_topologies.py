@@ -105,7 +105,7 @@ def test_a_catch_up_reads_the_rooms_log_on_a_cluster(cluster_set):
     """Found by the fault suite: redis-py's cluster transactions left XRANGE replies unparsed,
     so every catch-up from the log failed on a Cluster (the hub's backfills, stale cursors)."""
     from chatapp import create_app
-    from chatapp.store.broker import ZERO
+    from chatapp.core.ids import ZERO
 
     app = create_app({"REDIS_URL": cluster_set.url, "SECRET_KEY": "test", "TESTING": True, **GENEROUS_LIMITS})
     try:

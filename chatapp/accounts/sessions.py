@@ -31,7 +31,7 @@ from chatapp.accounts.users import credential
 from chatapp.core.reasons import Ending
 from chatapp.ops.errors import REDIS_ERRORS, Forbidden, Unauthorized, is_out_of_memory
 from chatapp.store import keys
-from chatapp.store.broker import lua_script
+from chatapp.store.lua import lua_script
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,8 @@ import gevent
 import redis
 
 from chatapp.accounts.sessions import SessionWatch
+from chatapp.core.ids import StreamId
+from chatapp.core.publication import Ack, Signal, decode_payload
 from chatapp.core.reasons import Ending
 from chatapp.core.sse import PING, http_chunk
 from chatapp.delivery.held import HeldByServer
@@ -46,7 +48,6 @@ from chatapp.delivery.room_feed import RoomFeed
 from chatapp.delivery.shards import ShardLinks
 from chatapp.ops.errors import ChatError, StoreUnavailable
 from chatapp.store import keys, topology
-from chatapp.store.broker import Ack, Signal, StreamId, decode_payload
 from chatapp.store.presence import SWEEP_SECS, PresenceKeeper
 
 log = logging.getLogger(__name__)

@@ -1,204 +1,24 @@
 """The Broker: each room's durable log (a Redis Stream) and its live channel.
 
-This module owns every Redis key of a room and every read and write of its
-stream. A :class:`Publication` is one message with its stream position; its
-JSON and its SSE frame are built once and shared by everyone who sends it.
+This module owns every read and write of a room's stream; what it reads and
+publishes are :mod:`chatapp.core.publication` values.
 """
 
 import json
-import re
-from importlib import resources
-from typing import NamedTuple
 
 import redis
 import redis.cluster
 
-from chatapp.core.sse import Event, http_chunk
-from chatapp.ops.errors import BadRequest, NotReplicated
+from chatapp.core.ids import ZERO, StreamId
+from chatapp.core.publication import Publication, Reset
+from chatapp.ops.errors import NotReplicated
 from chatapp.store import keys, topology
-
-# What travels on a room's channel is one of two kinds, told apart by how its JSON
-# starts: a message (stored, with a stream position) or a live-only signal (presence,
-# typing: never stored). The Lua scripts write the same shapes.
-PUBLICATION_PREFIX = b'{"id":'
-SIGNAL_PREFIX = b'{"type":'
-ACK_PREFIX = b'{"acked":'  # with replica acknowledgement: "everything published up to this id is safe"
+from chatapp.store.lua import is_cluster, lua_script, room_script, run_many
 
 # What a 201 means (CHAT_DURABILITY): written on the primary; fsynced there (the
 # embedded Redis runs appendfsync always); or on CHAT_DURABILITY_REPLICAS replicas.
 PRIMARY, FSYNC, REPLICAS = "primary", "fsync", "replicas"
 DURABILITY_MODES = (PRIMARY, FSYNC, REPLICAS)
-
-_CURSOR_RE = re.compile(r"\A(\d{1,20})-(\d{1,20})\Z")
-MAX_SEQ = 2**64 - 1  # the largest part of a stream id
-
-
-class StreamId(NamedTuple):
-    """A Redis stream id; compares as an integer pair, never as a string."""
-
-    ms: int
-    seq: int
-
-    @classmethod
-    def parse(cls, text):
-        """Parse ``<ms>-<seq>`` (or ``0``, meaning before everything); raise BadRequest."""
-        if text in ("0", "0-0"):
-            return ZERO
-        match = _CURSOR_RE.match(text or "")
-        if not match:
-            raise BadRequest(f"Malformed cursor {text[:40]!r}: expected <ms>-<seq>.",
-                             code="bad_cursor")
-        ms, seq = int(match[1]), int(match[2])
-        # The largest id can't be an exclusive start for Redis ("(max" is refused), and
-        # no message ever has it.
-        if ms > MAX_SEQ or seq > MAX_SEQ or (ms, seq) == (MAX_SEQ, MAX_SEQ):
-            raise BadRequest("Cursor out of range.", code="bad_cursor")
-        return cls(ms, seq)
-
-    @classmethod
-    def from_bytes(cls, raw):
-        ms, _, seq = raw.partition(b"-")
-        return cls(int(ms), int(seq))
-
-    def __str__(self):
-        return f"{self.ms}-{self.seq}"
-
-
-ZERO = StreamId(0, 0)
-
-
-class Publication:
-    """One message at its stream position, encoded once for every reader."""
-
-    __slots__ = ("_chunk", "_frame", "_mux_chunk", "_mux_frame", "id", "json")
-
-    def __init__(self, id, json_bytes):
-        self.id = id
-        self.json = json_bytes
-        self._frame = None
-        self._chunk = None
-        self._mux_chunk = None
-        self._mux_frame = None
-
-    @classmethod
-    def from_payload(cls, payload):
-        """Build from the published JSON, which always starts with ``{"id":"<id>"``."""
-        start = len(PUBLICATION_PREFIX) + 1
-        end = payload.index(b'"', start)
-        return cls(StreamId.from_bytes(payload[start:end]), payload)
-
-    @classmethod
-    def from_entry(cls, room_entry):
-        """Build from an XRANGE entry ``(id, {b"body": ...})`` the way the script does."""
-        raw_id, fields = room_entry
-        body = fields[b"body"]
-        ms = raw_id.partition(b"-")[0]
-        payload = b'{"id":"' + raw_id + b'","ts":' + ms + b"," + body[1:]
-        return cls(StreamId.from_bytes(raw_id), payload)
-
-    @property
-    def frame(self):
-        """The SSE frame; built on first use, then shared by every reader."""
-        if self._frame is None:
-            self._frame = Event(self.json, event="message", id=str(self.id)).encode()
-        return self._frame
-
-    @property
-    def chunk(self):
-        """The frame as an HTTP chunk, for streams the hub writes directly; also built once."""
-        if self._chunk is None:
-            self._chunk = http_chunk(self.frame)
-        return self._chunk
-
-    def mux_frame(self, room, cursor=None):
-        """The frame for a multiplexed stream: its id is a cursor over the stream's rooms
-        (:mod:`chatapp.delivery.multiplex`). ``cursor`` None means the common one, just this message's
-        ``room:id``, built once and shared."""
-        if cursor is not None:
-            return Event(self.json, event="message", id=cursor).encode()
-        if self._mux_frame is None:
-            self._mux_frame = Event(self.json, event="message", id=f"{room}:{self.id}").encode()
-        return self._mux_frame
-
-    def mux_chunk(self, room):
-        """The common multiplexed frame as an HTTP chunk, built once and shared by every
-        multiplexed stream that is caught up."""
-        if self._mux_chunk is None:
-            self._mux_chunk = http_chunk(self.mux_frame(room))
-        return self._mux_chunk
-
-
-class Signal:
-    """A live-only event (presence, typing): never stored, no stream position, not
-    sent to the user it is about."""
-
-    __slots__ = ("chunk", "frame", "id", "json", "user")
-
-    def __init__(self, json_bytes):
-        fields = json.loads(json_bytes)
-        self.id = None
-        self.json = json_bytes
-        self.user = fields["user"].lower()
-        self.frame = Event(json_bytes, event=fields["type"]).encode()
-        self.chunk = http_chunk(self.frame)
-
-
-class Ack(NamedTuple):
-    """With replica acknowledgement: the message ``id`` of the channel's room, and every
-    message published before it on the same server, is on enough replicas."""
-
-    id: StreamId
-
-
-def decode_payload(payload):
-    """A channel payload as a :class:`Publication`, a :class:`Signal` or an :class:`Ack`;
-    ValueError if none."""
-    if payload.startswith(PUBLICATION_PREFIX):
-        return Publication.from_payload(payload)
-    if payload.startswith(SIGNAL_PREFIX):
-        return Signal(payload)
-    if payload.startswith(ACK_PREFIX):
-        return Ack(StreamId.parse(json.loads(payload)["acked"]))
-    raise ValueError("neither a message, a signal nor an acknowledgement")
-
-
-class Reset(NamedTuple):
-    """A stale cursor's answer: go on after ``latest``; ``oldest`` is the oldest message kept."""
-
-    latest: StreamId
-    oldest: StreamId | None
-
-
-def lua_script(name):
-    """The source of ``lua/<name>.lua`` (registered once per client, run with EVALSHA)."""
-    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text()
-
-
-def is_cluster(client):
-    return isinstance(client, redis.cluster.RedisCluster)
-
-
-def run_many(script, calls):
-    """``script(keys, args)`` for each ``(keys, args)`` of ``calls``: in one pipeline, or on a
-    Redis Cluster (where redis-py can't pipeline scripts) one call each."""
-    client = script.registered_client
-    if is_cluster(client):
-        return [script(names, args) for names, args in calls]
-    pipe = client.pipeline(transaction=False)
-    for names, args in calls:
-        script(names, args, client=pipe)
-    return pipe.execute() if calls else []
-
-
-def room_script(client, name):
-    """A script that publishes to a room's channel, registered on ``client``: on a Redis Cluster
-    it publishes with SPUBLISH (sharded Pub/Sub: only the room's node sends it, to the links
-    subscribed there), elsewhere with PUBLISH."""
-    source = lua_script(name)
-    if is_cluster(client):
-        source = source.replace("redis.call('PUBLISH',", "redis.call('SPUBLISH',")
-    return client.register_script(source)
-
 
 class Broker:
     """Saves to history and publishes atomically per room; reads history back."""

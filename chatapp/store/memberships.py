@@ -11,9 +11,10 @@ import sys
 
 from flask import Blueprint, current_app, jsonify
 
+from chatapp.core.ids import StreamId
 from chatapp.ops.errors import Forbidden
 from chatapp.store import keys
-from chatapp.store.broker import StreamId, lua_script
+from chatapp.store.lua import lua_script
 from chatapp.store.ratelimit import enforce
 from chatapp.store.rooms import DEFAULT_ROOM, current_rooms
 from chatapp.web.auth import current_user, login_required

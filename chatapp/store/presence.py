@@ -16,7 +16,7 @@ from flask import Blueprint, current_app, jsonify
 
 from chatapp.core.batch import Batch
 from chatapp.store import keys
-from chatapp.store.broker import room_script, run_many
+from chatapp.store.lua import room_script, run_many
 from chatapp.store.ratelimit import enforce
 from chatapp.store.rooms import current_rooms
 from chatapp.web.auth import current_user, login_required

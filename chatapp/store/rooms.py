@@ -4,9 +4,10 @@ import re
 
 from flask import Blueprint, current_app, jsonify, request
 
+from chatapp.core.ids import StreamId
 from chatapp.ops.errors import BadRequest, Forbidden, NotFound
 from chatapp.store import keys
-from chatapp.store.broker import StreamId, lua_script
+from chatapp.store.lua import lua_script
 from chatapp.store.ratelimit import enforce
 from chatapp.web.auth import current_user, login_required
 from chatapp.web.params import query_number, request_fields, string_field

@@ -15,7 +15,7 @@ import redis
 from chatapp.core.batch import Batch
 from chatapp.ops.errors import TooManyStreams, is_out_of_memory
 from chatapp.store import keys
-from chatapp.store.broker import lua_script, run_many
+from chatapp.store.lua import lua_script, run_many
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import sys
 from flask import Blueprint, Response, current_app, request
 
 from chatapp.core import sse
+from chatapp.core.cursor import Cursor, plan_start
 from chatapp.core.reasons import SESSION_ENDED, Ending
 from chatapp.delivery.event_stream import MultiplexStream
-from chatapp.delivery.multiplex import Cursor, plan_start
 from chatapp.delivery.pollers import mux_answer, poller_key
 from chatapp.delivery.reader import ReaderClosed
 from chatapp.ops.errors import BadRequest, StoreUnavailable, Unauthorized

@@ -4,8 +4,8 @@ import math
 
 from flask import request
 
+from chatapp.core.ids import StreamId
 from chatapp.ops.errors import BadRequest
-from chatapp.store.broker import StreamId
 
 
 def request_fields():

@@ -7,6 +7,7 @@ import redis
 from flask import Blueprint, Response, current_app, request
 
 from chatapp.core import sse
+from chatapp.core.ids import StreamId
 from chatapp.core.reasons import Ending
 from chatapp.delivery.event_stream import EventStream
 from chatapp.delivery.pollers import poll_answer, poller_key, room_answer
@@ -25,7 +26,6 @@ from chatapp.ops.errors import (
     is_out_of_memory,
     storage_full,
 )
-from chatapp.store.broker import StreamId
 from chatapp.store.presence import current_presence
 from chatapp.store.ratelimit import enforce
 from chatapp.store.rooms import current_rooms
