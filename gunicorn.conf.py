@@ -100,7 +100,9 @@ def tune_gc():
 def post_worker_init(worker):
     """On SIGTERM, end this worker's streams at once so clients resume elsewhere."""
     tune_gc()
-    hub = worker.wsgi.extensions["chat.hub"]
+    from chatapp.web.context import services_of  # in the worker: Flask only after gevent's patching
+
+    hub = services_of(worker.wsgi).hub
     stop_accepting = worker.handle_exit
 
     def handle_exit(sig, frame):
@@ -118,7 +120,9 @@ def worker_exit(server, worker):
     closing = getattr(worker, "chat_closing", None)
     app = getattr(worker, "wsgi", None)
     if closing is None and hasattr(app, "extensions"):  # in a worker; the arbiter calls this too
-        closing = gevent.spawn(app.extensions["chat.hub"].close, Ending.DRAINING)
+        from chatapp.web.context import services_of
+
+        closing = gevent.spawn(services_of(app).hub.close, Ending.DRAINING)
     if closing is not None:
         closing.join(timeout=5)
 

@@ -7,14 +7,29 @@ from flask import Flask, g
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from chatapp import services
-from chatapp.accounts import sessions, users
-from chatapp.delivery import pollers
-from chatapp.ops import errors, logs, metrics
+from chatapp.accounts import sessions
 from chatapp.ops.config import load_settings
-from chatapp.store import memberships as membership
-from chatapp.store import migrations, presence, ratelimit, rooms
-from chatapp.web import admin, auth, events, health, messages, page, security, streams
-from chatapp.web import takeover as direct
+from chatapp.web import (
+    access_log,
+    admin,
+    auth,
+    errors,
+    events,
+    health,
+    memberships,
+    messages,
+    metrics,
+    page,
+    presence,
+    rooms,
+    security,
+    short_path,
+    streams,
+    takeover,
+)
+
+# Every route of the app, one blueprint per resource (chatapp.web).
+BLUEPRINTS = (auth, rooms, memberships, messages, streams, events, presence, admin, health, metrics, page)
 
 
 def create_app(test_config=None):
@@ -33,17 +48,13 @@ def create_app(test_config=None):
     def start_clock():
         g.started = time.perf_counter()  # read by the request log and the latency histogram
 
-    logs.init_app(app)
+    access_log.init_app(app)
     errors.init_app(app)
-    services.init_app(app)
-    migrations.init_app(app)
+    built = services.init_app(app)  # every service, in dependency order (chatapp.services)
     metrics.init_app(app)
-    sessions.init_app(app)
+    sessions.init_app(app, built.redis)
     security.init_app(app)
-    ratelimit.init_app(app)
-    users.init_app(app)
-    rooms.init_app(app)
-    for module in (auth, rooms, membership, messages, streams, events, presence, admin, health, metrics, page):
+    for module in BLUEPRINTS:
         app.register_blueprint(module.bp)
 
     @app.after_request
@@ -51,7 +62,7 @@ def create_app(test_config=None):
         response.headers["X-Worker-Pid"] = str(os.getpid())
         return response
 
-    direct.init_app(app)  # it sees the finished response
-    pollers.init_app(app)  # outermost: a kept poller's next poll needs nothing of the rest
+    takeover.init_app(app)  # it sees the finished response
+    short_path.init_app(app)  # outermost: a kept poller's next poll needs nothing of the rest
     return app
 

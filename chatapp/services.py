@@ -1,19 +1,35 @@
-"""The worker's Redis client (a bounded pool) and the Broker, Presence and Hub built on it."""
+"""The composition root: every long-lived object of the app, built once in dependency order.
 
+Nothing else builds a service or looks one up by name: views reach them through
+:func:`chatapp.web.context.services`, and the hub gets what it needs passed in.
+"""
+
+import logging
+
+import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from chatapp.accounts.passwords import Hasher
+from chatapp.accounts.users import UserStore
 from chatapp.delivery.hub import HUB_READ_CONNECTIONS, Hub
 from chatapp.ops.metrics import Metrics
 from chatapp.store import topology
 from chatapp.store.broker import Broker
 from chatapp.store.memberships import Memberships
+from chatapp.store.migrations import Migration
 from chatapp.store.presence import Presence
+from chatapp.store.ratelimit import RateLimits
+from chatapp.store.rooms import RoomRegistry
 from chatapp.store.stream_slots import StreamSlots
+from chatapp.web.context import EXTENSION, Services
+
+log = logging.getLogger(__name__)
 
 
-def init_app(app):
-    config = app.config
+def build(config):
+    """Every service, from the app's settings (nothing is connected yet: Redis is reached on
+    first use, the hub after the fork)."""
     where, timeout = topology.parse(config["REDIS_URL"]), config["CHAT_REDIS_TIMEOUT_SECS"]
     # On a Cluster one immediate retry finds a slot's new node; more would only delay the
     # 503 a client needs to see. Requests' commands share round trips (chatapp.store.coalesce).
@@ -22,17 +38,37 @@ def init_app(app):
     broker = Broker(client, config["CHAT_STREAM_MAXLEN"], config["CHAT_IDEMPOTENCY_TTL_SECS"],
                     durability=config["CHAT_DURABILITY"], replicas=config["CHAT_DURABILITY_REPLICAS"],
                     wait_ms=config["CHAT_DURABILITY_TIMEOUT_MS"])
-    app.extensions["chat.redis"] = client
-    app.extensions["chat.broker"] = broker
+    metrics = Metrics()
+    limits = RateLimits(where, client, config)
     presence = Presence(client, config)
-    app.extensions["chat.presence"] = presence
-    app.extensions["chat.metrics"] = metrics = Metrics()
+    memberships = Memberships(client, broker, config["CHAT_MAX_JOINED_ROOMS"])
+    slots = StreamSlots(client, config["CHAT_MAX_STREAMS_PER_USER"], config["CHAT_STREAM_LEASE_SECS"])
     # The hub's own reads (tails, backfills) never queue behind requests.
     hub_broker = broker.bound_to(topology.client(where, HUB_READ_CONNECTIONS, timeout))
-    slots = StreamSlots(client, config["CHAT_MAX_STREAMS_PER_USER"], config["CHAT_STREAM_LEASE_SECS"])
-    memberships = Memberships(client, broker, config["CHAT_MAX_JOINED_ROOMS"])
-    app.extensions["chat.memberships"] = memberships
-    app.extensions["chat.topology"] = where
-    app.extensions["chat.hub"] = Hub(where, broker=hub_broker, presence=presence, slots=slots,
-                                     memberships=memberships, metrics=metrics,
-                                     config=config)
+    hub = Hub(where, broker=hub_broker, presence=presence, slots=slots, memberships=memberships, metrics=metrics,
+              config=config)
+    users = UserStore(client, Hasher(config["CHAT_HASH_THREADS"], config["CHAT_HASH_QUEUE"]),
+                      config["CHAT_AUTH_CACHE_SECS"], config["SECRET_KEY"], admins=config["CHAT_ADMINS"])
+    # A verified credential is trusted while the control channel can tell of a change to it.
+    users.trust_while(hub.control_epoch)
+    hub.watch_users(users.forget)
+    return Services(
+        topology=where, redis=client, broker=broker, metrics=metrics, presence=presence, memberships=memberships,
+        rooms=RoomRegistry(client, config["CHAT_MAX_ROOMS"], config["CHAT_MAX_ROOMS_PER_USER"], limits),
+        limits=limits, migration=Migration(client, where.kind), hub=hub, users=users)
+
+
+def init_app(app):
+    """Build the services into ``app`` and bring the stored keys up to date (or, with Redis down
+    at start, make every request try first)."""
+    services = app.extensions[EXTENSION] = build(app.config)
+    try:
+        services.migration.ensure()
+    except redis.RedisError as exc:  # Redis down at start: the first request that needs it says so
+        log.warning("keys not migrated at start (%s); each request tries again until it is done", exc)
+    app.before_request(services.migration.ensure)
+    try:
+        services.rooms.migrate()
+    except Exception as exc:  # Redis down at start: the first request that needs it says so
+        log.warning("rooms: index not migrated at start (%s); will retry at the next start", exc)
+    return services

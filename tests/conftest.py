@@ -10,6 +10,7 @@ from playwright.sync_api import expect  # noqa: E402
 
 from chatapp import create_app  # noqa: E402
 from chatapp.store.embedded_redis import EmbeddedRedis  # noqa: E402
+from chatapp.web.context import services_of  # noqa: E402
 from deploy.launch import LIFTED_LIMITS, Gunicorn  # noqa: E402
 from tests.helpers import PASSWORD, Api, account, gunicorn_with_redis, unique  # noqa: E402, F401 (re-exported)
 
@@ -45,7 +46,7 @@ def config():
 def app(redis_server, redis_client, config):
     app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **config})
     yield app
-    app.extensions["chat.hub"].close("test over")
+    services_of(app).hub.close("test over")
 
 
 @pytest.fixture

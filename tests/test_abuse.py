@@ -11,6 +11,7 @@ import redis
 
 from chatapp.ops.logs import TEXT_FORMAT, TextFormatter
 from chatapp.store import keys
+from chatapp.web.context import services_of
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
 from tests.helpers import LocalStream
 from tests.test_auth import basic
@@ -18,7 +19,7 @@ from tests.test_auth import basic
 
 def series(app):
     """Every (name, labels) of the app's metrics now."""
-    text = app.extensions["chat.metrics"].exposition().decode()
+    text = services_of(app).metrics.exposition().decode()
     return {line.rsplit(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
 
 
@@ -67,7 +68,7 @@ def test_admin_names_cannot_be_registered(redis_server, redis_client):
     response = AuthActions(app.test_client()).register("Boss")
     assert response.status_code == 409 and response.json["error"] == "username_reserved"
     assert not redis_client.exists(keys.user("boss"))
-    app.extensions["chat.hub"].close()
+    services_of(app).hub.close()
 
 
 # -- password guessing -------------------------------------------------------------
@@ -88,7 +89,7 @@ def guarded(redis_server, redis_client):
     apps = []
     yield make
     for app in apps:
-        app.extensions["chat.hub"].close()
+        services_of(app).hub.close()
 
 
 def guess(client, name, password, ip="203.0.113.7"):
@@ -195,7 +196,7 @@ def test_a_flood_of_sign_ins_past_the_hash_queue_is_told_to_retry(guarded, monke
     AuthActions(app.test_client()).register("alice")
     blocked = BlockedHash(monkeypatch)
     waiting = [gevent.spawn(guess, app.test_client(), "alice", "wrong") for _ in range(2)]
-    hasher = app.extensions["chat.users"].hasher
+    hasher = services_of(app).users.hasher
     while hasher.waiting < 2:  # one hashing, one queued behind it
         gevent.sleep(0.01)
     refused = guess(app.test_client(), "alice", "wrong")
@@ -273,7 +274,7 @@ def test_concurrent_logins_all_land_in_the_index(auth, app, redis_client):
 
 def verify_then(monkeypatch, app, action):
     """Run ``action`` in the instant after a login's password check, before its session exists."""
-    users = app.extensions["chat.users"]
+    users = services_of(app).users
     original = users.authenticate
 
     def racing(name, password):
@@ -312,7 +313,7 @@ def test_a_login_racing_a_kick_stays_reachable(auth, app, redis_client, monkeypa
 
 def test_a_login_racing_a_password_change_is_refused(auth, app, redis_client, monkeypatch):
     auth.register("alice")
-    users = app.extensions["chat.users"]
+    users = services_of(app).users
     verify_then(monkeypatch, app, lambda: users.change_password("alice", PASSWORD, "a new password"))
     response = AuthActions(app.test_client()).login("alice")  # checked against the old password
     assert response.status_code == 401
@@ -428,7 +429,7 @@ def full_store(tmp_path):
         client.delete(*client.keys("ballast:*"))
 
     yield app, client, fill, empty
-    app.extensions["chat.hub"].close()
+    services_of(app).hub.close()
     client.close()
     server.stop()
 
@@ -479,7 +480,7 @@ def capped(redis_server, redis_client):
                         "CHAT_MAX_STREAMS_PER_USER": 3}) for _ in range(2)]  # two workers, one count
     yield apps
     for app in apps:
-        app.extensions["chat.hub"].close()
+        services_of(app).hub.close()
 
 
 def test_streams_per_user_are_capped_across_workers(capped, redis_client):
@@ -553,7 +554,7 @@ def test_a_burst_of_guesses_cannot_queue_more_hashes_than_the_limit(guarded, mon
     burst = [gevent.spawn(guess, app.test_client(), f"name{i}", "wrong") for i in range(10)]
     gevent.joinall(burst, timeout=3)  # those refused answer at once; the others wait on the hash
     refused = [g.value.status_code for g in burst if g.ready()]
-    assert refused == [429] * 7 and app.extensions["chat.users"].hasher.waiting == 3
+    assert refused == [429] * 7 and services_of(app).users.hasher.waiting == 3
     blocked.release.set()
     assert sorted(g.get(timeout=10).status_code for g in burst) == [401] * 3 + [429] * 7
 
@@ -583,7 +584,7 @@ def test_a_logout_that_fails_midway_still_ends_the_session(app, redis_client, mo
     def blip(*args, **kwargs):
         raise redis.ConnectionError("connection reset")
 
-    monkeypatch.setattr(app.extensions["chat.broker"], "publish_control", blip)
+    monkeypatch.setattr(services_of(app).broker, "publish_control", blip)
     assert browser.post("/api/auth/logout").status_code == 503
     monkeypatch.undo()
     assert browser.get("/api/auth/me").status_code == 401
@@ -596,7 +597,7 @@ def test_a_basic_stream_ends_on_a_password_change_whose_message_was_lost(app):
     stream = LocalStream(app.test_client(), "/api/rooms/general/events", headers=basic("dave", PASSWORD))
     assert [stream.next_event().get("event") for _ in range(2)] == [None, "ready"]
     with app.app_context():  # as /api/auth/password does, minus the control message
-        app.extensions["chat.users"].change_password("dave", PASSWORD, "a brand new password")
+        services_of(app).users.change_password("dave", PASSWORD, "a brand new password")
     assert ended_with(stream, "password_changed")
 
 
@@ -624,14 +625,14 @@ def test_on_a_full_store_guessing_stays_limited_bans_work_and_leases_renew(full_
     AuthActions(app.test_client()).register("alice")
     mallory = app.test_client()
     AuthActions(mallory).register("mallory")
-    slots = app.extensions["chat.hub"].slots
+    slots = services_of(app).hub.slots
     stream = LocalStream(app.test_client(), "/api/rooms/general/events", headers=basic("alice", PASSWORD))
     assert [stream.next_event().get("event") for _ in range(2)] == [None, "ready"]
     fill()
     guesses = {app.test_client().get("/api/auth/me", headers=basic("alice", f"guess {i}")).status_code
                for i in range(15)}
     assert guesses == {507}  # never a 401: no hash answers while attempts can't be counted
-    slots.renew(app.extensions["chat.hub"].readers())  # would raise OOM
+    slots.renew(services_of(app).hub.readers())  # would raise OOM
     with app.app_context():
         from chatapp.web.admin import set_banned
 
@@ -661,12 +662,12 @@ def test_a_credential_verified_on_one_worker_is_not_locked_out_on_another(redis_
         # message end_user_sessions publishes is what makes the other worker drop the
         # credential it trusts (chatapp.accounts.users.UserStore.trust_while).
         with first.app_context():
-            first.extensions["chat.users"].change_password("alice", PASSWORD, "a new password here")
+            services_of(first).users.change_password("alice", PASSWORD, "a new password here")
             end_user_sessions("alice", Ending.PASSWORD_CHANGED)
         with gevent.Timeout(10):
             while guess(second.test_client(), "alice", PASSWORD, ip="198.51.100.10").status_code == 200:
                 gevent.sleep(0.02)
         assert guess(second.test_client(), "alice", PASSWORD, ip="198.51.100.10").status_code in (401, 429)
     finally:
-        first.extensions["chat.hub"].close()
-        second.extensions["chat.hub"].close()
+        services_of(first).hub.close()
+        services_of(second).hub.close()

@@ -7,6 +7,7 @@ import gevent
 import pytest
 
 from chatapp.store import keys
+from chatapp.web.context import services_of
 from deploy.launch import ROOT
 from tests.conftest import GENEROUS_LIMITS, PASSWORD
 from tests.helpers import account
@@ -118,7 +119,7 @@ def _signed_in_by_basic(auth, app, name):
     fresh = app.test_client()
     headers = basic(name, PASSWORD)
     assert fresh.get("/api/auth/me", headers=headers).status_code == 200
-    hub = app.extensions["chat.hub"]
+    hub = services_of(app).hub
     with gevent.Timeout(5):
         while hub.control_epoch() is None:  # the control channel subscribed
             gevent.sleep(0.02)
@@ -136,7 +137,7 @@ def test_a_basic_client_in_steady_use_costs_no_redis_read(auth, app, redis_clien
 
 def test_a_break_in_the_control_channel_ends_the_trust(auth, app, redis_client):
     fresh, headers = _signed_in_by_basic(auth, app, "alice")
-    hub = app.extensions["chat.hub"]
+    hub = services_of(app).hub
     epoch = hub.control_epoch()
     redis_client.client_kill_filter(_type="pubsub")  # a message published now would be missed
     with gevent.Timeout(10):
@@ -205,7 +206,7 @@ def test_a_check_between_the_kick_and_the_ban_write_does_not_keep_a_banned_accou
     message, so the banned account was served for CHAT_AUTH_CACHE_SECS."""
     from chatapp.web.admin import set_banned
     fresh, _ = _signed_in_by_basic(auth, app, "bob")
-    users = app.extensions["chat.users"]
+    users = services_of(app).users
     write_ban = users.set_banned
 
     def a_request_first(name, banned):
@@ -226,7 +227,7 @@ def test_a_trusted_client_in_steady_use_is_never_hashed_again(auth, app, monkeyp
     marker, so every CHAT_AUTH_CACHE_SECS a client in steady use paid a hash again, and met
     the login limits a stranger may have used up."""
     fresh, _ = _signed_in_by_basic(auth, app, "carol")
-    users = app.extensions["chat.users"]
+    users = services_of(app).users
     hashes = []
     check = users.hasher.check
     monkeypatch.setattr(users.hasher, "check", lambda *a: hashes.append(1) or check(*a))

@@ -5,10 +5,11 @@ import pytest
 from chatapp.core.ids import ZERO, StreamId
 from chatapp.ops.errors import BadRequest
 from chatapp.store import keys
+from chatapp.web.context import services_of
 
 
 def broker_of(app):
-    return app.extensions["chat.broker"]
+    return services_of(app).broker
 
 
 def test_stream_ids_compare_as_integer_pairs_not_strings():

@@ -8,6 +8,7 @@ import redis
 
 from chatapp.store import topology
 from chatapp.store.coalesce import CoalescingRedis
+from chatapp.web.context import services_of
 
 SLOW_SCRIPT = """
 local start = redis.call('TIME')
@@ -185,13 +186,13 @@ def test_regression_an_unreadable_reply_is_the_error_of_its_own_caller(redis_ser
 
 
 def test_the_app_coalesces_by_default(app):
-    assert isinstance(app.extensions["chat.redis"], CoalescingRedis)
+    assert isinstance(services_of(app).redis, CoalescingRedis)
 
 
 @pytest.mark.parametrize("config", [{"CHAT_REDIS_COALESCE": False}])
 def test_coalescing_can_be_turned_off(app, client):
     """CHAT_REDIS_COALESCE=0: every command goes alone (for a worker saturated by long-polls,
     where waiting a pass costs POSTs more latency than the round trips it saves)."""
-    redis_client = app.extensions["chat.redis"]
+    redis_client = services_of(app).redis
     assert type(redis_client) is redis.Redis
     assert client.get("/healthz").status_code == 200 and redis_client.ping()

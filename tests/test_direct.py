@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from chatapp.delivery.event_stream import EventStream
+from chatapp.web.context import services_of
 from chatapp.web.takeover import _detach
 from deploy.launch import Gunicorn
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
@@ -129,14 +130,14 @@ def direct_stream(app, room="general"):
     for end in (server_end, client_end):  # small buffers: a big message fills them
         end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    reader = app.extensions["chat.hub"].reader(room, "alice")
+    reader = services_of(app).hub.reader(room, "alice")
     stream = EventStream(reader, "alice:test", None, 0, app.config)
     stream.take_over(_detach(server_end), b"HTTP/1.1 200 OK\r\n\r\n")
     return reader, stream, client_end
 
 
 def publish(app, text, room="general"):
-    return str(app.extensions["chat.broker"].publish(room, "bob", text)[0].id)
+    return str(services_of(app).broker.publish(room, "bob", text)[0].id)
 
 
 def read_available(end):
@@ -168,7 +169,7 @@ def message_ids(data):
 def test_drainer_that_fails_unexpectedly_ends_the_stream_instead_of_skipping_ahead(app, monkeypatch):
     """Regression: a catch-up that raised anything but a connection error killed the drainer
     and left the stream open; the next publication went straight out, after a gap."""
-    hub = app.extensions["chat.hub"]
+    hub = services_of(app).hub
     monkeypatch.setattr(hub, "recent_after", lambda reader: None)  # catch up from Redis, not the ring
     _, _, client = direct_stream(app)
     sent = [publish(app, "x" * 50_000)]  # more than the buffers hold: a drainer takes over

@@ -14,6 +14,7 @@ import redis
 from chatapp import create_app
 from chatapp.ops.errors import NotReplicated
 from chatapp.store.embedded_redis import EmbeddedRedis
+from chatapp.web.context import services_of
 from deploy.launch import free_port
 from tests.conftest import GENEROUS_LIMITS, AuthActions
 from tests.helpers import LocalStream
@@ -80,7 +81,7 @@ def test_a_message_no_replica_confirms_is_a_503_readers_never_see_it_and_its_ret
         assert stream.messages(1, timeout=0.5) == [], "something came twice"
     finally:
         stream.close()
-        app.extensions["chat.hub"].close("test over")
+        services_of(app).hub.close("test over")
         replica.stop()
 
 
@@ -102,7 +103,7 @@ def test_an_acknowledgement_releases_every_room_in_publish_order(tmp_path, prima
         assert [m["id"] for m in got] == [m["id"] for m in sent]
         stream.close()
     finally:
-        app.extensions["chat.hub"].close("test over")
+        services_of(app).hub.close("test over")
         replica.stop()
 
 
@@ -130,8 +131,8 @@ def test_a_read_ahead_of_a_subscription_waits_for_an_acknowledgement_of_its_own_
     A's acknowledgement releases C although no replica has C."""
     replica = attach_replica(tmp_path, primary)
     app = replicas_app(primary)
-    hub = app.extensions["chat.hub"]
-    broker = app.extensions["chat.broker"]
+    hub = services_of(app).hub
+    broker = services_of(app).broker
     hub._probe_replication = lambda now: None  # only acknowledgements release
     alice = signed_in(app)
     assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatapp import create_app
+from chatapp.web.context import services_of
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
 from tests.test_auth import basic
 
@@ -79,7 +80,7 @@ def fuzz_app(tmp_path_factory):
                       "CHAT_POLL_MAX_TIMEOUT_SECS": 0.1, "CHAT_HEARTBEAT_SECS": 0.1, **GENEROUS_LIMITS})
     AuthActions(app.test_client()).register("fuzzer")
     yield app
-    app.extensions["chat.hub"].close()
+    services_of(app).hub.close()
     store.stop()
 
 
@@ -113,10 +114,10 @@ def send(client, method, path, *, chosen_body, chosen_headers, query):
 
 def check_metrics(app):
     """Every label value of the request histogram is from a fixed set: no request made a series."""
-    from chatapp.ops.metrics import METHODS, OTHER
+    from chatapp.web.metrics import METHODS, OTHER
 
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()} | {OTHER}
-    text = app.extensions["chat.metrics"].exposition().decode()
+    text = services_of(app).metrics.exposition().decode()
     for endpoint, method in re.findall(r'^chat_request_seconds_count\{endpoint="([^"]*)",method="([^"]*)"\}',
                                        text, re.M):
         assert endpoint in endpoints and method in METHODS | {OTHER}, (endpoint, method)
@@ -148,7 +149,7 @@ def test_no_input_gives_a_5xx_or_a_non_json_error(fuzz_app, endpoint, room, chos
     method, template = endpoint
     method = invented or method
     client = fuzz_app.test_client()
-    redis_client = fuzz_app.extensions["chat.redis"]
+    redis_client = services_of(fuzz_app).redis
     if who == "session":
         AuthActions(client).login("fuzzer")
     elif who == "basic":

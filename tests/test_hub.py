@@ -11,12 +11,13 @@ import redis
 
 from chatapp.core.ids import StreamId
 from chatapp.delivery.event_stream import EventStream
+from chatapp.web.context import services_of
 from tests.conftest import GENEROUS_LIMITS, AuthActions
 from tests.helpers import LocalStream, SSEParser, kill_pubsub_repeatedly
 
 
 def publish(app, text, room="general"):
-    return app.extensions["chat.broker"].publish(room, "alice", text)[0]
+    return services_of(app).broker.publish(room, "alice", text)[0]
 
 
 def ids(messages):
@@ -24,20 +25,20 @@ def ids(messages):
 
 
 def hub_of(app):
-    return app.extensions["chat.hub"]
+    return services_of(app).hub
 
 
 def reconnects(app):
-    return app.extensions["chat.metrics"].value("chat_hub_reconnects_total")
+    return services_of(app).metrics.value("chat_hub_reconnects_total")
 
 
 def catchups(app, source):
-    return app.extensions["chat.metrics"].value("chat_reader_catchups_total", source=source)
+    return services_of(app).metrics.value("chat_reader_catchups_total", source=source)
 
 
 def test_readers_joining_during_a_burst_get_everything_after_their_cursor_once(alice, app):
     """Subscribe, then backfill: readers that connect while messages flow miss nothing."""
-    broker = app.extensions["chat.broker"]
+    broker = services_of(app).broker
     seed = publish(app, "seed")
 
     def post():
@@ -301,7 +302,7 @@ def test_reset_with_a_live_signal_queued_does_not_crash_the_reader(alice, app):
     from chatapp.core.publication import Signal
     from chatapp.delivery.reader import ReaderReset
 
-    broker = app.extensions["chat.broker"]
+    broker = services_of(app).broker
     broker.maxlen = 10
     first = publish(app, "first")
     for i in range(300):
@@ -347,7 +348,7 @@ def test_a_start_that_fails_while_its_head_waits_still_sends_the_head_first(alic
     ours.setblocking(False)
     with app.test_request_context():
         reader = hub.reader("general", "alice")
-        member = app.extensions["chat.presence"].member("alice")
+        member = services_of(app).presence.member("alice")
         EventStream(reader, member, StreamId(1, 0), 0, app.config).take_over(ours, b"HTTP/1.1 200 OK\r\n\r\n")
     theirs.settimeout(5)
     received = theirs.recv(65536)

@@ -15,6 +15,7 @@ import pytest
 
 from chatapp.ops.errors import StoreUnavailable
 from chatapp.store import keys
+from chatapp.web.context import services_of
 from tests.conftest import GENEROUS_LIMITS
 from tests.helpers import (
     LocalStream,
@@ -182,7 +183,7 @@ def test_an_event_read_ahead_of_the_link_lists_every_room(alice, redis_client):
 
 
 def test_a_stale_room_gets_its_own_reset_and_the_others_go_on(alice, app):
-    app.extensions["chat.broker"].maxlen = 10
+    services_of(app).broker.maxlen = 10
     join(alice, "dev")
     first = send(alice, "dev", "first")
     calm = send(alice, "general", "calm")
@@ -277,7 +278,7 @@ def _send_later_ms(client, room, text, after):
 
 # Found in review: A room being joined (Multiplex._joining) is left out of ids: a resume skips its messages.
 def test_a_room_being_joined_is_listed_at_its_join_point_until_it_is_followed(alice, app):
-    hub = app.extensions["chat.hub"]
+    hub = services_of(app).hub
     assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
     stream = LocalStream(alice, "/api/events")
     until(stream, "ready")
@@ -313,7 +314,7 @@ def test_a_room_being_joined_is_listed_at_its_join_point_until_it_is_followed(al
 # Found in review: A join published between the view's read of the memberships and Hub.add_stream is lost
 #    for that stream, and a resume then skips the room's messages.
 def test_a_join_racing_the_streams_opening_reaches_it(alice, app):
-    memberships = app.extensions["chat.memberships"]
+    memberships = services_of(app).memberships
     assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
     first = LocalStream(alice, "/api/events")  # the worker's hub is running, as in production
     until(first, "ready")
@@ -349,8 +350,8 @@ def test_a_join_racing_the_streams_opening_reaches_it(alice, app):
 # Found in review: Multiplex.take_ready: a room left while a later room catches up from Redis is put back
 #    into ``positions``, then ``self.rooms[other]`` raises KeyError.
 def test_a_leave_during_a_catch_up_does_not_break_the_batch(alice, app):
-    hub = app.extensions["chat.hub"]
-    memberships = app.extensions["chat.memberships"]
+    hub = services_of(app).hub
+    memberships = services_of(app).memberships
     join(alice, "dev")
     join(alice, "ops")
     g0 = send(alice, "general", "g0")
@@ -383,8 +384,8 @@ def test_a_leave_during_a_catch_up_does_not_break_the_batch(alice, app):
 # Found in review: Hub._reconcile_memberships runs on streams that ended while it read the memberships:
 #    their new rooms' readers stay in the hub for ever (and count the user present).
 def test_a_stream_ending_during_the_reconcile_leaves_no_reader_behind(alice, app, redis_client):
-    hub = app.extensions["chat.hub"]
-    memberships = app.extensions["chat.memberships"]
+    hub = services_of(app).hub
+    memberships = services_of(app).memberships
     assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
     stream = LocalStream(alice, "/api/events")
     until(stream, "ready")
@@ -412,7 +413,7 @@ def test_a_stream_ending_during_the_reconcile_leaves_no_reader_behind(alice, app
 
 # Found in review: A join whose subscription fails ends a long-poll with a 401, as if the session ended.
 def test_a_failed_join_answers_a_long_poll_with_a_retry_not_a_401(alice, app):
-    hub = app.extensions["chat.hub"]
+    hub = services_of(app).hub
     assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
     real_wait_ready = hub.wait_ready
 
@@ -432,7 +433,7 @@ def test_a_failed_join_answers_a_long_poll_with_a_retry_not_a_401(alice, app):
 
 # Found in review: Multiplex.reconcile's leaves apply at once, even while Multiplex.open iterates self.rooms.
 def test_a_reconcile_during_the_opening_does_not_break_it(alice, app, redis_client):
-    hub = app.extensions["chat.hub"]
+    hub = services_of(app).hub
     join(alice, "dev")
     join(alice, "ops")
     first = LocalStream(alice, "/api/events")  # the hub is running

@@ -8,6 +8,7 @@ import pytest
 
 from chatapp import create_app
 from chatapp.delivery import pollers
+from chatapp.web.context import services_of
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
 from tests.test_streams import send
 
@@ -19,8 +20,8 @@ def basic(name, password=PASSWORD):
 
 
 def short_answers(app):
-    hub = app.extensions["chat.hub"]
-    return app.extensions["chat.metrics"].value("chat_polls_short_total") + hub.pollers.short_answers
+    hub = services_of(app).hub
+    return services_of(app).metrics.value("chat_polls_short_total") + hub.pollers.short_answers
 
 
 def poll(client, cursor=None, timeout=0, room="general", headers=None):
@@ -35,7 +36,7 @@ def wait_until(condition, timeout=5.0):
 
 
 def kept_readers(app):
-    return [r for r in app.extensions["chat.hub"].streams() if r.room == "general"]
+    return [r for r in services_of(app).hub.streams() if r.room == "general"]
 
 
 @pytest.mark.parametrize("config", [FAST])
@@ -159,7 +160,7 @@ def test_the_pace_bounds_a_client_polling_in_a_tight_loop(alice, app):
 
 @pytest.mark.parametrize("config", [{**FAST, "CHAT_POLL_LINGER_SECS": 0.3}])
 def test_a_poller_not_asked_again_ends_and_gives_back_its_lease(alice, app, redis_client):
-    hub = app.extensions["chat.hub"]
+    hub = services_of(app).hub
     poll(alice)
     assert len(hub.pollers) == 1 and hub.reader_count() == 1
     wait_until(lambda: len(hub.pollers) == 0 and hub.reader_count() == 0)
@@ -171,8 +172,8 @@ def test_a_draining_worker_answers_a_waiting_short_poll_at_once(alice, app):
     cursor = poll(alice).json["cursor"]
     poll(alice, cursor)
     waiting = gevent.spawn(poll, alice, cursor, 30)
-    wait_until(lambda: app.extensions["chat.hub"].pollers.waiting == 1)
-    app.extensions["chat.hub"].close()
+    wait_until(lambda: services_of(app).hub.pollers.waiting == 1)
+    services_of(app).hub.close()
     answer = waiting.get(timeout=5)
     assert answer.status_code == 200 and answer.json == {"messages": [], "cursor": cursor}
 
@@ -219,10 +220,10 @@ def test_a_client_whose_polls_alternate_between_workers_leaves_no_pile_of_poller
             assert answer.status_code == 200, answer.json
             cursor = answer.json["cursor"]
         assert cursor == sent[-1]["id"]
-        assert len(app.extensions["chat.hub"].pollers) <= 2 and len(other.extensions["chat.hub"].pollers) <= 2
+        assert len(services_of(app).hub.pollers) <= 2 and len(services_of(other).hub.pollers) <= 2
         wait_until(lambda: redis_client.zcard("chat:{user:alice}:streams") <= 4)  # releases are batched
     finally:
-        other.extensions["chat.hub"].close("test over")
+        services_of(other).hub.close("test over")
 
 
 @pytest.mark.parametrize("config", [FAST])
@@ -231,7 +232,7 @@ def test_a_kept_poller_ends_at_its_max_age_so_flask_refreshes_the_session(alice,
     Redis, the cookie's expiry), so a client that only long-polled was signed out after
     CHAT_SESSION_LIFETIME_SECS however active it was."""
     monkeypatch.setattr(pollers, "MAX_AGE_SECS", 0.3)
-    hub = app.extensions["chat.hub"]
+    hub = services_of(app).hub
     cursor = poll(alice).json["cursor"]
     assert poll(alice, cursor).status_code == 200 and short_answers(app) == 1
     wait_until(lambda: len(hub.pollers) == 0)  # ended at 0.3 s, before the 3 s linger

@@ -11,6 +11,7 @@ import gevent
 import pytest
 from playwright.sync_api import expect
 
+from chatapp.web.context import services_of
 from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions, unique
 from tests.helpers import Api, LocalStream, gunicorn_with_redis
 
@@ -116,7 +117,7 @@ def test_long_poll_counts_as_presence_until_it_expires(app):
 
 
 def test_typing_reaches_others_live_only_and_is_rate_limited(app, redis_client):
-    app.extensions["chat.ratelimits"]._limits["CHAT_RATE_TYPING"] = __import__("limits").parse("2 per minute")
+    services_of(app).limits._limits["CHAT_RATE_TYPING"] = __import__("limits").parse("2 per minute")
     alice, bob = signed_in(app, "alice"), signed_in(app, "bob")
     watching, own = opened(alice), opened(bob)
     gevent.sleep(0.3)

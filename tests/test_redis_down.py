@@ -4,6 +4,7 @@ import pytest
 
 from chatapp import create_app
 from chatapp.store.embedded_redis import EmbeddedRedis
+from chatapp.web.context import services_of
 from tests.conftest import PASSWORD
 from tests.helpers import SSEParser
 from tests.test_auth import basic
@@ -17,7 +18,7 @@ def down(tmp_path):
     app = create_app({"REDIS_URL": store.url, "SECRET_KEY": "t", "CHAT_REDIS_TIMEOUT_SECS": 1,
                       "CHAT_SUBSCRIBE_TIMEOUT_SECS": 0.5})
     yield app, store
-    app.extensions["chat.hub"].close()
+    services_of(app).hub.close()
     store.stop()
 
 

@@ -2,6 +2,7 @@ import pytest
 
 from chatapp import create_app
 from chatapp.store import keys
+from chatapp.web.context import services_of
 from tests.conftest import GENEROUS_LIMITS, AuthActions
 
 
@@ -89,7 +90,7 @@ def test_keys_of_earlier_releases_are_migrated_at_start(redis_server, redis_clie
     first = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **config})
     client = first.test_client()
     assert AuthActions(client).register("carol").status_code == 201
-    first.extensions["chat.hub"].close("test over")
+    services_of(first).hub.close("test over")
     record = redis_client.get(keys.user("carol"))
     sid = redis_client.zrange(keys.user_sessions("carol"), 0, -1)[0].decode()
     old_sid = sid.split("}")[-1]
@@ -114,7 +115,7 @@ def test_keys_of_earlier_releases_are_migrated_at_start(redis_server, redis_clie
         old_session.set_cookie("chat_session", old_sid)
         assert old_session.get("/api/auth/me").json["user"] == "carol"
     finally:
-        app.extensions["chat.hub"].close("test over")
+        services_of(app).hub.close("test over")
 
 
 def test_unread_counts_for_many_rooms_in_one_request(alice):
@@ -180,4 +181,4 @@ def test_a_worker_never_serves_with_half_its_keys_migrated(app, redis_client, re
         login = AuthActions(app2.test_client()).login("eve")
         assert login.status_code == 403, f"banned eve signed in: {login.status_code}"
     finally:
-        app2.extensions["chat.hub"].close("test over")
+        services_of(app2).hub.close("test over")

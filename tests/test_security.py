@@ -3,6 +3,7 @@
 import pytest
 
 from chatapp.store import keys
+from chatapp.web.context import services_of
 from tests.conftest import PASSWORD, AuthActions
 from tests.helpers import LocalStream
 from tests.test_auth import basic
@@ -120,7 +121,7 @@ def test_stream_of_an_expired_session_stops_within_2_seconds(alice, redis_client
     stream = LocalStream(alice, "/api/rooms/general/events")
     stream.next_event()
     stream.next_event(timeout=0.3)
-    (reader,) = app.extensions["chat.hub"].readers()
+    (reader,) = services_of(app).hub.readers()
     reader.check_session_at(0.0)  # as if its lifetime were up; the session itself is what decides
     redis_client.delete(f"chat:session:{reader.sid}")  # Redis expired it
     events = [stream.next_event(timeout=2) for _ in range(5)]

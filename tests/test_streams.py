@@ -6,6 +6,7 @@ import time
 import gevent
 import pytest
 
+from chatapp.web.context import services_of
 from tests.conftest import GENEROUS_LIMITS, AuthActions
 from tests.helpers import LocalStream, parse_id
 
@@ -89,7 +90,7 @@ def test_malformed_cursor_is_400_json(alice):
 
 
 def test_cursor_older_than_retention_gets_reset(alice, app):
-    app.extensions["chat.broker"].maxlen = 10
+    services_of(app).broker.maxlen = 10
     first = send(alice, "first")
     for i in range(300):
         send(alice, str(i))
@@ -148,7 +149,7 @@ def test_long_poll_uses_the_hub_not_a_connection_per_request(alice, app, redis_c
     waiting = [gevent.spawn(alice.get, f"/api/rooms/general/poll?cursor={cursor}&timeout=2")
                for _ in range(30)]
     gevent.sleep(0.5)
-    assert app.extensions["chat.hub"].reader_count() == 30
+    assert services_of(app).hub.reader_count() == 30
     clients = redis_client.client_list()
     assert sum(int(c["sub"]) > 0 for c in clients) == 1  # the hub's one Pub/Sub link
     assert not [c for c in clients if "b" in c["flags"]]  # nobody blocks in XREAD
@@ -177,7 +178,7 @@ def test_worker_at_its_stream_cap_tells_streams_to_retry_and_polls_to_come_back(
 def test_a_burst_of_opens_cannot_overshoot_the_stream_cap(alice, app):
     """Regression: the cap was checked before the request yielded (session save, head
     write) and counted only at attach, so 8 concurrent opens passed a cap of 2."""
-    hub = app.extensions["chat.hub"]
+    hub = services_of(app).hub
     streams = [gevent.spawn(LocalStream, alice, "/api/rooms/general/events") for _ in range(8)]
     answers = []
     for stream in (g.get(timeout=5) for g in streams):

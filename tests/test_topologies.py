@@ -10,6 +10,7 @@ import json
 import gevent
 import pytest
 
+from chatapp.web.context import services_of
 from deploy.launch import Gunicorn
 from tests.conftest import GENEROUS_LIMITS
 from tests.helpers import (
@@ -109,7 +110,7 @@ def test_a_catch_up_reads_the_rooms_log_on_a_cluster(cluster_set):
 
     app = create_app({"REDIS_URL": cluster_set.url, "SECRET_KEY": "test", "TESTING": True, **GENEROUS_LIMITS})
     try:
-        broker = app.extensions["chat.broker"]
+        broker = services_of(app).broker
         room = unique("cu")
         sent = [broker.publish(room, "alice", f"m{i}")[0].id for i in range(5)]
         page, reset = broker.catch_up(room, ZERO, 10)
@@ -117,7 +118,7 @@ def test_a_catch_up_reads_the_rooms_log_on_a_cluster(cluster_set):
         page, reset = broker.catch_up(room, sent[1], 2)
         assert [p.id for p in page] == sent[2:4]
     finally:
-        app.extensions["chat.hub"].close("test over")
+        services_of(app).hub.close("test over")
 
 
 def test_on_a_cluster_the_probe_releases_a_message_whose_wait_timed_out(cluster_set):
@@ -152,4 +153,4 @@ def test_on_a_cluster_the_probe_releases_a_message_whose_wait_timed_out(cluster_
         assert [m["text"] for m in got] == ["lagged"], "held forever: nothing on the shard releases it"
     finally:
         stream.close()
-        app.extensions["chat.hub"].close("test over")
+        services_of(app).hub.close("test over")

@@ -219,7 +219,7 @@ def session_unavailable():
     return request.environ.get(UNAVAILABLE)
 
 
-def init_app(app):
+def init_app(app, client):
     app.config.update(
         SESSION_COOKIE_NAME=SESSION_COOKIE_NAME,
         SESSION_COOKIE_HTTPONLY=True,
@@ -227,4 +227,4 @@ def init_app(app):
         SESSION_COOKIE_SECURE=app.config["CHAT_HTTPS"],
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=app.config["CHAT_SESSION_LIFETIME_SECS"]),
     )
-    app.session_interface = RedisSessions(app, app.extensions["chat.redis"], app.config["CHAT_MAX_SESSIONS_PER_USER"])
+    app.session_interface = RedisSessions(app, client, app.config["CHAT_MAX_SESSIONS_PER_USER"])

@@ -8,10 +8,8 @@ import time
 from typing import NamedTuple
 
 import redis
-from flask import current_app
 from werkzeug.security import generate_password_hash
 
-from chatapp.accounts.passwords import Hasher
 from chatapp.ops.errors import BadRequest, Conflict, Forbidden, is_out_of_memory
 from chatapp.store import keys
 
@@ -54,8 +52,9 @@ class UserStore:
     """Accounts (JSON) and bans under the user's keys (:func:`chatapp.store.keys.user`,
     :func:`chatapp.store.keys.banned`)."""
 
-    def __init__(self, redis, hasher, cache_secs, secret):
+    def __init__(self, redis, hasher, cache_secs, secret, *, admins=frozenset()):
         self.redis = redis
+        self.admins = admins  # CHAT_ADMINS: lowercase names
         self.hasher = hasher  # every hash runs in its threads, never on the event loop
         self.cache_secs = cache_secs
         self._secret = hashlib.sha256(b"chat verified credentials\0" + secret.encode()).digest()
@@ -236,17 +235,4 @@ class UserStore:
             self.redis.delete(keys.banned(name))
 
     def is_admin(self, name):
-        return name is not None and name.lower() in current_app.config["CHAT_ADMINS"]
-
-
-def init_app(app):
-    hasher = Hasher(app.config["CHAT_HASH_THREADS"], app.config["CHAT_HASH_QUEUE"])
-    users = app.extensions["chat.users"] = UserStore(app.extensions["chat.redis"], hasher,
-                                                     app.config["CHAT_AUTH_CACHE_SECS"], app.config["SECRET_KEY"])
-    hub = app.extensions["chat.hub"]
-    users.trust_while(hub.control_epoch)
-    hub.watch_users(users.forget)
-
-
-def current_users():
-    return current_app.extensions["chat.users"]
+        return name is not None and name.lower() in self.admins

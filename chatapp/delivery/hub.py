@@ -43,12 +43,12 @@ from chatapp.delivery.held import HeldByServer
 from chatapp.delivery.link import PubSubLink
 from chatapp.delivery.multiplex import Multiplex
 from chatapp.delivery.pollers import Pollers
+from chatapp.delivery.presence_keeper import SWEEP_SECS, PresenceKeeper
 from chatapp.delivery.reader import Reader
 from chatapp.delivery.room_feed import RoomFeed
 from chatapp.delivery.shards import ShardLinks
 from chatapp.ops.errors import ChatError, StoreUnavailable
 from chatapp.store import keys, topology
-from chatapp.store.presence import SWEEP_SECS, PresenceKeeper
 
 log = logging.getLogger(__name__)
 

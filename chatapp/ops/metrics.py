@@ -6,13 +6,9 @@ them up; the ``child_exit`` hook retires a dead worker's live gauges. Without
 that variable (tests, ``flask run``) the values live in this process.
 """
 
-import ipaddress
 import os
-import time
 
-from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -21,25 +17,7 @@ from prometheus_client import (
     multiprocess,
 )
 
-from chatapp.ops.errors import Forbidden
-
-bp = Blueprint("metrics", __name__)
-
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
-# Label values come from fixed sets, never from the request as sent: an invented
-# method or path would otherwise add a series (a file per worker, a line in every
-# scrape) per request.
-METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-OTHER = "other"
-
-
-def request_labels():
-    """``(endpoint, method)`` of this request, each from a fixed set."""
-    endpoint = request.endpoint if request.url_rule is not None else OTHER
-    method = request.method if request.method in METHODS else OTHER
-    return endpoint or OTHER, method
-
-
 class Metrics:
     """The app's metric objects (registered in a per-app registry unless multiprocess)."""
 
@@ -77,35 +55,3 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry)
         return generate_latest(self.registry)
-
-
-def allowed(remote, networks):
-    try:
-        address = ipaddress.ip_address(remote or "")
-    except ValueError:
-        return False
-    return any(address in network for network in networks)
-
-
-def current_metrics():
-    return current_app.extensions["chat.metrics"]
-
-
-def init_app(app):
-    metrics = app.extensions["chat.metrics"]
-
-    @app.after_request
-    def observe(response):
-        if "started" in g:
-            metrics.request_seconds.labels(*request_labels()).observe(
-                time.perf_counter() - g.started)
-        return response
-
-
-@bp.get("/metrics")
-def metrics_view():
-    """Prometheus text format, summed over the instance's workers; only for CHAT_METRICS_ALLOW."""
-    networks = current_app.config["CHAT_METRICS_ALLOW"]
-    if networks and not allowed(request.remote_addr, networks):
-        raise Forbidden("Metrics are not available from your address.", code="metrics_forbidden")
-    return Response(current_metrics().exposition(), mimetype=CONTENT_TYPE_LATEST)

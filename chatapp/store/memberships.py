@@ -9,17 +9,11 @@ whose link was down meanwhile re-reads the memberships when it reconnects.
 
 import sys
 
-from flask import Blueprint, current_app, jsonify
-
 from chatapp.core.ids import StreamId
 from chatapp.ops.errors import Forbidden
 from chatapp.store import keys
 from chatapp.store.lua import lua_script
-from chatapp.store.ratelimit import enforce
-from chatapp.store.rooms import DEFAULT_ROOM, current_rooms
-from chatapp.web.auth import current_user, login_required
-
-bp = Blueprint("membership", __name__, url_prefix="/api")
+from chatapp.store.rooms import DEFAULT_ROOM
 
 SET_UP = b"."  # the field that marks a user's memberships as set up (not a room name)
 
@@ -66,39 +60,7 @@ class Memberships:
         return {user: _decoded(found) for user, found in zip(users, pipe.execute())}
 
 
-def current_memberships():
-    return current_app.extensions["chat.memberships"]
-
 
 def _decoded(found):
     # Interned: every stream of every user names the same room with one string.
     return {sys.intern(room.decode()): StreamId.from_bytes(at) for room, at in found.items() if room != SET_UP}
-
-
-@bp.post("/rooms/<room>/join")
-@login_required
-def join(room):
-    """Join a room: your open streams follow it from now on (its history is yours to fetch)."""
-    current_rooms().require(room)
-    user = current_user()
-    enforce("CHAT_RATE_MEMBERSHIP", user)
-    at = current_memberships().join(user, room)
-    return jsonify(room=room, joined=True, at=str(at))
-
-
-@bp.post("/rooms/<room>/leave")
-@login_required
-def leave(room):
-    """Leave a room: your open streams stop following it at once."""
-    current_rooms().require(room)
-    user = current_user()
-    enforce("CHAT_RATE_MEMBERSHIP", user)
-    current_memberships().leave(user, room)
-    return jsonify(room=room, joined=False)
-
-
-@bp.get("/me/rooms")
-@login_required
-def my_rooms():
-    """The rooms you joined, by name."""
-    return jsonify(rooms=sorted(current_memberships().rooms(current_user())))

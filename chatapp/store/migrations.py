@@ -77,13 +77,3 @@ class Migration:
             if not self.done:
                 migrate(self.client, self.kind)
                 self.done = True
-
-
-def init_app(app):
-    migration = Migration(app.extensions["chat.redis"], app.extensions["chat.topology"].kind)
-    app.extensions["chat.migration"] = migration
-    try:
-        migration.ensure()
-    except redis.RedisError as exc:
-        app.logger.warning("keys not migrated at start (%s); each request tries again until it is done", exc)
-    app.before_request(migration.ensure)

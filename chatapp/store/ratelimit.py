@@ -11,7 +11,6 @@ import math
 import time
 
 import redis
-from flask import current_app, request
 from limits import parse
 from limits.storage import RedisClusterStorage, RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
@@ -93,22 +92,3 @@ class RateLimits:
         retry_after = max(1, math.ceil(reset_at - time.time()))
         raise RateLimited(f"Rate limit of {item} exceeded; retry in {retry_after}s.",
                           headers={"Retry-After": str(retry_after)})
-
-
-def client_key(key=None):
-    """The key a limit is counted under: ``key``, else the client's IP."""
-    return (key or request.remote_addr or "-").lower()
-
-
-def enforce(setting, key=None):
-    """Apply the limit named ``setting`` to ``key`` (default: the client's IP)."""
-    current_app.extensions["chat.ratelimits"].hit(setting, client_key(key))
-
-
-def current_limits():
-    return current_app.extensions["chat.ratelimits"]
-
-
-def init_app(app):
-    app.extensions["chat.ratelimits"] = RateLimits(
-        app.extensions["chat.topology"], app.extensions["chat.redis"], app.config)

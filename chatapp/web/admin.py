@@ -9,12 +9,12 @@ HTTP Basic requests until it is lifted.
 import functools
 
 import click
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
-from chatapp.accounts.users import current_users
 from chatapp.core.reasons import Ending
 from chatapp.ops.errors import Forbidden, NotFound
 from chatapp.web.auth import current_user, end_user_sessions, login_required
+from chatapp.web.context import services
 
 bp = Blueprint("admin", __name__, url_prefix="/api/admin", cli_group="users")
 
@@ -27,16 +27,16 @@ def kick(user, reason=Ending.KICKED):
 def set_banned(user, banned):
     if banned:  # sessions first: ending them only frees memory, so it works on a full store too
         kick(user, Ending.BANNED)
-    current_users().set_banned(user, banned)
+    services().users.set_banned(user, banned)
     if banned:
         # Again, now that the ban is written: a worker that checked the account between the
         # kick and the write would trust it (chatapp.accounts.users.trust_while), and a stream opened
         # in between would stay open.
-        current_app.extensions["chat.broker"].publish_control(Ending.BANNED, user=user)
+        services().broker.publish_control(Ending.BANNED, user=user)
 
 
 def _existing(name):
-    if not current_users().exists(name):
+    if not services().users.exists(name):
         raise NotFound(f"No user named {name[:32]!r}.", code="unknown_user")
     return name
 
@@ -45,7 +45,7 @@ def admin_required(view):
     @functools.wraps(view)
     @login_required
     def wrapped(*args, **kwargs):
-        if not current_users().is_admin(current_user()):
+        if not services().users.is_admin(current_user()):
             raise Forbidden("Only admins may do that.", code="not_admin")
         return view(*args, **kwargs)
 
@@ -76,7 +76,7 @@ def unban_user(name):
 
 
 def _cli_user(name):
-    if not current_users().exists(name):
+    if not services().users.exists(name):
         raise click.ClickException(f"no user named {name!r}")
     return name
 
@@ -89,11 +89,11 @@ def create_command(name, password):
     from chatapp.ops.errors import ChatError
 
     try:
-        current_users().create(name, password, reserved_ok=True)
-        current_app.extensions["chat.memberships"].join_default(name)
+        services().users.create(name, password, reserved_ok=True)
+        services().memberships.join_default(name)
     except ChatError as exc:
         raise click.ClickException(exc.message) from None
-    admin = " (an admin)" if current_users().is_admin(name) else ""
+    admin = " (an admin)" if services().users.is_admin(name) else ""
     click.echo(f"created {name}{admin}")
 
 

@@ -6,10 +6,11 @@ from flask import Blueprint, current_app, g, jsonify, request, session
 from flask_wtf.csrf import generate_csrf
 
 from chatapp.accounts import sessions
-from chatapp.accounts.users import USERNAME_RE, credential, current_users
+from chatapp.accounts.users import USERNAME_RE, credential
 from chatapp.core.reasons import Ending
 from chatapp.ops.errors import StoreUnavailable, Unauthorized
-from chatapp.store.ratelimit import client_key, current_limits, enforce
+from chatapp.web.context import services
+from chatapp.web.limits import client_key, enforce
 from chatapp.web.params import request_fields, string_field
 
 bp = Blueprint("auth", __name__, url_prefix="/api/auth")
@@ -66,7 +67,7 @@ class GuessLimits:
 
     def begin(self):
         """Before a hash: 429 (or 507 on a full store) unless both limits have room for it."""
-        limits = current_limits()
+        limits = services().limits
         # In line before asking what is left: asked first, a burst's attempts would all
         # hear "3 left" before any of them counted.
         limits.pending[self.ip] += 1
@@ -81,7 +82,7 @@ class GuessLimits:
             raise
 
     def end(self, failed):
-        limits = current_limits()
+        limits = services().limits
         try:
             if failed:  # counted before leaving the line: no instant where it is in neither
                 limits.count(*self.ip)
@@ -98,7 +99,7 @@ def _basic_user():
     auth = request.authorization
     if auth.type != "basic" or not auth.username or auth.password is None:
         return None
-    account = current_users().authenticate_basic(auth.username, auth.password, GuessLimits(auth.username))
+    account = services().users.authenticate_basic(auth.username, auth.password, GuessLimits(auth.username))
     if account is None:
         return None
     g.basic_record = account.record
@@ -121,7 +122,7 @@ def _start_session(account):
     """Sign ``account`` in on this browser with a brand-new session id."""
     interface = current_app.session_interface
     ended = interface.begin(session, account.name, account.record, current_app.permanent_session_lifetime)
-    broker = current_app.extensions["chat.broker"]
+    broker = services().broker
     for sid in ended:  # past CHAT_MAX_SESSIONS_PER_USER the oldest sessions end
         broker.publish_control(Ending.LOGGED_OUT, sid=sid)
     g.user = account.name
@@ -132,7 +133,7 @@ def _start_session(account):
 def end_user_sessions(user, reason):
     """End every session of ``user`` and close their streams on every worker and host."""
     ended = current_app.session_interface.end_all(user)
-    current_app.extensions["chat.broker"].publish_control(reason, user=user)
+    services().broker.publish_control(reason, user=user)
     return ended
 
 
@@ -141,8 +142,8 @@ def register():
     """Create an account and sign it in."""
     enforce("CHAT_RATE_REGISTER_IP")
     fields = request_fields()
-    account = current_users().create(string_field(fields, "username"), string_field(fields, "password"))
-    current_app.extensions["chat.memberships"].join_default(account.name)
+    account = services().users.create(string_field(fields, "username"), string_field(fields, "password"))
+    services().memberships.join_default(account.name)
     return _start_session(account), 201
 
 
@@ -154,7 +155,7 @@ def login():
     name = fields.get("username")
     if isinstance(name, str) and USERNAME_RE.match(name):  # only valid names become keys
         enforce_login_name(name)
-    account = current_users().authenticate(fields.get("username"), fields.get("password"))
+    account = services().users.authenticate(fields.get("username"), fields.get("password"))
     if account is None:
         raise Unauthorized("Wrong username or password.", code="bad_credentials")
     return _start_session(account)
@@ -166,7 +167,7 @@ def logout():
     user, sid = session.get("user"), current_sid()
     if user and sid:
         current_app.session_interface.forget(user, sid)
-        current_app.extensions["chat.broker"].publish_control(Ending.LOGGED_OUT, sid=sid)
+        services().broker.publish_control(Ending.LOGGED_OUT, sid=sid)
     session.clear()
     return jsonify(ok=True)
 
@@ -187,7 +188,7 @@ def change_password():
     user = current_user()
     enforce_login_name(user)
     fields = request_fields()
-    account = current_users().change_password(user, fields.get("current_password"),
+    account = services().users.change_password(user, fields.get("current_password"),
                                               string_field(fields, "new_password"))
     end_user_sessions(user, Ending.PASSWORD_CHANGED)
     if request.authorization:
@@ -200,7 +201,7 @@ def change_password():
 def me():
     """Who the request is authenticated as, and whether they may administer."""
     user = current_user()
-    return jsonify(user=user, admin=current_users().is_admin(user))
+    return jsonify(user=user, admin=services().users.is_admin(user))
 
 
 @bp.get("/csrf")

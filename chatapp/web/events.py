@@ -16,10 +16,9 @@ from chatapp.delivery.event_stream import MultiplexStream
 from chatapp.delivery.pollers import mux_answer, poller_key
 from chatapp.delivery.reader import ReaderClosed
 from chatapp.ops.errors import BadRequest, StoreUnavailable, Unauthorized
-from chatapp.store.memberships import current_memberships
-from chatapp.store.presence import current_presence
 from chatapp.store.rooms import validate_room_name
 from chatapp.web.auth import current_credential, current_sid, current_user, login_required
+from chatapp.web.context import services
 from chatapp.web.messages import json_response
 from chatapp.web.params import query_number
 from chatapp.web.streams import admit_stream, handle_stream_errors, join_as_poller
@@ -49,10 +48,10 @@ def _open_multiplex(cursor):
     hub, user = admit_stream()
     mux = hub.multiplex(user, current_sid(), current_credential(), narrowed)
     try:  # registered first, so no join or leave falls between this read and the stream
-        joined = current_memberships().rooms(user)
+        joined = services().memberships.rooms(user)
         if narrowed is not None:
             joined = {room: at for room, at in joined.items() if room in narrowed}
-        starts = plan_start(joined, cursor, current_app.extensions["chat.broker"].tails)
+        starts = plan_start(joined, cursor, services().broker.tails)
     except BaseException:
         mux.end()
         raise
@@ -68,7 +67,7 @@ def events():
     cursor = _cursor(request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
                      or request.args.get("lastEventId"))
     mux, starts = _open_multiplex(cursor)
-    stream = MultiplexStream(mux, current_presence().member(current_user()), starts, current_app.config)
+    stream = MultiplexStream(mux, services().presence.member(current_user()), starts, current_app.config)
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
 
 

@@ -2,9 +2,10 @@
 
 import os
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, jsonify
 
 from chatapp.ops.errors import REDIS_ERRORS, StoreUnavailable
+from chatapp.web.context import services
 
 bp = Blueprint("health", __name__)
 
@@ -19,7 +20,7 @@ def healthz():
 def readyz():
     """Redis answers; 503 otherwise, so a balancer stops sending traffic here."""
     try:
-        current_app.extensions["chat.redis"].ping()
+        services().redis.ping()
     except REDIS_ERRORS as exc:
         raise StoreUnavailable(f"Redis is not reachable: {type(exc).__name__}.") from None
     return jsonify(status="ready", pid=os.getpid())

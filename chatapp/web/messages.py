@@ -5,10 +5,9 @@ import re
 from flask import Blueprint, Response, current_app, request
 
 from chatapp.ops.errors import BadRequest, PayloadTooLarge
-from chatapp.ops.metrics import current_metrics
-from chatapp.store.ratelimit import enforce
-from chatapp.store.rooms import current_rooms
 from chatapp.web.auth import current_user, login_required
+from chatapp.web.context import services
+from chatapp.web.limits import enforce
 from chatapp.web.params import query_cursor, query_number, request_fields, string_field
 
 bp = Blueprint("messages", __name__, url_prefix="/api/rooms")
@@ -49,15 +48,15 @@ def json_response(body, status=200):
 @login_required
 def send(room):
     """Append a message to the room; 201 with the stored message once it is durable."""
-    current_rooms().require(room)
+    services().rooms.require(room)
     enforce("CHAT_RATE_MESSAGES", current_user())
     fields = request_fields()
     text = clean_text(string_field(fields, "text"), current_app.config["CHAT_MAX_MESSAGE_CHARS"])
-    broker = current_app.extensions["chat.broker"]
+    broker = services().broker
     publication, created = broker.publish(room, current_user(), text, idempotency_key(fields))
     response = json_response(publication.json, 201)
     if created:
-        current_metrics().accepted.inc()
+        services().metrics.accepted.inc()
     else:
         response.headers["Idempotent-Replayed"] = "true"
     return response
@@ -67,12 +66,12 @@ def send(room):
 @login_required
 def history(room):
     """A page of history: the newest, ``before=<id>`` (older) or ``after=<id>`` (newer)."""
-    current_rooms().require(room)
+    services().rooms.require(room)
     before, after = query_cursor("before"), query_cursor("after")
     if before and after:
         raise BadRequest("Use either 'before' or 'after', not both.", code="bad_parameter")
     limit = query_number("limit", HISTORY_DEFAULT_LIMIT, 1, current_app.config["CHAT_HISTORY_MAX_LIMIT"])
-    broker = current_app.extensions["chat.broker"]
+    broker = services().broker
     if after is not None:
         page = broker.read_after(room, after, limit + 1)
         more, page = len(page) > limit, page[:limit]

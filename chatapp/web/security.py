@@ -4,7 +4,8 @@ from flask import request
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from chatapp.accounts.sessions import SESSION_COOKIE_NAME, session_unavailable
-from chatapp.ops.errors import Forbidden, StoreUnavailable, error_response
+from chatapp.ops.errors import Forbidden, StoreUnavailable
+from chatapp.web.errors import error_response
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # What a cross-site <form> can send without a CORS preflight.

@@ -21,15 +21,13 @@ from chatapp.ops.errors import (
     StoreUnavailable,
     TooManyStreams,
     Unauthorized,
-    count_redis_error,
-    error_response,
     is_out_of_memory,
     storage_full,
 )
-from chatapp.store.presence import current_presence
-from chatapp.store.ratelimit import enforce
-from chatapp.store.rooms import current_rooms
 from chatapp.web.auth import current_credential, current_sid, current_user, login_required
+from chatapp.web.context import services
+from chatapp.web.errors import count_redis_error, error_response
+from chatapp.web.limits import enforce
 from chatapp.web.messages import json_response
 from chatapp.web.params import query_cursor, query_number
 
@@ -40,8 +38,6 @@ bp = Blueprint("streams", __name__, url_prefix="/api/rooms")
 SSE_ENDPOINTS = {"streams.events", "events.events"}  # told to come back later in SSE, not in JSON
 
 
-def current_hub():
-    return current_app.extensions["chat.hub"]
 
 
 def _retry_stream(reason, retry_ms):
@@ -88,7 +84,7 @@ handle_stream_errors(bp)
 def admit_stream():
     """Checks shared by every stream and long-poll; return the hub and who is asking."""
     user = current_user()
-    hub = current_hub()
+    hub = services().hub
     hub.check_capacity()  # before the rate limit: a client told "busy" shouldn't pay for it
     enforce("CHAT_RATE_STREAMS", user)
     return hub, user
@@ -96,7 +92,7 @@ def admit_stream():
 
 def _open_reader(room):
     """A reader of ``room`` bound to who is asking."""
-    current_rooms().require(room)
+    services().rooms.require(room)
     hub, user = admit_stream()
     return hub.reader(room, user, current_sid(), current_credential())
 
@@ -106,14 +102,14 @@ def _open_reader(room):
 def events(room):
     """Server-Sent Events for one room, resumable with Last-Event-ID."""
     if request.method == "HEAD":  # the headers a GET would have; no stream (nor a slot) is opened
-        current_rooms().require(room)
+        services().rooms.require(room)
         return Response(mimetype=sse.MIMETYPE, headers=sse.HEADERS)
     header = request.headers.get("Last-Event-ID", "").strip()
     cursor = StreamId.parse(header) if header else query_cursor("last_event_id", "lastEventId")
     config = current_app.config
     backlog = query_number("backlog", 0, 0, config["CHAT_BACKLOG_MAX"])
     reader = _open_reader(room)
-    stream = EventStream(reader, current_presence().member(current_user()), cursor, backlog, config)
+    stream = EventStream(reader, services().presence.member(current_user()), cursor, backlog, config)
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
 
 
@@ -152,7 +148,7 @@ def poll(room):
 
 def join_as_poller(rooms):
     try:
-        current_presence().join_polling(current_user(), rooms)
+        services().presence.join_polling(current_user(), rooms)
     except redis.ResponseError as exc:
         if not is_out_of_memory(exc):
             raise
