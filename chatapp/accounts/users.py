@@ -10,8 +10,9 @@ from typing import NamedTuple
 import redis
 from werkzeug.security import generate_password_hash
 
-from chatapp.ops.errors import BadRequest, Conflict, Forbidden, is_out_of_memory
+from chatapp.ops.errors import BadRequest, Conflict, Forbidden
 from chatapp.store import keys
+from chatapp.store.errors import is_out_of_memory
 
 USERNAME_RE = re.compile(r"\A[A-Za-z0-9._-]{2,32}\Z")
 PASSWORD_MIN_CHARS = 8
@@ -44,7 +45,7 @@ class Account(NamedTuple):
 def credential(record):
     """A fingerprint of an account record as a password was checked against it: the record
     changes (only) when the password does, and this reveals nothing of either. A Basic
-    stream keeps it (chatapp.accounts.sessions.recheck); the shared verified marker holds it."""
+    stream keeps it (chatapp.delivery.session_watch.recheck); the shared verified marker holds it."""
     return hashlib.sha256(record).hexdigest()[:32]
 
 

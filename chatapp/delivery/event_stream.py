@@ -27,7 +27,8 @@ from chatapp.core import sse
 from chatapp.core.reasons import Ending
 from chatapp.core.sse import LAST_CHUNK, http_chunk
 from chatapp.delivery.reader import ReaderClosed, ReaderReset
-from chatapp.ops.errors import REDIS_ERRORS, StoreUnavailable
+from chatapp.ops.errors import StoreUnavailable
+from chatapp.store.errors import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,6 @@ import time
 import gevent
 import redis
 
-from chatapp.accounts.sessions import SessionWatch
 from chatapp.core.ids import StreamId
 from chatapp.core.publication import Ack, Signal, decode_payload
 from chatapp.core.reasons import Ending
@@ -46,6 +45,7 @@ from chatapp.delivery.pollers import Pollers
 from chatapp.delivery.presence_keeper import SWEEP_SECS, PresenceKeeper
 from chatapp.delivery.reader import Reader
 from chatapp.delivery.room_feed import RoomFeed
+from chatapp.delivery.session_watch import SessionWatch
 from chatapp.delivery.shards import ShardLinks
 from chatapp.ops.errors import ChatError, StoreUnavailable
 from chatapp.store import keys, topology

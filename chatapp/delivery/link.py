@@ -18,8 +18,8 @@ import gevent
 import redis
 from gevent.lock import Semaphore
 
-from chatapp.ops.errors import REDIS_ERRORS
 from chatapp.store import topology
+from chatapp.store.errors import REDIS_ERRORS
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,9 @@ from limits import parse
 from limits.storage import RedisClusterStorage, RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
-from chatapp.ops.errors import RateLimited, is_out_of_memory, storage_full
+from chatapp.ops.errors import RateLimited
 from chatapp.store import keys, topology
+from chatapp.store.errors import is_out_of_memory, storage_full
 
 log = logging.getLogger(__name__)
 

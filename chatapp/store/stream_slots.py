@@ -13,8 +13,9 @@ import uuid
 import redis
 
 from chatapp.core.batch import Batch
-from chatapp.ops.errors import TooManyStreams, is_out_of_memory
+from chatapp.ops.errors import TooManyStreams
 from chatapp.store import keys
+from chatapp.store.errors import is_out_of_memory
 from chatapp.store.lua import lua_script, run_many
 
 log = logging.getLogger(__name__)

@@ -5,7 +5,8 @@ import logging
 from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from chatapp.ops.errors import REDIS_ERRORS, ChatError, StoreUnavailable, is_out_of_memory, storage_full
+from chatapp.ops.errors import ChatError, StoreUnavailable
+from chatapp.store.errors import REDIS_ERRORS, is_out_of_memory, storage_full
 from chatapp.web.context import services
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,8 @@ import os
 
 from flask import Blueprint, jsonify
 
-from chatapp.ops.errors import REDIS_ERRORS, StoreUnavailable
+from chatapp.ops.errors import StoreUnavailable
+from chatapp.store.errors import REDIS_ERRORS
 from chatapp.web.context import services
 
 bp = Blueprint("health", __name__)

@@ -7,7 +7,8 @@ from urllib.parse import unquote_plus
 from chatapp.core.reasons import Ending
 from chatapp.delivery.pollers import mux_answer, poll_answer, poller_key, room_answer
 from chatapp.delivery.reader import ReaderClosed
-from chatapp.ops.errors import REDIS_ERRORS, ChatError
+from chatapp.ops.errors import ChatError
+from chatapp.store.errors import REDIS_ERRORS
 from chatapp.web.context import services_of
 from chatapp.web.takeover import respond_whole
 

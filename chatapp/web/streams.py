@@ -12,18 +12,8 @@ from chatapp.core.reasons import Ending
 from chatapp.delivery.event_stream import EventStream
 from chatapp.delivery.pollers import poll_answer, poller_key, room_answer
 from chatapp.delivery.reader import ReaderClosed
-from chatapp.ops.errors import (
-    REDIS_ERRORS,
-    Busy,
-    ChatError,
-    RateLimited,
-    StorageFull,
-    StoreUnavailable,
-    TooManyStreams,
-    Unauthorized,
-    is_out_of_memory,
-    storage_full,
-)
+from chatapp.ops.errors import Busy, ChatError, RateLimited, StorageFull, StoreUnavailable, TooManyStreams, Unauthorized
+from chatapp.store.errors import REDIS_ERRORS, is_out_of_memory, storage_full
 from chatapp.web.auth import current_credential, current_sid, current_user, login_required
 from chatapp.web.context import services
 from chatapp.web.errors import count_redis_error, error_response
