@@ -58,7 +58,7 @@ async function enterChat(user) {
 
 // Lower modules call up through these (they would otherwise import the modules that
 // import them): set before anything can call them.
-function connect() {
+function registerCallbacks() {
   whenSessionEnds(showSignIn); // a 401, a "retry" with a reason, another tab's sign-out
   whenRoomChosen(openRoom); // a click in the room list, a new room, leaving the open one
   whenStored(onMessage); // the outbox's POST answered: shown like the stream's messages
@@ -67,7 +67,7 @@ function connect() {
 }
 
 async function boot() {
-  connect();
+  registerCallbacks();
   $("signin-form").addEventListener("submit", (event) => onSignIn(event, enterChat));
   $("logout").addEventListener("click", logout);
   $("leave").addEventListener("click", leaveRoom);
