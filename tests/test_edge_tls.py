@@ -47,7 +47,7 @@ def wait_until(condition, timeout=10):
 
 
 def test_https_speaks_http2_and_plain_http_still_speaks_http1(edge):
-    for path in ("/healthz", "/", "/static/app.js"):
+    for path in ("/healthz", "/", "/static/js/main.js"):
         out = run_curl(edge, "-o", "/dev/null", "-w", "%{http_version} %{http_code}", edge.https_url + path)
         assert out == "2 200", path
     old_client = run_curl(edge, "--http1.1", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",

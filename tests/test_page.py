@@ -134,7 +134,7 @@ def test_layout_on_desktop_and_phone_with_screenshots(person, web, tmp_path):
         expect(page.locator("#typing")).to_have_text("carol is typing…")
         page.locator("#text").blur()
         # The cue took its height from the log, which doesn't stay pinned to the newest message
-        # when it shows (static/app.js): scroll down, as the reader would.
+        # when it shows (static/js/cue.js): scroll down, as the reader would.
         page.locator("#log").evaluate("log => { log.scrollTop = log.scrollHeight; }")
         page.screenshot(path=str(target / shot))
     expect(bob.locator("#sidebar")).not_to_be_in_viewport()  # a drawer on phones

@@ -1,0 +1,148 @@
+// ---- the conversation: the open room's messages, history and live ----
+import { api } from "./api.js";
+import { hideCue, showCue } from "./cue.js";
+import { $ } from "./dom.js";
+import { closeDrawer } from "./drawer.js";
+import { cmpId, DEFAULT_ROOM, ROOM_NAME } from "./ids.js";
+import { isMe, messageElement } from "./message.js";
+import { renderOutbox, settle } from "./outbox.js";
+import { clearPresence, loadPresence, stopTyping } from "./presence.js";
+import { markSeen, noteLatest } from "./readstate.js";
+import { joinRoom, renderRooms } from "./rooms.js";
+import { atBottom, log, scrollToBottom } from "./scroll.js";
+import { sessionEnded } from "./session.js";
+import { state } from "./state.js";
+
+const HISTORY_PAGE = 50;
+
+// Shown once, in id order, whatever path it came by (history, stream, our own POST).
+function insertMessage(message) {
+  if (message.room !== state.room || state.messages.has(message.id)) return false;
+  state.messages.set(message.id, message);
+  const element = messageElement(message);
+  const list = $("messages");
+  let after = list.lastElementChild;
+  while (after && after.dataset.id && cmpId(after.dataset.id, message.id) > 0) after = after.previousElementSibling;
+  list.insertBefore(element, after ? after.nextSibling : list.firstChild);
+  if (!state.oldestId || cmpId(message.id, state.oldestId) < 0) state.oldestId = message.id;
+  return true;
+}
+
+// A message from the stream (any room) or from our own POST.
+export function onMessage(message) {
+  if (message.client_id && state.outbox.has(message.client_id)) settle(message.client_id);
+  const isNew = noteLatest(message.room, message.id);
+  if (message.room === state.room) {
+    const pinned = atBottom();
+    stopTyping(message.user);
+    if (!insertMessage(message)) return;
+    if (document.visibilityState === "visible") markSeen(state.room, message.id);
+    if (pinned) scrollToBottom();
+  } else if (isNew && state.joined.has(message.room) && !isMe(message.user)
+             && !(state.seen[message.room] && cmpId(message.id, state.seen[message.room]) <= 0)) {
+    state.unread[message.room] = (state.unread[message.room] || 0) + 1;
+    renderRooms();
+    showCue(message);
+  }
+}
+
+function setEdge() {
+  $("history-edge").textContent = !state.historyLoaded ? "Loading…"
+    : state.more ? "Scroll up for older messages" : `This is the beginning of #${state.room}.`;
+}
+
+export function clearConversation() {
+  $("messages").replaceChildren();
+  state.messages.clear();
+  state.oldestId = null;
+  state.more = true;
+  state.historyLoaded = false;
+  setEdge();
+}
+
+// The open room's newest page, merged with what the stream already showed (never
+// cleared here: a stream message newer than this page may be in already).
+export async function loadLatest() {
+  const room = state.room;
+  const r = await api("GET", `/api/rooms/${room}/messages?limit=${HISTORY_PAGE}`);
+  if (r.status === 401) { sessionEnded(); return false; }
+  if (r.status !== 200) throw new Error(`history: ${r.status}`);
+  if (room !== state.room) return false;
+  const first = !state.historyLoaded;
+  const pinned = first || atBottom();
+  for (const message of r.data.messages) insertMessage(message);
+  const newest = r.data.messages[r.data.messages.length - 1];
+  if (newest) { noteLatest(room, newest.id); markSeen(room, newest.id); }
+  if (first) state.more = r.data.more;
+  state.historyLoaded = true;
+  setEdge();
+  if (pinned) scrollToBottom();
+  await fillViewport();
+  return true;
+}
+
+async function fillViewport() {
+  while (state.more && log().scrollHeight <= log().clientHeight) {
+    if (!(await loadOlder())) break;
+  }
+}
+
+// The page before the oldest shown (the log scrolled near its top).
+export async function loadOlder() {
+  if (state.loadingOlder || !state.historyLoaded || !state.more || !state.oldestId) return false;
+  state.loadingOlder = true;
+  const room = state.room;
+  try {
+    const r = await api("GET", `/api/rooms/${room}/messages?limit=${HISTORY_PAGE}&before=${state.oldestId}`);
+    if (r.status !== 200 || room !== state.room) return false;
+    const before = log().scrollHeight;
+    for (const message of r.data.messages) insertMessage(message);
+    state.more = r.data.more;
+    setEdge();
+    log().scrollTop += log().scrollHeight - before; // keep the reader's place
+    return true;
+  } finally {
+    state.loadingOlder = false;
+  }
+}
+
+// The stream may have skipped something for this tab (a fresh start, a takeover):
+// merge the newest page again. Never a reconnect.
+export function refreshOpenRoom() {
+  if (state.room && state.historyLoaded) loadLatest().catch(() => {});
+}
+
+// Open a room: join it if we aren't in it (the stream follows it from the join
+// point; its history comes from the messages API). Never touches the stream.
+export async function openRoom(name) {
+  closeDrawer();
+  if (!ROOM_NAME.test(name)) name = DEFAULT_ROOM;
+  const generation = ++state.opening;
+  if (!state.joined.has(name)) {
+    const outcome = await joinRoom(name);
+    if (generation !== state.opening || !state.me) return;
+    if (outcome === "missing" && name !== DEFAULT_ROOM) return openRoom(DEFAULT_ROOM);
+    if (outcome === "refused") { // a cap: stay where we are
+      if (state.room) return;
+      if (name !== DEFAULT_ROOM) return openRoom(DEFAULT_ROOM);
+    }
+    // "error": show it anyway; the next "ready" of the stream tries to join again.
+  }
+  if (name === state.room && state.historyLoaded) return;
+  state.room = name;
+  state.unread[name] = 0;
+  if ($("cue").dataset.room === name) hideCue();
+  history.replaceState(null, "", `${location.pathname}${location.search}#${name}`);
+  localStorage.setItem("chat.room", name);
+  $("room-title").textContent = `#${name}`;
+  renderRooms();
+  renderOutbox();
+  clearConversation();
+  clearPresence();
+  loadPresence().catch(() => {});
+  try {
+    await loadLatest();
+  } catch (_) {
+    if (generation === state.opening) $("history-edge").textContent = "History can't be loaded now.";
+  }
+}

@@ -1,0 +1,56 @@
+// ---- everything the stream says, in whichever tab it arrives ----
+import { holdsStream, setConn } from "./conn.js";
+import { clearConversation, loadLatest, onMessage, refreshOpenRoom } from "./conversation.js";
+import { VALID_ID } from "./ids.js";
+import { loadPresence, onRoomEvent } from "./presence.js";
+import { noteLatest } from "./readstate.js";
+import { joinRoom, onJoined, onLeft, renderRooms } from "./rooms.js";
+import { endSession } from "./session.js";
+import { state } from "./state.js";
+
+// What the multiplexed stream sends (docs: README "The page"); "cursor" is the
+// long-poll's batch cursor, passed on like an event so every tab keeps it.
+// A new type goes here and in onStreamEvent's switch.
+export const STREAM_EVENTS = ["ready", "message", "reset", "presence", "typing", "joined", "left", "retry"];
+const SESSION_ENDED = new Set(["logged_out", "kicked", "banned", "session_expired", "password_changed",
+  "account_gone"]);
+
+export function onStreamEvent(type, data, lastEventId) {
+  if (lastEventId) state.cursor = lastEventId;
+  if (!state.me) return;
+  let payload = {};
+  try { payload = data ? JSON.parse(data) : {}; } catch (_) { return; }
+  switch (type) {
+    case "ready": {
+      if (Array.isArray(payload.rooms)) {
+        state.joined = new Set(payload.rooms);
+        renderRooms();
+      }
+      if (state.room && !state.joined.has(state.room)) joinRoom(state.room); // a join that failed earlier
+      loadPresence().catch(() => {}); // joins and leaves missed while away are not replayed
+      refreshOpenRoom(); // a stream that started afresh may have missed what came before it
+      break;
+    }
+    case "message": onMessage(payload); break;
+    case "reset":
+      if (payload.room === state.room) { clearConversation(); loadLatest().catch(() => {}); }
+      if (payload.latest && VALID_ID.test(payload.latest)) noteLatest(payload.room, payload.latest);
+      break;
+    case "presence": case "typing":
+      onRoomEvent({ ...payload, type });
+      break;
+    case "joined": onJoined(payload); break;
+    case "left": onLeft(payload); break;
+    case "retry": {
+      const reason = payload.reason;
+      if (SESSION_ENDED.has(reason)) {
+        endSession(reason === "kicked" || reason === "banned" ? "You were signed out by an admin."
+          : "Your session ended; sign in again.");
+      } else if (holdsStream()) {
+        setConn("reconnecting", "reconnecting…");
+      }
+      break;
+    }
+    default: break;
+  }
+}

@@ -1,0 +1,22 @@
+// ---- ids: "<ms>-<seq>", compared as integer pairs, never as strings ----
+function parseId(id) {
+  const [ms, seq] = id.split("-");
+  return [BigInt(ms), BigInt(seq || "0")];
+}
+export function cmpId(a, b) {
+  const [am, as] = parseId(a);
+  const [bm, bs] = parseId(b);
+  if (am !== bm) return am < bm ? -1 : 1;
+  return as === bs ? 0 : as < bs ? -1 : 1;
+}
+export const VALID_ID = /^\d{1,20}-\d{1,20}$/;
+
+// A message's idempotency key: the server stores a retry with the same one only once.
+export function newClientId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+// ---- room names ----
+export const ROOM_NAME = /^[a-z0-9_-]{1,64}$/; // the server's rule for room names
+export const DEFAULT_ROOM = "general";

@@ -1,0 +1,105 @@
+// The chat page: sign-in, rooms, history, live updates over one multiplexed stream per
+// browser (SSE, long-poll as fallback) shared by its tabs, and an outbox that never loses
+// or duplicates what you type. No framework, no build step: native ES modules, one per
+// job (README "The page"); this one starts the page.
+import { api, refreshCsrf } from "./api.js";
+import { holdsStream, setConn, showConn, whenConnChanges } from "./conn.js";
+import { loadOlder, onMessage, openRoom } from "./conversation.js";
+import { hideCue } from "./cue.js";
+import { $ } from "./dom.js";
+import { toggleDrawer } from "./drawer.js";
+import { DEFAULT_ROOM, ROOM_NAME } from "./ids.js";
+import { drainOutbox, loadOutbox, onCompose, onComposerKey, whenStored } from "./outbox.js";
+import { onComposerInput } from "./presence.js";
+import { loadSeen, readElsewhere } from "./readstate.js";
+import { countUnread, leaveRoom, loadJoined, onNewRoom, refreshDirectory, renderRooms, whenRoomChosen }
+  from "./rooms.js";
+import { log } from "./scroll.js";
+import { whenSessionEnds } from "./session.js";
+import { logout, onSignIn, showSignIn } from "./signin.js";
+import { state } from "./state.js";
+import { emit, shareConn, startSharing } from "./tabs.js";
+import { startLive, whenStreamEvent } from "./transport.js";
+
+// ---- start-up ----
+// The room named by the URL fragment, or "" when there is none or it isn't a room
+// name (a fragment that doesn't decode, e.g. "#%E0%A4%A", must not stop the page).
+function roomFromHash() {
+  let name;
+  try { name = decodeURIComponent(location.hash.slice(1)); } catch (_) { return ""; }
+  return ROOM_NAME.test(name) ? name : "";
+}
+
+async function enterChat(user) {
+  state.me = user;
+  state.room = null;
+  state.cursor = null;
+  state.unread = {};
+  state.latest = {};
+  state.joined = new Set();
+  state.conn = { state: "connecting", text: "connecting…", worker: "" };
+  $("me").textContent = user;
+  $("signin").hidden = true;
+  $("chat").hidden = false;
+  loadSeen();
+  loadOutbox();
+  // Listen first (or hold the stream), then read: nothing falls between the two.
+  startSharing();
+  const [ok] = await Promise.all([loadJoined(), refreshDirectory()]);
+  if (!ok || state.me !== user) return;
+  renderRooms();
+  const wanted = roomFromHash() || localStorage.getItem("chat.room") || DEFAULT_ROOM;
+  await openRoom(ROOM_NAME.test(wanted) ? wanted : DEFAULT_ROOM);
+  if (state.me !== user) return;
+  countUnread().catch(() => {});
+  drainOutbox();
+  $("text").focus();
+}
+
+// Lower modules call up through these (they would otherwise import the modules that
+// import them): set before anything can call them.
+function registerCallbacks() {
+  whenSessionEnds(showSignIn); // a 401, a "retry" with a reason, another tab's sign-out
+  whenRoomChosen(openRoom); // a click in the room list, a new room, leaving the open one
+  whenStored(onMessage); // the outbox's POST answered: shown like the stream's messages
+  whenConnChanges(shareConn); // the holding tab tells the others its connection state
+  whenStreamEvent(emit); // the live transport's events: to the other tabs, then here
+}
+
+async function boot() {
+  registerCallbacks();
+  $("signin-form").addEventListener("submit", (event) => onSignIn(event, enterChat));
+  $("logout").addEventListener("click", logout);
+  $("leave").addEventListener("click", leaveRoom);
+  $("new-room").addEventListener("submit", onNewRoom);
+  $("rooms-refresh").addEventListener("click", () => refreshDirectory().catch(() => {}));
+  $("cue").addEventListener("click", () => { const room = $("cue").dataset.room; hideCue(); openRoom(room); });
+  $("composer").addEventListener("submit", onCompose);
+  $("text").addEventListener("keydown", onComposerKey);
+  $("text").addEventListener("input", onComposerInput);
+  $("rooms-toggle").addEventListener("click", toggleDrawer);
+  log().addEventListener("scroll", () => { if (log().scrollTop < 80) loadOlder(); });
+  window.addEventListener("storage", (event) => { if (readElsewhere(event)) renderRooms(); });
+  window.addEventListener("online", () => {
+    drainOutbox();
+    if (state.me && holdsStream()) startLive(); // from the cursor: nothing missed
+  });
+  window.addEventListener("offline", () => {
+    if (holdsStream()) setConn("offline", "offline");
+    else showConn({ state: "offline", text: "offline" });
+  });
+  window.addEventListener("hashchange", () => {
+    const room = roomFromHash();
+    if (state.me && room && room !== state.room) openRoom(room);
+  });
+  try {
+    const me = await api("GET", "/api/auth/me");
+    await refreshCsrf();
+    if (me.status === 200) await enterChat(me.data.user);
+    else showSignIn();
+  } catch (_) {
+    showSignIn("The server can't be reached. Reload to try again.");
+  }
+}
+
+boot();

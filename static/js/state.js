@@ -1,0 +1,32 @@
+// What the page knows, in one object every module imports and changes in place.
+
+const params = new URLSearchParams(location.search);
+
+export const state = {
+  me: null,
+  csrf: null,
+  room: null, // the open room
+  opening: 0, // generation of openRoom: a newer call wins
+  joined: new Set(), // rooms this user is in (GET /api/me/rooms, then joined/left events)
+  directory: [], // every room, {name, last_id} (GET /api/rooms, paged): to open others
+  messages: new Map(), // id -> message, open room only
+  historyLoaded: false, // the open room's newest page is in (older pages may load)
+  oldestId: null,
+  more: true,
+  loadingOlder: false,
+  cursor: null, // the stream's last cursor seen (opaque), whichever tab held the stream
+  live: null, // {stop()} of the running transport (leader or solo tab only)
+  liveGeneration: 0,
+  preferPoll: params.get("transport") === "longpoll" || !("EventSource" in window),
+  share: null, // {channel, leader, release, abort} while tab sharing runs
+  role: null, // "leader" | "follower" | "solo"
+  conn: { state: "connecting", text: "connecting…", worker: "" },
+  outbox: new Map(), // client_id -> {room, text, status, attempts, timer}
+  seen: {}, // room -> newest id read (localStorage, shared by tabs)
+  unread: {}, // room -> count
+  latest: {}, // room -> newest id known here: stream messages at or before it are not counted again
+  online: new Set(), // who is in the open room (presence)
+  typing: new Map(), // user -> timer
+  lastTypingSent: 0,
+  cueTimer: null,
+};
