@@ -90,7 +90,7 @@ def tune_gc():
     streams (readers, sinks, sockets); every full collection walks all of them
     and stalls every stream at once. Freezing what start-up built and
     collecting less often cut scenario (a)'s p99 from 99 to 50 ms when each
-    stream was still a greenlet (docs/benchmarks.md). Reference counting
+    stream was still a greenlet (docs/benchmarks-history.md). Reference counting
     still frees almost everything."""
     gc.collect()
     gc.freeze()

@@ -9,7 +9,7 @@ and the queue in front of them is bounded: past it a request is refused with a
 The threads also run at the lowest CPU priority (nice 19): a thread at the
 same priority as the event loop would take half a core from it for as long as
 a flood keeps its queue full, and every stream's delivery would wait behind
-hash time slices (docs/benchmarks.md, "Password guessing during a fan-out").
+hash time slices (docs/benchmarks-history.md, "Password guessing during a fan-out").
 At nice 19 hashing uses what the event loops leave, and still always progresses.
 """
 

@@ -109,7 +109,7 @@ class EventStream:
         self.opened = time.monotonic()
         reader.hub.metrics.streams_open.inc()
         # DEBUG: the closing line says all of it (with the duration), and in a reconnect storm
-        # a line per open was a quarter of an open's CPU (docs/benchmarks.md).
+        # a line per open was a quarter of an open's CPU (docs/benchmarks-history.md, issue 15).
         log.debug("stream opened room=%s user=%s", reader.room, reader.user,
                  extra={"room": reader.room, "user": reader.user})
         # First bytes at once: headers get past proxies that wait for a body.

@@ -4,7 +4,7 @@ A long-poll client asks again as soon as it has its answer: in a busy room that
 is several requests a second per client. Through Flask, each one paid the auth
 check (a Redis read), the stream-opening rate limit (a script) and a stream
 lease (a script): ~0.9 ms of a worker's CPU per poll, so a thousand pollers in
-one busy room took the whole server (docs/benchmarks.md, scenario g).
+one busy room took the whole server (docs/benchmarks-history.md, scenario g).
 
 So a poll answered through Flask leaves its reader registered with the hub,
 kept here under the request's exact credentials (``Authorization`` and

@@ -4,7 +4,7 @@ Under gunicorn's gevent worker a stream would otherwise be a greenlet parked in
 a WSGI generator: every publication wakes each one (a greenlet switch, the WSGI
 iteration, gunicorn's chunk framing and a heartbeat timer per wait), and each
 parked greenlet keeps its saved stack. Profiles put that at three quarters of a
-fan-out worker's CPU (docs/benchmarks.md). So once a stream's headers and
+fan-out worker's CPU (docs/benchmarks-history.md). So once a stream's headers and
 backlog are written, :class:`SocketTakeover` takes its socket from gunicorn
 and the request greenlet ends. From then on:
 
@@ -113,7 +113,7 @@ def _send_whole(response, body):
     """Send the head gunicorn's ``response`` was started with and ``body`` in one send.
 
     gunicorn sends them apart: two syscalls and, on loopback, two deliveries to the
-    reader; a fifth of a small POST's CPU went to sends (docs/benchmarks.md)."""
+    reader; a fifth of a small POST's CPU went to sends (docs/benchmarks-history.md)."""
     if response.headers_sent or response.chunked:
         return [body]
     head = [*response.default_headers(), *(f"{name}: {value}\r\n" for name, value in response.headers), "\r\n"]
