@@ -170,7 +170,7 @@ def test_drainer_that_fails_unexpectedly_ends_the_stream_instead_of_skipping_ahe
     """Regression: a catch-up that raised anything but a connection error killed the drainer
     and left the stream open; the next publication went straight out, after a gap."""
     hub = services_of(app).hub
-    monkeypatch.setattr(hub, "recent_after", lambda reader: None)  # catch up from Redis, not the ring
+    monkeypatch.setattr(hub.feed, "recent_after", lambda reader: None)  # catch up from Redis, not the ring
     _, _, client = direct_stream(app)
     sent = [publish(app, "x" * 50_000)]  # more than the buffers hold: a drainer takes over
     sent += [publish(app, f"m{i}") for i in range(10)]  # queue overflows: the reader is behind
@@ -179,7 +179,7 @@ def test_drainer_that_fails_unexpectedly_ends_the_stream_instead_of_skipping_ahe
     def master_down(*args):
         raise redis.ResponseError("MASTERDOWN Link with MASTER is down")
 
-    monkeypatch.setattr(hub.broker, "catch_up", master_down)
+    monkeypatch.setattr(hub.feed.broker, "catch_up", master_down)
     data = read_available(client)
     gevent.sleep(0.2)  # the drainer finishes the big chunk, then its catch-up fails
     publish(app, "after the failure")

@@ -133,13 +133,13 @@ def test_a_read_ahead_of_a_subscription_waits_for_an_acknowledgement_of_its_own_
     app = replicas_app(primary)
     hub = services_of(app).hub
     broker = services_of(app).broker
-    hub._probe_replication = lambda now: None  # only acknowledgements release
+    hub.feed.release_stale = lambda now: None  # only acknowledgements release (not the probe)
     alice = signed_in(app)
     assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
     general = LocalStream(alice, "/api/rooms/general/events")
     while (e := general.next_event()) and e.get("event") != "ready":
         pass
-    original = hub._on_subscribed
+    original = hub.feed._on_subscribed
     state = {}
 
     def on_subscribed(channel):
@@ -151,8 +151,8 @@ def test_a_read_ahead_of_a_subscription_waits_for_an_acknowledgement_of_its_own_
             state["c"] = True
         return original(channel)
 
-    hub._on_subscribed = on_subscribed
-    hub.link._on_subscribed = on_subscribed
+    hub.feed._on_subscribed = on_subscribed
+    hub.feed.link._on_subscribed = on_subscribed
     dev = LocalStream(alice, "/api/rooms/dev/events")
     try:
         assert [m["text"] for m in general.messages(1, timeout=3)] == ["A"]

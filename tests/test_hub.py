@@ -249,7 +249,7 @@ def test_link_dropped_by_the_watchdog_is_not_revived_without_subscriptions(alice
     stream = LocalStream(alice, "/api/rooms/general/events")
     stream.next_event()
     gevent.sleep(0.2)
-    link = hub_of(app).link
+    link = hub_of(app).feed.link
     link.drop()
     gevent.sleep(link.ping_secs * 1.5)  # the link watcher notices the "silence"
     AuthActions(other := app.test_client()).register("bob")
@@ -343,7 +343,7 @@ def test_a_start_that_fails_while_its_head_waits_still_sends_the_head_first(alic
 
     def down(*args, **kwargs):
         raise redis.ConnectionError("Redis went away")
-    monkeypatch.setattr(hub.broker, "catch_up", down)  # the new stream's first catch-up reads Redis
+    monkeypatch.setattr(hub.feed.broker, "catch_up", down)  # the new stream's first catch-up reads Redis
     ours, theirs = _socket.socketpair()
     ours.setblocking(False)
     with app.test_request_context():

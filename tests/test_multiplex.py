@@ -366,18 +366,18 @@ def test_a_leave_during_a_catch_up_does_not_break_the_batch(alice, app):
     d1 = _send_later_ms(alice, "dev", "d1", g1)
     gevent.sleep(0.1)  # both queued by the hub
 
-    real_catch_up = hub.broker.catch_up
+    real_catch_up = hub.feed.broker.catch_up
 
     def slow_catch_up(room, cursor, count, upto=None):
         if room == "ops":
             memberships.leave("alice", "general")  # another tab leaves general meanwhile
             gevent.sleep(0.2)
         return real_catch_up(room, cursor, count)
-    hub.broker.catch_up = slow_catch_up
+    hub.feed.broker.catch_up = slow_catch_up
     try:
         batch = next(frames)  # KeyError: 'general'
     finally:
-        hub.broker.catch_up = real_catch_up
+        hub.feed.broker.catch_up = real_catch_up
     assert d1["id"].encode() in batch
 
 
@@ -405,7 +405,7 @@ def test_a_stream_ending_during_the_reconcile_leaves_no_reader_behind(alice, app
     gevent.sleep(1.5)
     memberships.rooms_of = real_rooms_of
     assert not hub._muxes
-    dev = hub._rooms.get(keys.room_channel("dev").encode())
+    dev = hub.feed.rooms.get(keys.room_channel("dev").encode())
     leaked = [r for r in dev.readers] if dev else []
     assert not leaked, (f"{len(leaked)} reader(s) of an ended stream left in dev "
                         f"(presence member {[r.presence_member for r in leaked]})")

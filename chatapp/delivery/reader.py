@@ -16,6 +16,7 @@ it has.
 import functools
 import sys
 import time
+from typing import NamedTuple
 
 from gevent.event import Event as Flag
 
@@ -30,6 +31,27 @@ NEVER = float("inf")
 def _channel(room):
     """A room's channel name, one bytes object per room (rooms are capped by CHAT_MAX_ROOMS)."""
     return keys.room_channel(room).encode()
+
+
+class ReaderTerms(NamedTuple):
+    """What every reader of a worker is given (the hub builds one): its bounds and where it
+    catches up from (:class:`chatapp.delivery.feed.Feed`: the ring, else the room's stream)."""
+
+    queue_limit: int  # CHAT_READER_QUEUE: queued past this, a reader catches up instead (invariant 6)
+    catchup_page: int  # CHAT_CATCHUP_PAGE: entries read per catch-up
+    source: object  # recent_after(reader), catch_up(reader, count), backlog(room, count)
+
+
+class SingleRoom:
+    """How a reader of its own frames a live publication: the publication's shared chunk.
+    (A room of a multiplexed stream is framed by its :class:`chatapp.delivery.multiplex.Multiplex`.)"""
+
+    @staticmethod
+    def live_chunk(reader, publication):
+        return publication.chunk
+
+
+SINGLE_ROOM = SingleRoom()
 
 
 class ReaderClosed(Exception):
@@ -121,7 +143,9 @@ class Stream:
 
 
 class Reader(Stream):
-    __slots__ = ("_behind", "_presence_member", "_queue", "channel", "last_id", "mux", "room")
+    """One room's reader: a stream of its own, or one room of a multiplexed stream (its framer)."""
+
+    __slots__ = ("_behind", "_presence_member", "_queue", "channel", "framer", "last_id", "room", "terms")
 
     def __init__(self, hub, room, user, sid=None, *, lease=None, credential=None):
         super().__init__(hub, user, sid, lease, credential)
@@ -130,7 +154,9 @@ class Reader(Stream):
         self.last_id = None
         self._presence_member = None  # set while this stream counts in the room's presence
         self._queue = NO_QUEUE  # a list once something is queued: a stream over ten rooms keeps ten of these
-        self.mux = None  # the multiplexed stream this reader is one room of (chatapp.delivery.multiplex)
+        self.terms = hub.terms
+        # Framing is chosen once: by the reader itself, or by the multiplexed stream it is a room of.
+        self.framer = SINGLE_ROOM
         self._behind = False
 
     def open(self, cursor=None, backlog=0):
@@ -148,15 +174,20 @@ class Reader(Stream):
         self.last_id = now
         if not backlog:
             return []
-        return self._advance(self.hub.broker.read_before(self.room, None, backlog), force=True)
+        return self._advance(self.terms.source.backlog(self.room, backlog), force=True)
 
     def poll_cursor(self):
         """What a client's next poll carries to continue from here."""
         return str(self.last_id)
 
+    @property
+    def standalone(self):
+        """A stream of its own (counted against CHAT_MAX_STREAMS), not one room of a multiplexed one."""
+        return self.framer is SINGLE_ROOM
+
     def follow_for(self, mux, wake):
         """Be one room of the multiplexed stream ``mux``: wake it, let it frame what is written."""
-        self.mux = mux
+        self.framer = mux
         self._wake = wake
         self._next_session_check = NEVER  # the stream checks its session, not each of its rooms
 
@@ -204,8 +235,8 @@ class Reader(Stream):
                     return
                 self.last_id = publication.id
                 self._delivered += 1
-            sink.write_now(publication.chunk if self.mux is None else self.mux.live_chunk(self, publication))
-        elif len(self._queue) >= self.hub.queue_limit:
+            sink.write_now(self.framer.live_chunk(self, publication))
+        elif len(self._queue) >= self.terms.queue_limit:
             self.fall_behind()
         else:
             if self._queue:
@@ -244,16 +275,16 @@ class Reader(Stream):
 
     def _catch_up(self):
         self._behind = False
-        recent = self.hub.recent_after(self)
+        source = self.terms.source
+        recent = source.recent_after(self)
         if recent is not None:
             return self._advance(recent + self._take())
-        page_size = self.hub.catchup_page
+        page_size = self.terms.catchup_page
         try:
-            page, reset = self.hub.catch_up(self, page_size)
+            page, reset = source.catch_up(self, page_size)
         except BaseException:
             self._behind = True  # still behind: whoever retries must not skip ahead
             raise
-        self.hub.metrics.catchups.labels("stream").inc()
         if reset:
             self.last_id = reset.latest
             self._queue = [p for p in self._queue if p.id is None or p.id > reset.latest]

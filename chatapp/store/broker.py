@@ -129,15 +129,9 @@ class Broker:
         else:
             self.redis.publish(keys.room_channel(room), payload)
 
-    def publish_control(self, reason, *, user=None, sid=None):
-        """Ask every worker to close the readers of ``user`` (any session) or of session ``sid``."""
-        message = {"reason": reason, "user": user.lower() if user else None, "sid": sid}
-        self.redis.publish(keys.CONTROL_CHANNEL, json.dumps(message))
-
-    def publish_membership(self, user, room, at):
-        """Tell every worker that ``user`` joined ``room`` at ``at`` (None: left it)."""
-        message = {"user": user.lower(), "room": room, "joined": str(at) if at is not None else None}
-        self.redis.publish(keys.CONTROL_CHANNEL, json.dumps(message))
+    def publish_control(self, message):
+        """Publish a :mod:`chatapp.core.control` message to every worker's hub."""
+        self.redis.publish(keys.CONTROL_CHANNEL, message.encode())
 
     def read_after(self, room, cursor, count, acknowledged=True):
         """Up to ``count`` publications strictly after ``cursor``, oldest first (with replica

@@ -9,6 +9,7 @@ whose link was down meanwhile re-reads the memberships when it reconnects.
 
 import sys
 
+from chatapp.core import control
 from chatapp.core.ids import StreamId
 from chatapp.ops.errors import Forbidden
 from chatapp.store import keys
@@ -32,7 +33,7 @@ class Memberships:
             raise Forbidden(f"You are in the {self.max_per_user} rooms an account may join; leave one first.",
                             code="membership_quota")
         at = StreamId.from_bytes(at)
-        self.broker.publish_membership(user, room, at)
+        self.broker.publish_control(control.membership_change(user, room, at))
         return at
 
     def join_default(self, user):
@@ -41,7 +42,7 @@ class Memberships:
 
     def leave(self, user, room):
         self.redis.hdel(keys.user_memberships(user), room)
-        self.broker.publish_membership(user, room, None)
+        self.broker.publish_control(control.membership_change(user, room, None))
 
     def rooms(self, user):
         """``{room: join point}`` of every room ``user`` joined (an account older than

@@ -11,6 +11,7 @@ import functools
 import click
 from flask import Blueprint, jsonify
 
+from chatapp.core import control
 from chatapp.core.reasons import Ending
 from chatapp.ops.errors import Forbidden, NotFound
 from chatapp.web.auth import current_user, end_user_sessions, login_required
@@ -32,7 +33,7 @@ def set_banned(user, banned):
         # Again, now that the ban is written: a worker that checked the account between the
         # kick and the write would trust it (chatapp.accounts.users.trust_while), and a stream opened
         # in between would stay open.
-        services().broker.publish_control(Ending.BANNED, user=user)
+        services().broker.publish_control(control.end_streams(Ending.BANNED, user=user))
 
 
 def _existing(name):

@@ -7,6 +7,7 @@ from flask_wtf.csrf import generate_csrf
 
 from chatapp.accounts import sessions
 from chatapp.accounts.users import USERNAME_RE, credential
+from chatapp.core import control
 from chatapp.core.reasons import Ending
 from chatapp.ops.errors import StoreUnavailable, Unauthorized
 from chatapp.web.context import services
@@ -124,7 +125,7 @@ def _start_session(account):
     ended = interface.begin(session, account.name, account.record, current_app.permanent_session_lifetime)
     broker = services().broker
     for sid in ended:  # past CHAT_MAX_SESSIONS_PER_USER the oldest sessions end
-        broker.publish_control(Ending.LOGGED_OUT, sid=sid)
+        broker.publish_control(control.end_streams(Ending.LOGGED_OUT, sid=sid))
     g.user = account.name
     g.pop("csrf_token", None)  # the token cached for the old session would not validate
     return jsonify(user=account.name, csrf_token=generate_csrf())
@@ -133,7 +134,7 @@ def _start_session(account):
 def end_user_sessions(user, reason):
     """End every session of ``user`` and close their streams on every worker and host."""
     ended = current_app.session_interface.end_all(user)
-    services().broker.publish_control(reason, user=user)
+    services().broker.publish_control(control.end_streams(reason, user=user))
     return ended
 
 
@@ -167,7 +168,7 @@ def logout():
     user, sid = session.get("user"), current_sid()
     if user and sid:
         current_app.session_interface.forget(user, sid)
-        services().broker.publish_control(Ending.LOGGED_OUT, sid=sid)
+        services().broker.publish_control(control.end_streams(Ending.LOGGED_OUT, sid=sid))
     session.clear()
     return jsonify(ok=True)
 
