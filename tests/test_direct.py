@@ -131,7 +131,7 @@ def direct_stream(app, room="general"):
         end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         end.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     reader = services_of(app).hub.reader(room, "alice")
-    stream = EventStream(reader, "alice:test", None, 0, app.config)
+    stream = EventStream(reader, "alice:test", None, 0, app.config, metrics=services_of(app).metrics)
     stream.take_over(_detach(server_end), b"HTTP/1.1 200 OK\r\n\r\n")
     return reader, stream, client_end
 

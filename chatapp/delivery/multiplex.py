@@ -292,15 +292,12 @@ class Multiplex(Stream):
                 [_reset_data(room, reset) for room, reset in resets])
 
     def poll_answer(self, messages, events, resets):
-        """The long-poll answer's JSON; messages and events are JSON already, shared with every
-        reader, so they are joined in, not encoded again."""
-        rest = json.dumps({"resets": resets, "rooms": sorted(self.rooms), "cursor": self.exact_cursor()},
+        """The long-poll answer's JSON and the cursor in it; messages and events are JSON
+        already, shared with every reader, so they are joined in, not encoded again."""
+        cursor = self.exact_cursor()
+        rest = json.dumps({"resets": resets, "rooms": sorted(self.rooms), "cursor": cursor},
                           separators=(",", ":")).encode()
-        return b'{"messages":[' + b",".join(messages) + b'],"events":[' + b",".join(events) + b"]," + rest[1:]
-
-    def poll_cursor(self):
-        """What a client's next poll carries to continue from here."""
-        return self.exact_cursor()
+        return b'{"messages":[' + b",".join(messages) + b'],"events":[' + b",".join(events) + b"]," + rest[1:], cursor
 
 
 def _reset_data(room, reset):

@@ -27,12 +27,9 @@ Two settings bound what a poller costs:
   lease and its place in ``CHAT_MAX_STREAMS`` given back).
 """
 
+import contextlib
 import random
 import time
-
-import gevent
-
-from chatapp.delivery.reader import ReaderReset
 
 PACE_SPREAD = 0.2
 # A kept poller ends after this, in use or not, so its client's next poll goes through Flask,
@@ -51,34 +48,21 @@ def poller_key(environ, scope):
     return authorization, cookie, scope
 
 
-def poll_answer(reader, batch, reset=None):
-    """The per-room long-poll answer (JSON bytes): ``batch``'s messages, already JSON and
-    shared with every reader, joined in; live-only events under ``events``."""
-    extra = b""
-    if reset is not None:
-        oldest = reset.oldest
-        extra = b',"reset":true,"oldest":' + (b'"%s"' % str(oldest).encode() if oldest else b"null")
-    messages = [p.json for p in batch if p.id is not None]
-    signals = [p.json for p in batch if p.id is None]
-    if signals:  # live-only presence and typing events
-        extra += b',"events":[' + b",".join(signals) + b"]"
-    body = b'{"messages":[' + b",".join(messages) + b'],"cursor":"' + str(reader.last_id).encode() + b'"'
-    return body + extra + b"}", len(messages)
-
-
 class Poller:
     """A long-poll reader kept between polls: who reads (the request's credentials), which
     room, from where (the cursor its last answer gave), and its stream lease."""
 
-    __slots__ = ("answered_at", "cursor", "ends_at", "key", "not_before", "reader")
+    __slots__ = ("answered_at", "cursor", "ends_at", "key", "kind", "not_before", "reader", "user")
 
-    def __init__(self, key, reader, now, pace):
+    def __init__(self, key, reader, *, kind, user, cursor, now, pace):
         self.key = key
         self.reader = reader
+        self.kind = kind  # how it is polled (chatapp.delivery.longpoll)
+        self.user = user  # as signed in: the name its polls show in presence
         self.ends_at = now + MAX_AGE_SECS
         self.answered_at = now
         self.not_before = now + pace
-        self.cursor = reader.poll_cursor()  # what the next poll must carry
+        self.cursor = cursor  # what the next poll must carry: the cursor of the last answer
 
 
 class Pollers:
@@ -100,15 +84,34 @@ class Pollers:
         self._count = 0
         # Counted here and added to the metrics by the hub's housekeeping: a multiprocess
         # metric write per poll was a twentieth of a short-path poll's CPU.
-        self.waiting = 0  # polls waiting now, through Flask or not (the chat_polls_open gauge)
-        self.short_answers = 0  # answered on the short path since the last flush
+        self._waiting = 0  # polls waiting now, through Flask or not (the chat_polls_open gauge)
+        self._short_answers = 0  # answered on the short path since the last flush
         self._headers = {}  # with HTTP Basic or not -> the headers of a Flask answer, reused
 
     def __len__(self):
         return self._count
 
-    def keep(self, key, reader, behind=None):
-        """After a poll answered through Flask: keep ``reader`` for a next poll, and end the
+    @property
+    def waiting(self):
+        """Polls waiting now."""
+        return self._waiting
+
+    @property
+    def short_answers(self):
+        """Polls answered on the short path since the metrics were last flushed."""
+        return self._short_answers
+
+    @contextlib.contextmanager
+    def waiting_poll(self):
+        """Count a poll as waiting while it waits."""
+        self._waiting += 1
+        try:
+            yield
+        finally:
+            self._waiting -= 1
+
+    def keep(self, key, reader, *, kind, user, cursor, behind=None):
+        """After a poll answered through Flask (at ``cursor``): keep ``reader`` for a next poll, and end the
         free pollers of ``key`` for which ``behind(poller)`` says they are behind this poll
         (None: all of them). False (the caller ends the reader) for a request without
         credentials."""
@@ -119,7 +122,7 @@ class Pollers:
                 self._unpark(poller)
                 self._end(poller)
         self._count += 1
-        self._park(Poller(key, reader, time.monotonic(), self._pace()))
+        self._park(Poller(key, reader, kind=kind, user=user, cursor=cursor, now=time.monotonic(), pace=self._pace()))
         return True
 
     def adopt_headers(self, key, headers):
@@ -147,11 +150,12 @@ class Pollers:
         # otherwise stay in step, every answer and every next poll of a room in one burst.
         return self.pace_secs * random.uniform(1 - PACE_SPREAD, 1.0)
 
-    def answered(self, poller):
-        """The poll was answered: the poller is free again, at its new cursor."""
+    def answered(self, poller, cursor):
+        """The poll was answered on the short path at ``cursor``: the poller is free again there."""
+        self._short_answers += 1
         poller.answered_at = time.monotonic()
         poller.not_before = poller.answered_at + self._pace()
-        poller.cursor = poller.reader.poll_cursor()
+        poller.cursor = cursor
         self._park(poller)
 
     def end(self, poller):
@@ -178,8 +182,8 @@ class Pollers:
         return [poller for by_cursor in self._idle.values() for free in by_cursor.values() for poller in free]
 
     def flush_metrics(self, metrics):
-        metrics.polls_open.set(self.waiting)
-        answers, self.short_answers = self.short_answers, 0
+        metrics.polls_open.set(self._waiting)
+        answers, self._short_answers = self._short_answers, 0
         if answers:
             metrics.polls_short.inc(answers)
 
@@ -197,42 +201,3 @@ class Pollers:
         free, self._idle = self._free(), {}
         for poller in free:
             self._end(poller)
-
-
-def wait_paced(stream, timeout, not_before, take):
-    """``take()`` once the stream has something (None or empty: nothing after all), not before
-    ``not_before`` (monotonic), so the answer carries the whole window, and waiting up to
-    ``timeout`` for it; None if the timeout passed first."""
-    deadline = time.monotonic() + timeout
-    # The pace first: a poller waiting on its wake-up meanwhile would be woken by every message
-    # of a busy room only to wait again (twice the answers' greenlet switches, in a profile).
-    pause = not_before - time.monotonic()
-    if pause > 0:
-        gevent.sleep(pause)
-    while True:
-        if not stream.wait(max(0.0, deadline - time.monotonic())):
-            return None
-        answer = take()
-        if answer or time.monotonic() >= deadline:
-            return answer
-
-
-def room_answer(reader, timeout, not_before=0.0):
-    """A room's poll, through Flask or not: ``(body, messages delivered)``."""
-    try:
-        batch = wait_paced(reader, timeout, not_before, reader.take_ready)
-    except ReaderReset as stale:
-        return poll_answer(reader, [], stale.reset)
-    return poll_answer(reader, batch or [])
-
-
-def mux_answer(mux, timeout, not_before=0.0):
-    """The multiplexed poll, through Flask or not: ``(body, 0)`` (the stream counts what it
-    delivers itself)."""
-    def take():
-        answer = mux.take_answer()
-        return answer if any(answer) else None
-    answer = wait_paced(mux, timeout, not_before, take) or ([], [], [])
-    return mux.poll_answer(*answer), 0
-
-

@@ -5,6 +5,7 @@ import logging
 import redis
 
 from chatapp.core.batch import Batch
+from chatapp.store.errors import is_out_of_memory
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,16 @@ class PresenceKeeper:
                 self._due[room] = now + self.presence.refresh_secs
                 members = [r.presence_member for r in readers if r.presence_member]
             self.presence.tick(room, members)
+
+    def join_polling(self, user, rooms):
+        """Count a long-poll of ``user`` present in ``rooms``; while Redis is full (maxmemory)
+        the poll goes on uncounted rather than fail."""
+        try:
+            self.presence.join_polling(user, rooms)
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            log.warning("poll in %s not counted in presence: redis is out of memory", ",".join(rooms)[:200])
 
     def forget(self, room):
         """The worker no longer reads ``room``."""

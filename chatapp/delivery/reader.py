@@ -176,10 +176,6 @@ class Reader(Stream):
             return []
         return self._advance(self.terms.source.backlog(self.room, backlog), force=True)
 
-    def poll_cursor(self):
-        """What a client's next poll carries to continue from here."""
-        return str(self.last_id)
-
     @property
     def standalone(self):
         """A stream of its own (counted against CHAT_MAX_STREAMS), not one room of a multiplexed one."""

@@ -11,17 +11,17 @@ from flask import Blueprint, Response, current_app, request
 
 from chatapp.core import sse
 from chatapp.core.cursor import Cursor, plan_start
-from chatapp.core.reasons import SESSION_ENDED, Ending
+from chatapp.delivery import longpoll
 from chatapp.delivery.event_stream import MultiplexStream
-from chatapp.delivery.pollers import mux_answer, poller_key
-from chatapp.delivery.reader import ReaderClosed
-from chatapp.ops.errors import BadRequest, StoreUnavailable, Unauthorized
+from chatapp.delivery.longpoll import MultiplexedPoll
+from chatapp.delivery.pollers import poller_key
+from chatapp.ops.errors import BadRequest
 from chatapp.store.rooms import validate_room_name
 from chatapp.web.auth import current_credential, current_sid, current_user, login_required
 from chatapp.web.context import services
 from chatapp.web.messages import json_response
-from chatapp.web.params import query_number
-from chatapp.web.streams import admit_stream, handle_stream_errors, join_as_poller
+from chatapp.web.params import poll_timeout
+from chatapp.web.streams import admit_stream, handle_stream_errors
 
 bp = Blueprint("events", __name__, url_prefix="/api")
 handle_stream_errors(bp)
@@ -67,7 +67,8 @@ def events():
     cursor = _cursor(request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
                      or request.args.get("lastEventId"))
     mux, starts = _open_multiplex(cursor)
-    stream = MultiplexStream(mux, services().presence.member(current_user()), starts, current_app.config)
+    stream = MultiplexStream(mux, services().presence.member(current_user()), starts, current_app.config,
+                             metrics=services().metrics)
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
 
 
@@ -77,28 +78,10 @@ def poll():
     """Long-poll for every room you joined: what follows ``cursor`` at once, else wait up to
     ``timeout`` seconds. The answer's ``cursor`` goes into the next poll; the stream is kept
     for it (chatapp.delivery.pollers), which then takes the short path."""
-    config = current_app.config
     cursor = _cursor(request.args.get("cursor"))
-    timeout = query_number("timeout", config["CHAT_POLL_TIMEOUT_SECS"], 0,
-                           config["CHAT_POLL_MAX_TIMEOUT_SECS"], kind=float)
+    timeout = poll_timeout(request.args.get("timeout"), current_app.config)
     mux, starts = _open_multiplex(cursor)
-    hub = mux.hub
-    hub.pollers.waiting += 1
-    kept = False
-    try:
-        mux.open(starts)
-        join_as_poller(list(mux.rooms))
-        body, _ = mux_answer(mux, timeout)
-        kept = hub.pollers.keep(poller_key(request.environ, "*" + request.args.get("rooms", "")), mux)
-    except ReaderClosed as closed:
-        if closed.reason in SESSION_ENDED:
-            raise Unauthorized("Your session ended.", code=closed.reason) from None
-        if closed.reason != Ending.DRAINING:
-            raise StoreUnavailable(code=closed.reason) from None
-        body = mux.poll_answer([], [], [])  # answer now; the client polls again, on another worker
-    finally:
-        if not kept:
-            mux.end()
-        hub.pollers.waiting -= 1
+    key = poller_key(request.environ, "*" + request.args.get("rooms", ""))
+    body = longpoll.first_poll(mux.hub, mux, MultiplexedPoll, key=key, timeout=timeout, user=current_user(),
+                               open_stream=lambda: mux.open(starts))
     return json_response(body)
-

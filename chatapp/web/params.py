@@ -39,9 +39,24 @@ def string_field(fields, name, required=True):
     return value
 
 
+# What a long-poll's query may say (the views and the short path read it alike).
+POLL_PARAMETERS = frozenset({"cursor", "timeout", "rooms"})
+
+
 def query_number(name, default, low, high, kind=int):
     """A numeric query parameter within ``[low, high]``; anything else is a 400."""
-    raw = request.args.get(name)
+    return number(name, request.args.get(name), default=default, low=low, high=high, kind=kind)
+
+
+def poll_timeout(raw, config):
+    """A long-poll's ``timeout`` (seconds; absent: ``CHAT_POLL_TIMEOUT_SECS``); a 400 past the cap."""
+    return number("timeout", raw, default=config["CHAT_POLL_TIMEOUT_SECS"], low=0,
+                  high=config["CHAT_POLL_MAX_TIMEOUT_SECS"], kind=float)
+
+
+def number(name, raw, *, default, low, high, kind=int):
+    """``raw`` (the text of parameter ``name``, or None) as a number within ``[low, high]``;
+    ``default`` when absent or empty; anything else is a 400."""
     if raw is None or raw == "":
         return default
     try:

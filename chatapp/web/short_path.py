@@ -4,28 +4,36 @@
 import re
 from urllib.parse import unquote_plus
 
-from chatapp.core.reasons import Ending
-from chatapp.delivery.pollers import mux_answer, poll_answer, poller_key, room_answer
+from chatapp.delivery import longpoll
+from chatapp.delivery.pollers import poller_key
 from chatapp.delivery.reader import ReaderClosed
-from chatapp.ops.errors import ChatError
+from chatapp.ops.errors import BadRequest, ChatError
 from chatapp.store.errors import REDIS_ERRORS
 from chatapp.web.context import services_of
+from chatapp.web.params import POLL_PARAMETERS, poll_timeout
 from chatapp.web.takeover import respond_whole
 
-POLL_PATH = re.compile(r"\A/api/rooms/([^/]+)/poll\Z")
-MUX_POLL_PATH = "/api/poll"  # the multiplexed stream's long-poll (chatapp.web.events)
+ROOM_POLL_ENDPOINT = "streams.poll"  # a room's long-poll (chatapp.web.streams)
+MUX_POLL_ENDPOINT = "events.poll"  # the multiplexed stream's long-poll (chatapp.web.events)
+
+
 class ShortPath:
-    """WSGI middleware: answers a kept poller's next poll without Flask (see the module docstring)."""
+    """WSGI middleware: answers a kept poller's next poll without Flask (see
+    :mod:`chatapp.delivery.pollers`). Which paths are polls it reads off the app's own
+    routes (the endpoints ``streams.poll`` and ``events.poll``), and their query the way the
+    views do (:mod:`chatapp.web.params`)."""
 
     def __init__(self, app, wsgi_app):
         self.app = app
         self.wsgi_app = wsgi_app
-        config = app.config
-        self.default_timeout = config["CHAT_POLL_TIMEOUT_SECS"]
-        self.max_timeout = config["CHAT_POLL_MAX_TIMEOUT_SECS"]
+        self.config = app.config
+        rules = {rule.endpoint: rule.rule for rule in app.url_map.iter_rules()}
+        before, _, after = rules[ROOM_POLL_ENDPOINT].partition("<room>")
+        self._room_poll = re.compile(r"\A" + re.escape(before) + r"([^/]+)" + re.escape(after) + r"\Z")
+        self._mux_poll = rules[MUX_POLL_ENDPOINT]
 
     def __call__(self, environ, start_response):
-        scope = _scope(environ) if environ.get("REQUEST_METHOD") == "GET" else None
+        scope = self._scope(environ) if environ.get("REQUEST_METHOD") == "GET" else None
         if scope is None:
             return self.wsgi_app(environ, start_response)
         key = poller_key(environ, scope)
@@ -41,8 +49,16 @@ class ShortPath:
             return start_response(status, headers, exc_info)
         return self.wsgi_app(environ, remember_headers)
 
+    def _scope(self, environ):
+        """What a GET reads if it is a long-poll: its room, or ``*`` and the ``rooms`` it names."""
+        path = environ.get("PATH_INFO", "")
+        if path == self._mux_poll:
+            return "*" + _query_value(environ.get("QUERY_STRING", ""), "rooms")
+        match = self._room_poll.match(path)
+        return match[1] if match else None
+
     def _short(self, hub, key, environ):
-        query = _query(environ.get("QUERY_STRING", ""), self.default_timeout, self.max_timeout)
+        query = self._query(environ.get("QUERY_STRING", ""))
         if query is None:
             return None
         cursor, timeout = query
@@ -51,41 +67,41 @@ class ShortPath:
         poller = pollers.take(key, cursor) if headers is not None else None
         if poller is None:
             return None
-        stream = poller.reader
-        multiplexed = key[2].startswith("*")
-        pollers.waiting += 1
+        stream, kind = poller.reader, poller.kind
         try:
-            services_of(self.app).presence.join_polling(stream.user, list(stream.rooms) if multiplexed
-                                                              else [stream.room])
-            answer = (mux_answer if multiplexed else room_answer)(stream, timeout, poller.not_before)
+            answer = longpoll.poll(hub, stream, kind, timeout=timeout, user=poller.user, not_before=poller.not_before)
         except ReaderClosed as closed:
             pollers.end(poller)
-            if closed.reason != Ending.DRAINING:
-                return None  # Flask answers it (the session ended: a 401)
-            # Answer now; the client polls again, elsewhere.
-            return headers, stream.poll_answer([], [], []) if multiplexed else poll_answer(stream, [])[0]
+            try:
+                return headers, longpoll.answer_closed(stream, kind, closed).body  # draining: answer now
+            except ChatError:
+                return None  # Flask answers it, as it does (the session ended: a 401)
         except (ChatError, *REDIS_ERRORS):
             pollers.end(poller)
             return None  # Flask meets the same trouble and answers it as it does
         except BaseException:
             pollers.end(poller)
             raise
-        finally:
-            pollers.waiting -= 1
-        body, delivered = answer
-        stream.count_delivered(delivered)
-        pollers.short_answers += 1
-        pollers.answered(poller)
-        return headers, body
+        pollers.answered(poller, answer.cursor)
+        return headers, answer.body
 
-
-def _scope(environ):
-    """What a GET reads if it is a long-poll: its room, or ``*`` and the ``rooms`` it names."""
-    path = environ.get("PATH_INFO", "")
-    if path == MUX_POLL_PATH:
-        return "*" + _query_value(environ.get("QUERY_STRING", ""), "rooms")
-    match = POLL_PATH.match(path)
-    return match[1] if match else None
+    def _query(self, text):
+        """``(cursor, timeout)`` of a poll's query string, or None unless it names a cursor and
+        nothing but the parameters a poll takes, each valid (anything else is Flask's to judge)."""
+        cursor = timeout = None
+        for part in text.split("&"):
+            name, _, value = part.partition("=")
+            if name not in POLL_PARAMETERS:
+                return None
+            if name == "cursor" and cursor is None:
+                cursor = unquote_plus(value)  # the first, as Flask reads it
+            elif name == "timeout" and timeout is None:
+                timeout = unquote_plus(value)
+        try:
+            timeout = poll_timeout(timeout, self.config)
+        except BadRequest:
+            return None
+        return (cursor, timeout) if cursor else None
 
 
 def _query_value(text, name):
@@ -96,28 +112,6 @@ def _query_value(text, name):
     return ""
 
 
-def _query(text, default_timeout, max_timeout):
-    """``(cursor, timeout)`` of a poll's query string, or None unless it names a cursor and
-    nothing but ``cursor``, a valid ``timeout`` and ``rooms`` (anything else is Flask's to judge)."""
-    cursor = timeout = None
-    for part in text.split("&"):
-        name, _, value = part.partition("=")
-        if name == "cursor":
-            cursor = cursor if cursor is not None else unquote_plus(value)  # the first, as Flask reads it
-        elif name == "timeout":
-            if timeout is None:
-                try:
-                    timeout = float(value)
-                except ValueError:
-                    return None
-        elif name != "rooms":
-            return None
-    if timeout is None:
-        timeout = default_timeout
-    if not cursor or not 0 <= timeout <= max_timeout:  # NaN too
-        return None
-    return cursor, timeout
-
-
 def init_app(app):
+    """Outermost: a kept poller's next poll needs nothing of the rest (call after the blueprints)."""
     app.wsgi_app = ShortPath(app, app.wsgi_app)

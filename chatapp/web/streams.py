@@ -8,18 +8,18 @@ from flask import Blueprint, Response, current_app, request
 
 from chatapp.core import sse
 from chatapp.core.ids import StreamId
-from chatapp.core.reasons import Ending
+from chatapp.delivery import longpoll
 from chatapp.delivery.event_stream import EventStream
-from chatapp.delivery.pollers import poll_answer, poller_key, room_answer
-from chatapp.delivery.reader import ReaderClosed
-from chatapp.ops.errors import Busy, ChatError, RateLimited, StorageFull, StoreUnavailable, TooManyStreams, Unauthorized
+from chatapp.delivery.longpoll import RoomPoll
+from chatapp.delivery.pollers import poller_key
+from chatapp.ops.errors import Busy, ChatError, RateLimited, StorageFull, StoreUnavailable, TooManyStreams
 from chatapp.store.errors import REDIS_ERRORS, is_out_of_memory, storage_full
 from chatapp.web.auth import current_credential, current_sid, current_user, login_required
 from chatapp.web.context import services
 from chatapp.web.errors import count_redis_error, error_response
 from chatapp.web.limits import enforce
 from chatapp.web.messages import json_response
-from chatapp.web.params import query_cursor, query_number
+from chatapp.web.params import poll_timeout, query_cursor, query_number
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ def events(room):
     config = current_app.config
     backlog = query_number("backlog", 0, 0, config["CHAT_BACKLOG_MAX"])
     reader = _open_reader(room)
-    stream = EventStream(reader, services().presence.member(current_user()), cursor, backlog, config)
+    member = services().presence.member(current_user())
+    stream = EventStream(reader, member, cursor, backlog, config, metrics=services().metrics)
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
 
 
@@ -110,37 +111,9 @@ def poll(room):
 
     The reader is kept for the client's next poll (chatapp.delivery.pollers), which then takes the
     short path."""
-    config = current_app.config
     cursor = query_cursor("cursor")
-    timeout = query_number("timeout", config["CHAT_POLL_TIMEOUT_SECS"], 0,
-                           config["CHAT_POLL_MAX_TIMEOUT_SECS"], kind=float)
+    timeout = poll_timeout(request.args.get("timeout"), current_app.config)
     reader = _open_reader(room)
-    hub = reader.hub
-    hub.pollers.waiting += 1
-    kept = False
-    try:
-        reader.open(cursor)
-        start = reader.last_id  # where the client is: its free pollers here behind it end
-        join_as_poller([room])
-        body, delivered = room_answer(reader, timeout)
-        kept = hub.pollers.keep(poller_key(request.environ, room), reader, lambda p: p.reader.last_id < start)
-    except ReaderClosed as closed:
-        if closed.reason != Ending.DRAINING:
-            raise Unauthorized("Your session ended.", code=closed.reason) from None
-        body, delivered = poll_answer(reader, [])  # answer now; the client polls again, on another worker
-    finally:
-        if not kept:
-            hub.detach(reader)
-        hub.pollers.waiting -= 1
-    hub.metrics.delivered.inc(delivered)
+    body = longpoll.first_poll(reader.hub, reader, RoomPoll, key=poller_key(request.environ, room), timeout=timeout,
+                               user=current_user(), open_stream=lambda: reader.open(cursor))
     return json_response(body)
-
-
-def join_as_poller(rooms):
-    try:
-        services().presence.join_polling(current_user(), rooms)
-    except redis.ResponseError as exc:
-        if not is_out_of_memory(exc):
-            raise
-        log.warning("poll in %s not counted in presence: redis is out of memory", ",".join(rooms)[:200])
-

@@ -13,7 +13,7 @@ and the request greenlet ends. From then on:
 * a read watcher notices the client leaving; the hub's housekeeping sends
   heartbeats to quiet streams;
 * a socket that can't take a whole chunk gets a greenlet of its own, the
-  drainer, until it has caught up (:class:`chatapp.delivery.event_stream.SocketSink`).
+  drainer, until it has caught up (:class:`chatapp.delivery.socket_sink.SocketSink`).
   Meanwhile its reader queues as any reader does (bounded, then catch-up at its
   own cursor), so order, no-gap and no-dup
   stay the reader's job, unchanged (docs/DESIGN.md, invariants 3 and 6).
