@@ -120,4 +120,10 @@ class Reset(NamedTuple):
     latest: StreamId
     oldest: StreamId | None
 
+    def data(self, room=None):
+        """What a client is told of it (an SSE ``reset`` event's data, a multiplexed poll's
+        ``resets``): ``{["room",] "oldest", "latest"}``."""
+        told = {"room": room} if room is not None else {}
+        return {**told, "oldest": str(self.oldest) if self.oldest else None, "latest": str(self.latest)}
+
 

@@ -149,8 +149,7 @@ class EventStream:
 
     @staticmethod
     def reset_frame(reset):
-        data = {"oldest": str(reset.oldest) if reset.oldest else None, "latest": str(reset.latest)}
-        return sse.Event(data, event="reset", id=str(reset.latest)).encode()
+        return sse.Event(reset.data(), event="reset", id=str(reset.latest)).encode()
 
     def closed(self, reason):
         """Settle the stream's books (hub, presence, metrics, log); return the last frame to send."""

@@ -221,7 +221,7 @@ class Multiplex(Stream):
             return frames or None
         positions, resets, signals, messages = taken
         for room, reset in resets:
-            frames.append(sse.Event(_reset_data(room, reset), event="reset",
+            frames.append(sse.Event(reset.data(room), event="reset",
                                     id=format_cursor([*_newest_first(positions), *self._joining.items()])).encode())
         frames.extend(signal.frame for _, signal in signals)
         watermark = self.hub.watermark
@@ -289,7 +289,7 @@ class Multiplex(Stream):
         _, resets, signals, messages = taken
         self._delivered += len(messages)
         return ([publication.json for _, publication in messages], events + [signal.json for _, signal in signals],
-                [_reset_data(room, reset) for room, reset in resets])
+                [reset.data(room) for room, reset in resets])
 
     def poll_answer(self, messages, events, resets):
         """The long-poll answer's JSON and the cursor in it; messages and events are JSON
@@ -298,10 +298,6 @@ class Multiplex(Stream):
         rest = json.dumps({"resets": resets, "rooms": sorted(self.rooms), "cursor": cursor},
                           separators=(",", ":")).encode()
         return b'{"messages":[' + b",".join(messages) + b'],"events":[' + b",".join(events) + b"]," + rest[1:], cursor
-
-
-def _reset_data(room, reset):
-    return {"room": room, "oldest": str(reset.oldest) if reset.oldest else None, "latest": str(reset.latest)}
 
 
 def _newest_first(positions):
