@@ -43,3 +43,20 @@ def test_nothing_in_the_repository_cites_the_teams_shared_folder():
     citing = [name for name in listed if name.endswith((".py", ".lua", ".md", ".js", ".html", ".conf", ".sh"))
               and (ROOT / name).is_file() and OUTSIDE in (ROOT / name).read_text(errors="replace")]
     assert citing == []
+
+
+def test_the_readme_layout_names_every_module():
+    """The layout table is how a newcomer finds a module's layer: a new module must be in it."""
+    section = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set()
+    for row in re.findall(r"^\| (\w+) \| (.+?) \|", section, re.M):
+        layer, cells = row
+        folder = None
+        for name in re.findall(r"`([\w/.*]+)`", cells):
+            if name.startswith("chatapp/"):
+                folder = name.rsplit("/", 1)[0]
+                named.add(name)
+            elif folder and name.endswith(".py"):
+                named.add(f"{folder}/{name}")
+    modules = {str(path.relative_to(ROOT)) for path in (ROOT / "chatapp").rglob("*.py") if path.name != "__init__.py"}
+    assert sorted(modules - named) == []
