@@ -50,7 +50,7 @@ def test_the_readme_layout_names_every_module():
     section = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
     named = set()
     for row in re.findall(r"^\| (\w+) \| (.+?) \|", section, re.M):
-        layer, cells = row
+        _layer, cells = row
         folder = None
         for name in re.findall(r"`([\w/.*]+)`", cells):
             if name.startswith("chatapp/"):

@@ -58,6 +58,15 @@ def test_https_speaks_http2_and_plain_http_still_speaks_http1(edge):
     assert plain == "1.1 200"
 
 
+def test_the_pages_modules_are_revalidated_so_a_deploy_never_mixes_old_and_new(edge):
+    """Regression (the page became ES modules): with `expires 1h` a browser could keep last hour's
+    main.js beside this deploy's modules, and a page whose imports don't match can't start."""
+    headers = run_curl(edge, "-D", "-", "-o", "/dev/null", edge.https_url + "/static/js/main.js").lower()
+    assert "cache-control: no-cache" in headers
+    style = run_curl(edge, "-D", "-", "-o", "/dev/null", edge.https_url + "/static/app.css").lower()
+    assert "cache-control: max-age=3600" in style
+
+
 def test_an_sse_stream_over_http2_receives_a_posted_message(edge):
     user = account(edge)  # registered over plain HTTP: one site, two listeners
     room = unique("r")

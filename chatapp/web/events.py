@@ -61,7 +61,10 @@ def _open_multiplex(cursor):
 @bp.get("/events")
 @login_required
 def events():
-    """Server-Sent Events for every room you joined, resumable with Last-Event-ID."""
+    """Server-Sent Events for every room you joined, resumable with Last-Event-ID.
+
+    As for one room (:func:`chatapp.web.streams.events`), the stream opens as it is sent,
+    taking the socket over under gunicorn once this view has returned."""
     if request.method == "HEAD":  # the headers a GET would have; no stream (nor a slot) is opened
         return Response(mimetype=sse.MIMETYPE, headers=sse.HEADERS)
     cursor = _cursor(request.headers.get("Last-Event-ID") or request.args.get("last_event_id")

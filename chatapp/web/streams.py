@@ -90,7 +90,12 @@ def _open_reader(room):
 @bp.get("/<room>/events")
 @login_required
 def events(room):
-    """Server-Sent Events for one room, resumable with Last-Event-ID."""
+    """Server-Sent Events for one room, resumable with Last-Event-ID.
+
+    Checks come first, so they are real 4xx; the answer is an :class:`EventStream`, which
+    opens (subscribes, backfills, says ``ready``) as it is sent: under gunicorn's gevent
+    worker it takes the socket over (:class:`chatapp.delivery.contracts.TakesOver`,
+    :mod:`chatapp.web.takeover`) once this view has returned."""
     if request.method == "HEAD":  # the headers a GET would have; no stream (nor a slot) is opened
         services().rooms.require(room)
         return Response(mimetype=sse.MIMETYPE, headers=sse.HEADERS)
