@@ -1,4 +1,4 @@
-"""Long-pollers kept between their polls, and the short path their next poll takes.
+"""Long-pollers kept between their polls, for the short path their next poll takes.
 
 A long-poll client asks again as soon as it has its answer: in a busy room that
 is several requests a second per client. Through Flask, each one paid the auth
@@ -12,7 +12,7 @@ kept here under the request's exact credentials (``Authorization`` and
 the room's publications for it, re-checks its session, renews its lease and
 closes it on a kick, logout or ban. The client's next poll, if it carries the
 same credentials and the cursor of the last answer, is answered by
-:class:`ShortPath` before Flask sees it: the checks that poll would make were
+:class:`chatapp.web.short_path.ShortPath` before Flask sees it: the checks that poll would make were
 made by the one that opened the poller and are kept up by the hub, as for an
 SSE stream. Anything else (other credentials, another cursor, a poller busy
 with another request, a closed one, an error) goes through Flask as before.
