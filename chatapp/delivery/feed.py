@@ -110,6 +110,10 @@ class Feed:
             room.idle_since = time.monotonic()
         return True
 
+    def has(self, channel):
+        """True if the room of ``channel`` is subscribed here (ready or not)."""
+        return channel in self.rooms
+
     def follows(self, channel):
         """True if the room of ``channel`` is subscribed and ready now: a reader opens at once."""
         room = self.rooms.get(channel)

@@ -158,7 +158,7 @@ class Hub:
 
     def join_presence(self, reader, member):
         """Count ``reader`` in its room's presence (announced within a batch window)."""
-        self.presence.join(reader, member, announce=reader.channel in self.feed.rooms)
+        self.presence.join(reader, member, announce=self.feed.has(reader.channel))
 
     def leave_presence(self, reader):
         """Stop counting ``reader`` in its room's presence; leaves are batched like joins."""
