@@ -16,6 +16,7 @@ At nice 19 hashing uses what the event loops leave, and still always progresses.
 import logging
 import os
 
+from flask import current_app
 from gevent.threadpool import ThreadPool
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -65,7 +66,9 @@ class Hasher:
             self._waiting -= 1
 
     def hash(self, password):
-        return self._run(generate_password_hash, password)
+        """A new hash, made the way ``CHAT_PASSWORD_HASH`` says (a stored hash names its method:
+        :meth:`check` takes any)."""
+        return self._run(generate_password_hash, password, current_app.config["CHAT_PASSWORD_HASH"])
 
     def check(self, stored_hash, password):
         return self._run(check_password_hash, stored_hash, password)
