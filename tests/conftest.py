@@ -1,18 +1,33 @@
-"""Fixtures: a real redis-server per session, a fresh app per test, real gunicorn when workers matter."""
+"""Fixtures: a real redis-server per session, a fresh app per test, real gunicorn when workers
+matter, a browser. Shared helpers are in tests/helpers.py."""
 
 from gevent import monkey
 
 monkey.patch_all()
 
+import functools  # noqa: E402
+
 import pytest  # noqa: E402
 import redis  # noqa: E402
 from playwright.sync_api import expect  # noqa: E402
+from werkzeug.security import generate_password_hash  # noqa: E402
 
+import chatapp.accounts.users  # noqa: E402
 from chatapp import create_app  # noqa: E402
 from chatapp.store.embedded_redis import EmbeddedRedis  # noqa: E402
-from deploy.launch import LIFTED_LIMITS, Gunicorn  # noqa: E402
-from tests.helpers import PASSWORD, Api, account, gunicorn_with_redis, unique  # noqa: E402, F401 (re-exported)
+from deploy.launch import Gunicorn  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    CHEAP_PASSWORD_HASH,
+    DESKTOP,
+    GENEROUS_LIMITS,
+    PASSWORD,
+    AuthActions,
+    account,
+    gunicorn_with_redis,
+    unique,
+)
 
+# -- the app in this process ----------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
@@ -30,10 +45,6 @@ def redis_client(redis_server):
     client.close()
 
 
-# Tests that are not about rate limits must not trip them; the ones that are set their own.
-GENEROUS_LIMITS = LIFTED_LIMITS
-
-
 @pytest.fixture
 def config():
     """Per-test overrides of app settings (tests may edit it before using ``app``)."""
@@ -42,8 +53,23 @@ def config():
 
 
 @pytest.fixture
-def app(redis_server, redis_client, config):
-    app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **config})
+def password_hash(request, monkeypatch):
+    """The settings of the app's password hash: the cheap one (tests/helpers.py), unless the test
+    is marked ``real_password_hash`` (tests/test_abuse.py is). A test's ``config`` may still set it."""
+    if request.node.get_closest_marker("real_password_hash"):
+        return {}
+    # UserStore hashes a dummy password once per app (an unknown user then costs a check like
+    # a wrong password) with werkzeug's default, scrypt: 0.1 s of CPU per test. Made cheap too;
+    # drop this once chatapp/accounts/users.py makes it the way CHAT_PASSWORD_HASH says.
+    monkeypatch.setattr(chatapp.accounts.users, "generate_password_hash",
+                        functools.partial(generate_password_hash, method=CHEAP_PASSWORD_HASH["CHAT_PASSWORD_HASH"]))
+    return CHEAP_PASSWORD_HASH
+
+
+@pytest.fixture
+def app(redis_server, redis_client, password_hash, config):
+    app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **password_hash,
+                      **config})
     yield app
     app.extensions["chat.hub"].close("test over")
 
@@ -51,30 +77,6 @@ def app(redis_server, redis_client, config):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-class AuthActions:
-    """Sign in like the page does: keep the CSRF token the server hands out and send it back."""
-
-    def __init__(self, client):
-        self._client = client
-
-    def _remember_token(self, response):
-        token = (response.json or {}).get("csrf_token")
-        if token:
-            self._client.environ_base["HTTP_X_CSRFTOKEN"] = token
-        return response
-
-    def register(self, username="alice", password=PASSWORD):
-        return self._remember_token(self._client.post(
-            "/api/auth/register", json={"username": username, "password": password}))
-
-    def login(self, username="alice", password=PASSWORD):
-        return self._remember_token(self._client.post(
-            "/api/auth/login", json={"username": username, "password": password}))
-
-    def logout(self):
-        return self._client.post("/api/auth/logout")
 
 
 @pytest.fixture
@@ -132,10 +134,6 @@ def browser_type_launch_args():
     return {"executable_path": CHROMIUM, "headless": True,
             "args": ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
                      "--disable-extensions", "--disable-component-update", "--no-first-run"]}
-
-
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")

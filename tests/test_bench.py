@@ -9,11 +9,11 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 

@@ -7,8 +7,7 @@ import gevent
 import pytest
 
 from deploy.launch import Gunicorn
-from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
-from tests.helpers import Api, account, operator_account
+from tests.helpers import GENEROUS_LIMITS, PASSWORD, Api, account, operator_account, unique
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import base64
 import gc
 import re
 import socket
-import time
 import weakref
 
 import gevent
@@ -14,8 +13,16 @@ import redis
 from chatapp.delivery.event_stream import EventStream
 from chatapp.web.takeover import _detach
 from deploy.launch import Gunicorn
-from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
-from tests.helpers import Api, account, assert_exactly_once_in_order, operator_account
+from tests.helpers import (
+    GENEROUS_LIMITS,
+    PASSWORD,
+    account,
+    assert_exactly_once_in_order,
+    eventually,
+    metric,
+    operator_account,
+    unique,
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,19 +34,6 @@ def quiet(cluster_redis):
     with Gunicorn(cluster_redis.url, workers=2, env=env) as server:
         server.admin = admin
         yield server
-
-
-def metric(server, name, labels=""):
-    text = Api(server.url).get("/metrics").body.decode()
-    match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.M)
-    return float(match[1]) if match else 0.0
-
-
-def wait_until(check, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not check() and time.monotonic() < deadline:
-        gevent.sleep(0.1)
-    return check()
 
 
 class RawStream:
@@ -95,10 +89,10 @@ def test_client_hanging_up_is_noticed_at_once_not_at_the_next_heartbeat(quiet):
     api = account(quiet)
     baseline = metric(quiet, "chat_streams_open")
     streams = [api.stream("/api/rooms/general/events") for _ in range(4)]
-    assert wait_until(lambda: metric(quiet, "chat_streams_open") == baseline + 4)
+    eventually(lambda: metric(quiet, "chat_streams_open") == baseline + 4, interval=0.1)
     for stream in streams:
         stream.close()
-    assert wait_until(lambda: metric(quiet, "chat_streams_open") == baseline, timeout=15)
+    eventually(lambda: metric(quiet, "chat_streams_open") == baseline, timeout=15, interval=0.1)
 
 
 def test_kick_ends_a_stream_stuck_on_a_full_socket(quiet):
@@ -115,7 +109,7 @@ def test_kick_ends_a_stream_stuck_on_a_full_socket(quiet):
         assert victim.post(f"/api/rooms/{room}/messages", {"text": f"{i} {text}"}).status == 201
     assert metric(quiet, "chat_streams_open") == baseline + 1
     assert boss.post(f"/api/admin/users/{victim.auth_user}/kick").status == 200
-    assert wait_until(lambda: metric(quiet, "chat_streams_open") == baseline, timeout=10)
+    eventually(lambda: metric(quiet, "chat_streams_open") == baseline, timeout=10, interval=0.1)
     raw.read_to_end()  # what was in flight, then the end: the server closed the connection
     raw.close()
 

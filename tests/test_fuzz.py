@@ -11,8 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chatapp import create_app
-from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
-from tests.test_auth import basic
+from tests.helpers import CHEAP_PASSWORD_HASH, GENEROUS_LIMITS, PASSWORD, AuthActions, basic
 
 ENDPOINTS = [
     ("POST", "/api/auth/register"), ("POST", "/api/auth/login"), ("POST", "/api/auth/logout"),
@@ -76,7 +75,8 @@ def fuzz_app(tmp_path_factory):
     store = EmbeddedRedis(tmp_path_factory.mktemp("fuzz-redis"))
     store.start()
     app = create_app({"REDIS_URL": store.url, "SECRET_KEY": "t", "CHAT_POLL_TIMEOUT_SECS": 0.05,
-                      "CHAT_POLL_MAX_TIMEOUT_SECS": 0.1, "CHAT_HEARTBEAT_SECS": 0.1, **GENEROUS_LIMITS})
+                      "CHAT_POLL_MAX_TIMEOUT_SECS": 0.1, "CHAT_HEARTBEAT_SECS": 0.1, **GENEROUS_LIMITS,
+                      **CHEAP_PASSWORD_HASH})
     AuthActions(app.test_client()).register("fuzzer")
     yield app
     app.extensions["chat.hub"].close()

@@ -11,8 +11,7 @@ import redis
 
 from chatapp.delivery.event_stream import EventStream
 from chatapp.store.broker import StreamId
-from tests.conftest import GENEROUS_LIMITS, AuthActions
-from tests.helpers import LocalStream, SSEParser, kill_pubsub_repeatedly
+from tests.helpers import GENEROUS_LIMITS, AuthActions, LocalStream, SSEParser, eventually, kill_pubsub_repeatedly
 
 
 def publish(app, text, room="general"):
@@ -172,10 +171,7 @@ def test_idle_room_is_unsubscribed_after_linger(alice, app, redis_client):
     gevent.sleep(0.2)
     assert redis_client.pubsub_numsub("chat:{general}:live")[0][1] == 1
     stream.close()
-    deadline = time.monotonic() + 5
-    while redis_client.pubsub_numsub("chat:{general}:live")[0][1] and time.monotonic() < deadline:
-        gevent.sleep(0.1)
-    assert redis_client.pubsub_numsub("chat:{general}:live")[0][1] == 0
+    eventually(lambda: redis_client.pubsub_numsub("chat:{general}:live")[0][1] == 0, timeout=5, interval=0.1)
 
 
 def test_hub_reconnects_when_redis_comes_back(alice, app, redis_server):

@@ -15,8 +15,8 @@ import pytest
 
 from chatapp.ops.errors import StoreUnavailable
 from chatapp.store import keys
-from tests.conftest import GENEROUS_LIMITS
 from tests.helpers import (
+    GENEROUS_LIMITS,
     LocalStream,
     MultiplexPoller,
     MultiplexReader,
@@ -468,7 +468,8 @@ def test_resume_across_workers_is_exact_for_every_room_sse_and_poll(server, user
     query = "rooms=" + ",".join(rooms)
     readers = [MultiplexReader(user, query) for _ in range(4)]
     poller = MultiplexPoller(user, query, timeout=1)
-    assert all(r.wait_until(lambda r: r.ready) for r in readers)
+    for reader in readers:
+        reader.wait_until(lambda r: r.ready)
 
     def post_all():
         for i in range(300):
@@ -483,7 +484,7 @@ def test_resume_across_workers_is_exact_for_every_room_sse_and_poll(server, user
     poster.get()
     expected = {room: all_ids(user, room) for room in rooms}
     for reader in [*readers, poller]:
-        assert reader.wait_until(lambda r: all(r.has(room, expected[room][-1]) for room in rooms))
+        reader.wait_until(lambda r: all(r.has(room, expected[room][-1]) for room in rooms))
         reader.stop()
         for room in rooms:
             assert_exactly_once_in_order(reader.received[room], expected[room],
@@ -517,7 +518,7 @@ def test_twenty_rooms_join_leave_and_a_sigkilled_worker(tmp_path):
         for room in rooms[:20]:
             assert user.post(f"/api/rooms/{room}/join").status == 200
         reader = MultiplexReader(user)
-        assert reader.wait_until(lambda r: r.ready)
+        reader.wait_until(lambda r: r.ready)
         starts = {}
         killed = []
 
@@ -545,7 +546,7 @@ def test_twenty_rooms_join_leave_and_a_sigkilled_worker(tmp_path):
             ids = all_ids(user, room)
             start = starts.get(room)
             expected[room] = [i for i in ids if start is None or parse_id(i) > parse_id(start)]
-        assert reader.wait_until(lambda r: all(r.has(room, ids[-1]) for room, ids in expected.items()), 30)
+        reader.wait_until(lambda r: all(r.has(room, ids[-1]) for room, ids in expected.items()), 30)
         reader.stop()
         for room, ids in expected.items():
             assert_exactly_once_in_order(reader.received[room], ids, who=room)

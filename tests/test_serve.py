@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.helpers import ROOT, Api
-
-PASSWORD = "correct horse"
+from tests.helpers import PASSWORD, ROOT, Api
 
 
 @pytest.fixture
