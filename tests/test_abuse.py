@@ -502,12 +502,7 @@ def test_streams_per_user_are_capped_across_workers(capped, redis_client):
     assert [other.next_event().get("event") for _ in range(2)] == [None, "ready"]
     other.close()
     open_streams.pop().close()  # closing one frees its slot
-    import gevent
-
-    for _ in range(50):
-        if redis_client.zcard("chat:user-streams:alice") == 2:
-            break
-        gevent.sleep(0.05)
+    eventually(lambda: redis_client.zcard(keys.user_streams("alice")) == 2, timeout=2.5)
     again = LocalStream(second.test_client(), "/api/rooms/general/events", headers=basic("alice", PASSWORD))
     assert [again.next_event().get("event") for _ in range(2)] == [None, "ready"]
     for stream in [*open_streams, again]:
@@ -605,7 +600,7 @@ def test_head_on_events_opens_no_stream_and_holds_no_slot(app, redis_client):
     for _ in range(3):
         response = app.test_client().head("/api/rooms/general/events", headers=basic("frank", PASSWORD))
         assert response.status_code == 200 and response.mimetype == "text/event-stream"
-    assert redis_client.zcard("chat:user-streams:frank") == 0
+    assert redis_client.zcard(keys.user_streams("frank")) == 0
     assert app.test_client().head("/api/rooms/nope/events", headers=basic("frank", PASSWORD)).status_code == 404
 
 

@@ -118,7 +118,7 @@ def test_a_read_ahead_of_a_subscription_waits_for_an_acknowledgement_of_its_own_
     app = replicas_app(primary)
     hub = app.extensions["chat.hub"]
     broker = app.extensions["chat.broker"]
-    hub._probe_replication = lambda now: None  # only acknowledgements release
+    hub.held.probe_after_secs = float("inf")  # the hub's probe never runs: only acknowledgements release
     alice = signed_in(app)
     assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
     general = LocalStream(alice, "/api/rooms/general/events")
@@ -136,8 +136,7 @@ def test_a_read_ahead_of_a_subscription_waits_for_an_acknowledgement_of_its_own_
             state["c"] = True
         return original(channel)
 
-    hub._on_subscribed = on_subscribed
-    hub.link._on_subscribed = on_subscribed
+    hub.link._on_subscribed = on_subscribed  # what the link calls (it took the hub's method when it was made)
     dev = LocalStream(alice, "/api/rooms/dev/events")
     try:
         assert [m["text"] for m in general.messages(1, timeout=3)] == ["A"]
