@@ -22,6 +22,8 @@ from tests.helpers import (
     unique,
 )
 
+pytestmark = pytest.mark.gunicorn
+
 
 def post(api, room, text, **extra):
     response = api.post(f"/api/rooms/{room}/messages", {"text": text, **extra})

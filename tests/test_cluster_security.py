@@ -9,6 +9,8 @@ import pytest
 from deploy.launch import Gunicorn
 from tests.helpers import GENEROUS_LIMITS, PASSWORD, Api, account, operator_account, unique
 
+pytestmark = pytest.mark.gunicorn
+
 
 @pytest.fixture(scope="module")
 def guarded(cluster_redis):

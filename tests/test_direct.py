@@ -83,6 +83,7 @@ def test_live_stream_is_handed_to_the_hub_and_pinged_when_idle(server, user, roo
     raw.close()
 
 
+@pytest.mark.gunicorn
 def test_client_hanging_up_is_noticed_at_once_not_at_the_next_heartbeat(quiet):
     """Regression: with no greenlet per stream nothing reads the socket; a read watcher must,
     or a closed tab would count as open (and present) until the next ping, a minute later."""
@@ -95,6 +96,7 @@ def test_client_hanging_up_is_noticed_at_once_not_at_the_next_heartbeat(quiet):
     eventually(lambda: metric(quiet, "chat_streams_open") == baseline, timeout=15, interval=0.1)
 
 
+@pytest.mark.gunicorn
 def test_kick_ends_a_stream_stuck_on_a_full_socket(quiet):
     """Regression: the drainer of a client that reads nothing waits on its socket; a kick
     must interrupt that wait instead of leaving the stream open for the write-stall timeout."""

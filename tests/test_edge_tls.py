@@ -14,6 +14,8 @@ from deploy.cluster import NGINX, Cluster, self_signed_certificate
 from deploy.launch import free_port
 from tests.helpers import PASSWORD, account, eventually, unique
 
+pytestmark = pytest.mark.nginx
+
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection"}
 
 

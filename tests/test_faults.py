@@ -25,6 +25,8 @@ from tests.helpers import (
     unique,
 )
 
+pytestmark = [pytest.mark.faults, pytest.mark.nginx, pytest.mark.gunicorn]
+
 ROOMS = 3
 SSE_READERS_PER_ROOM = 47
 POLL_READERS_PER_ROOM = 20  # 3 x (47 + 20) = 201 readers

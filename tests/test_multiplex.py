@@ -505,6 +505,7 @@ def test_a_long_poll_over_100_joined_rooms_can_send_its_cursor_back(user):
     assert second.status == 200 and second.json["messages"] == [], (len(first.json["cursor"]), second.body[:200])
 
 
+@pytest.mark.gunicorn
 def test_twenty_rooms_join_leave_and_a_sigkilled_worker(tmp_path):
     """One stream over 20 rooms; rooms joined and left while messages flow into all of them;
     the worker holding the stream is SIGKILLed. After resuming elsewhere every room the stream

@@ -8,9 +8,12 @@ import re
 import signal
 
 import gevent
+import pytest
 from playwright.sync_api import expect
 
 from tests.helpers import PASSWORD, PHONE, ROOT, Api, assert_once_in_order, say, texts, unique, wait_for_texts
+
+pytestmark = [pytest.mark.browser, pytest.mark.gunicorn]
 
 
 def converse(alice, bob, rounds=4, tag="hi"):

@@ -202,6 +202,7 @@ def on_worker(api, room, pid, tries=40):
     raise AssertionError(f"no stream landed on worker {pid}")
 
 
+@pytest.mark.gunicorn
 def test_users_on_different_workers_see_each_other_join_and_leave(crowd):
     room = unique("p")
     a_name, a = user_api(crowd)
@@ -218,6 +219,7 @@ def test_users_on_different_workers_see_each_other_join_and_leave(crowd):
     watcher_a.close()
 
 
+@pytest.mark.gunicorn
 def test_worker_sigkill_user_leaves_within_expiry_and_every_reader_hears_it(crowd):
     room = unique("k")
     victim_name, victim = user_api(crowd)

@@ -14,6 +14,8 @@ import redis
 
 from tests.helpers import PASSWORD, ROOT, Api
 
+pytestmark = pytest.mark.gunicorn
+
 
 @pytest.fixture
 def checkout(tmp_path):

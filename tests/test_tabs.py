@@ -27,6 +27,8 @@ from tests.helpers import (
     wait_for_texts,
 )
 
+pytestmark = [pytest.mark.browser, pytest.mark.gunicorn]
+
 LIVE_TIMEOUT = 20000
 
 

@@ -31,6 +31,8 @@ from tests.helpers import (
     unique,
 )
 
+pytestmark = pytest.mark.topology
+
 
 @pytest.fixture(scope="module", params=["sentinel", "cluster"])
 def topology_server(request):
@@ -41,6 +43,7 @@ def topology_server(request):
         yield server
 
 
+@pytest.mark.gunicorn
 def test_accounts_sessions_rooms_messages_streams_and_presence(topology_server):
     server = topology_server
     user = account(server)
@@ -73,6 +76,7 @@ def test_accounts_sessions_rooms_messages_streams_and_presence(topology_server):
     assert [m["id"] for m in polled["messages"]] == expected[1:]
 
 
+@pytest.mark.gunicorn
 def test_cookie_sessions_csrf_logout_kick_and_rate_limits(topology_server):
     server = topology_server
     name = unique("c")

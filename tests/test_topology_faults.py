@@ -20,6 +20,7 @@ import time
 from collections import Counter
 
 import gevent
+import pytest
 from redis.crc import key_slot
 
 from deploy.launch import Gunicorn
@@ -37,6 +38,8 @@ from tests.helpers import (
     parse_id,
     unique,
 )
+
+pytestmark = [pytest.mark.faults, pytest.mark.topology, pytest.mark.gunicorn]
 
 ENV = {**GENEROUS_LIMITS, "CHAT_HEARTBEAT_SECS": "2", "CHAT_RETRY_MS": "300", "CHAT_ACCESS_LOG": "0"}
 REPLICA_ACKS = {"CHAT_DURABILITY": "replicas", "CHAT_DURABILITY_REPLICAS": "1", "CHAT_DURABILITY_TIMEOUT_MS": "1000"}
