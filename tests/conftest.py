@@ -9,6 +9,9 @@ import functools  # noqa: E402
 import os  # noqa: E402
 
 import pytest  # noqa: E402
+
+pytest.register_assert_rewrite("tests.helpers")  # their asserts explain themselves too
+
 import redis  # noqa: E402
 from playwright.sync_api import BrowserType, expect  # noqa: E402
 from werkzeug.security import generate_password_hash  # noqa: E402
