@@ -47,7 +47,8 @@ def build(config):
     hub_broker = broker.bound_to(topology.client(where, HUB_READ_CONNECTIONS, timeout))
     hub = Hub(where, broker=hub_broker, presence=presence, slots=slots, memberships=memberships, metrics=metrics,
               config=config)
-    users = UserStore(client, Hasher(config["CHAT_HASH_THREADS"], config["CHAT_HASH_QUEUE"]),
+    hasher = Hasher(config["CHAT_HASH_THREADS"], config["CHAT_HASH_QUEUE"], config["CHAT_PASSWORD_HASH"])
+    users = UserStore(client, hasher,
                       config["CHAT_AUTH_CACHE_SECS"], config["SECRET_KEY"], admins=config["CHAT_ADMINS"])
     # A verified credential is trusted while the control channel can tell of a change to it.
     users.trust_while(hub.control_epoch)

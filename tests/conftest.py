@@ -1,19 +1,106 @@
-"""Fixtures: a real redis-server per session, a fresh app per test, real gunicorn when workers matter."""
+"""Fixtures: a real redis-server per session, a fresh app per test, real gunicorn when workers
+matter, a browser; and the suite's tiers. Shared helpers are in tests/helpers.py."""
 
 from gevent import monkey
 
 monkey.patch_all()
 
+import os  # noqa: E402
+
 import pytest  # noqa: E402
+
+pytest.register_assert_rewrite("tests.helpers")  # their asserts explain themselves too
+
 import redis  # noqa: E402
-from playwright.sync_api import expect  # noqa: E402
+from playwright.sync_api import BrowserType, expect  # noqa: E402
 
 from chatapp import create_app  # noqa: E402
 from chatapp.store.embedded_redis import EmbeddedRedis  # noqa: E402
 from chatapp.web.context import services_of  # noqa: E402
-from deploy.launch import LIFTED_LIMITS, Gunicorn  # noqa: E402
-from tests.helpers import PASSWORD, Api, account, gunicorn_with_redis, unique  # noqa: E402, F401 (re-exported)
+from deploy.cluster import Cluster  # noqa: E402
+from deploy.launch import Gunicorn  # noqa: E402
+from deploy.redis_topology import ClusterSet, SentinelSet  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    CHEAP_PASSWORD_HASH,
+    DESKTOP,
+    GENEROUS_LIMITS,
+    PASSWORD,
+    AuthActions,
+    account,
+    gunicorn_with_redis,
+    unique,
+)
 
+# -- tiers -----------------------------------------------------------------------------
+#
+# Markers say what a test starts besides this process and its embedded redis-server. A test
+# with none of them is in the quick tier (``./scripts/test --quick``; ``-m quick`` selects it
+# too, in one process), and may not start any: launching gunicorn, nginx, a Redis topology or
+# a browser fails a quick test, in every run.
+
+STARTS = ("gunicorn", "nginx", "topology", "browser")
+# The fixtures that start them (a test using one, directly or through another fixture, gets
+# its markers). A module-local fixture that starts one marks its tests or module instead.
+MARKERS_OF_FIXTURES = {
+    "server": ("gunicorn",), "web": ("gunicorn",), "edge_cluster": ("gunicorn", "nginx"),
+    "sentinel_set": ("topology",), "cluster_set": ("topology",), "playwright": ("browser",),
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture in item.fixturenames:
+            for marker in MARKERS_OF_FIXTURES.get(fixture, ()):
+                item.add_marker(marker)
+        if not any(item.get_closest_marker(marker) for marker in (*STARTS, "faults")):
+            item.add_marker("quick")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--share-modules", metavar="DIR", help="share the run out with other pytest processes "
+                     "given the same DIR: each test module runs in the first of them to reach it "
+                     "(./scripts/test --quick runs two: the tests mostly wait, and gevent rules out pytest-xdist)")
+
+
+_modules_here = {}  # module -> whether this process runs it (--share-modules)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    folder = item.config.getoption("share_modules")
+    if folder is None:
+        return None
+    module = item.nodeid.split("::")[0]
+    if module not in _modules_here:
+        try:  # the first process to create the module's file runs it
+            os.close(os.open(os.path.join(folder, module.replace("/", "_")), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            _modules_here[module] = True
+        except FileExistsError:
+            _modules_here[module] = False
+    return None if _modules_here[module] else True  # True: "done", by the other process
+
+
+@pytest.fixture(autouse=True)
+def _quick_tests_start_nothing(request, monkeypatch):
+    """A quick test (one marked with none of ``STARTS``) that starts one of them fails, saying
+    which marker it needs, in every run: a new test can't slip into the quick tier unmarked."""
+    if request.node.get_closest_marker("quick") is None:
+        return
+
+    def refuse(what, marker):
+        def launch(*args, **kwargs):
+            pytest.fail(f"{request.node.nodeid} starts {what}: mark it @pytest.mark.{marker} "
+                        "(quick tests start nothing but their embedded Redis; see tests/conftest.py)", pytrace=False)
+        return launch
+
+    monkeypatch.setattr(Gunicorn, "start", refuse("gunicorn", "gunicorn"))
+    monkeypatch.setattr(Cluster, "start_nginx", refuse("nginx", "nginx"))
+    monkeypatch.setattr(SentinelSet, "start", refuse("a Sentinel set", "topology"))
+    monkeypatch.setattr(ClusterSet, "start", refuse("a Redis Cluster", "topology"))
+    monkeypatch.setattr(BrowserType, "launch", refuse("a browser", "browser"))
+
+
+# -- the app in this process ----------------------------------------------------------------
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
@@ -31,10 +118,6 @@ def redis_client(redis_server):
     client.close()
 
 
-# Tests that are not about rate limits must not trip them; the ones that are set their own.
-GENEROUS_LIMITS = LIFTED_LIMITS
-
-
 @pytest.fixture
 def config():
     """Per-test overrides of app settings (tests may edit it before using ``app``)."""
@@ -43,8 +126,18 @@ def config():
 
 
 @pytest.fixture
-def app(redis_server, redis_client, config):
-    app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **config})
+def password_hash(request):
+    """The settings of the app's password hash: the cheap one (tests/helpers.py), unless the test
+    is marked ``real_password_hash`` (tests/test_abuse.py is). A test's ``config`` may still set it."""
+    if request.node.get_closest_marker("real_password_hash"):
+        return {}
+    return CHEAP_PASSWORD_HASH
+
+
+@pytest.fixture
+def app(redis_server, redis_client, password_hash, config):
+    app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **password_hash,
+                      **config})
     yield app
     services_of(app).hub.close("test over")
 
@@ -52,30 +145,6 @@ def app(redis_server, redis_client, config):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-class AuthActions:
-    """Sign in like the page does: keep the CSRF token the server hands out and send it back."""
-
-    def __init__(self, client):
-        self._client = client
-
-    def _remember_token(self, response):
-        token = (response.json or {}).get("csrf_token")
-        if token:
-            self._client.environ_base["HTTP_X_CSRFTOKEN"] = token
-        return response
-
-    def register(self, username="alice", password=PASSWORD):
-        return self._remember_token(self._client.post(
-            "/api/auth/register", json={"username": username, "password": password}))
-
-    def login(self, username="alice", password=PASSWORD):
-        return self._remember_token(self._client.post(
-            "/api/auth/login", json={"username": username, "password": password}))
-
-    def logout(self):
-        return self._client.post("/api/auth/logout")
 
 
 @pytest.fixture
@@ -135,10 +204,6 @@ def browser_type_launch_args():
                      "--disable-extensions", "--disable-component-update", "--no-first-run"]}
 
 
-DESKTOP = {"width": 1280, "height": 800}
-PHONE = {"width": 390, "height": 844}
-
-
 @pytest.fixture(scope="module")
 def web(tmp_path_factory):
     """A server for the browser tests of one module (one test SIGKILLs its workers)."""
@@ -185,7 +250,6 @@ def edge_cluster(tmp_path_factory):
     first test that asks: plain HTTP/1.1 at ``url``, HTTPS with HTTP/2 at ``https_url`` (a
     self-signed certificate: browser contexts take ``ignore_https_errors=True``). A test that
     restarts nginx brings it back on the same ports."""
-    from deploy.cluster import Cluster
     from deploy.launch import free_port
 
     env = {**GENEROUS_LIMITS, "CHAT_HEARTBEAT_SECS": "1", "CHAT_ACCESS_LOG": "0"}
@@ -202,8 +266,6 @@ def edge_cluster(tmp_path_factory):
 def sentinel_set(tmp_path_factory):
     """A primary, 2 replicas and 3 sentinels, started by the first test that asks. A test that kills a
     node restarts it (``sentinel_set.restart(node)``); which node is primary changes from test to test."""
-    from deploy.redis_topology import SentinelSet
-
     with SentinelSet(tmp_path_factory.mktemp("sentinel")) as topology:
         yield topology
 
@@ -212,7 +274,5 @@ def sentinel_set(tmp_path_factory):
 def cluster_set(tmp_path_factory):
     """A Redis Cluster of 3 primaries with a replica each, started by the first test that asks. A test
     that kills a node restarts it; slots may have moved (ask ``cluster_set.node_for_key``)."""
-    from deploy.redis_topology import ClusterSet
-
     with ClusterSet(tmp_path_factory.mktemp("redis-cluster")) as topology:
         yield topology

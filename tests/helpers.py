@@ -1,16 +1,21 @@
-"""What the tests share: clients that speak real HTTP (a small JSON client, SSE and
-long-poll readers), accounts, and the checks of exactly-once delivery. Servers are
-started with ``deploy.launch`` (the same launcher the benchmarks and
+"""What the tests share (tests/conftest.py holds the fixtures): names and accounts, waiting
+(:func:`eventually`), the app in this process (:class:`AuthActions`, :class:`LocalStream`),
+clients that speak real HTTP to live servers (a small JSON client, SSE and long-poll
+readers, posters), the checks of exactly-once delivery, and the page in a browser.
+Servers are started with ``deploy.launch`` (the same launcher the benchmarks and
 ``./scripts/cluster`` use)."""
 
 import base64
 import contextlib
 import http.client
+import inspect
 import itertools
 import json
+import re
 import socket
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -18,16 +23,29 @@ from urllib.parse import urlsplit
 import gevent
 import gevent.queue
 
-from deploy.launch import Gunicorn
+from deploy.launch import LIFTED_LIMITS, Gunicorn
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse"
 _names = itertools.count()
 
+# Tests that are not about rate limits must not trip them; the ones that are set their own.
+GENEROUS_LIMITS = LIFTED_LIMITS
+
+# The in-process apps' password hash: a hash costs microseconds instead of scrypt's 0.1 s of CPU.
+# A stored hash names its method, so checks work either way. tests/test_abuse.py (and any test
+# marked ``real_password_hash``) keeps the real one; so do the real servers.
+CHEAP_PASSWORD_HASH = {"CHAT_PASSWORD_HASH": "pbkdf2:sha256:1"}
+
 
 def unique(prefix):
     """A name no other test uses, for state shared across tests (rooms, users)."""
     return f"{prefix}{next(_names)}-{uuid.uuid4().hex[:6]}"
+
+
+def basic(user, password=PASSWORD):
+    """The Authorization header of HTTP Basic (what curl -u sends)."""
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 def operator_account(server, name):
@@ -45,8 +63,89 @@ def account(server, name=None):
 
 
 def parse_id(text):
+    """A stream id as a comparable pair."""
     ms, seq = text.split("-")
     return int(ms), int(seq)
+
+
+# -- waiting ----------------------------------------------------------------------------
+
+def eventually(check, timeout=10, interval=0.05, *, what=None, sleep=gevent.sleep):
+    """Call ``check()`` every ``interval`` seconds until it passes, and return what it returned.
+
+    It passes when it returns something true without raising AssertionError: a predicate, or
+    a function of asserts that returns True. ``timeout`` is a bound, not a measurement: past it
+    this fails, naming ``what`` (by default the check's source line) and saying what the last
+    check returned or which assertion it failed. ``sleep`` is gevent's (the app's greenlets run
+    meanwhile); a browser test passes :func:`page_sleep`.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        failed = None
+        try:
+            value = check()
+        except AssertionError as exc:
+            failed, outcome = exc, f"the last check failed: {exc}"
+        else:
+            if value:
+                return value
+            outcome = f"the last check returned {value!r}"
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"{what or _source(check)}: still not so after {timeout} s; {outcome}") from failed
+        sleep(interval)
+
+
+def _source(function):
+    try:
+        return " ".join(inspect.getsource(function).split())[:200]
+    except (OSError, TypeError):
+        return repr(function)
+
+
+# -- the app in this process (Flask's test client) -----------------------------------------
+
+class AuthActions:
+    """Sign in like the page does: keep the CSRF token the server hands out and send it back."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def _remember_token(self, response):
+        token = (response.json or {}).get("csrf_token")
+        if token:
+            self._client.environ_base["HTTP_X_CSRFTOKEN"] = token
+        return response
+
+    def register(self, username="alice", password=PASSWORD):
+        return self._remember_token(self._client.post(
+            "/api/auth/register", json={"username": username, "password": password}))
+
+    def login(self, username="alice", password=PASSWORD):
+        return self._remember_token(self._client.post(
+            "/api/auth/login", json={"username": username, "password": password}))
+
+    def logout(self):
+        return self._client.post("/api/auth/logout")
+
+
+def signed_in(app, name="alice"):
+    """A test client of ``app``, signed in (cookie and CSRF token) as a newly registered ``name``."""
+    client = app.test_client()
+    response = AuthActions(client).register(name)
+    assert response.status_code == 201, response.json
+    return client
+
+
+def send(client, text, room="general"):
+    """Post a message through a test client; the message (asserts the 201)."""
+    response = client.post(f"/api/rooms/{room}/messages", json={"text": text})
+    assert response.status_code == 201, response.json
+    return response.json
+
+
+def send_with_key(client, text, key, room="general"):
+    """Post a message with an Idempotency-Key through a test client; the response, whatever it is."""
+    return client.post(f"/api/rooms/{room}/messages", json={"text": text}, headers={"Idempotency-Key": key})
 
 
 class SSEParser:
@@ -73,6 +172,53 @@ class SSEParser:
             events.append(event)
         return events
 
+
+class LocalStream:
+    """An SSE response from Flask's test client, read chunk by chunk."""
+
+    def __init__(self, client, url, headers=None):
+        self.response = client.get(url, headers=headers or {}, buffered=False)
+        self.status = self.response.status_code
+        self._chunks = gevent.queue.Queue()
+        self._parser = SSEParser()
+        self._pending = []
+        # Drain the body continuously, as a server writing to a socket would.
+        self._pump = gevent.spawn(self._read_body)
+
+    def _read_body(self):
+        for chunk in self.response.response:
+            self._chunks.put(chunk)
+        self._chunks.put(None)
+
+    def next_event(self, timeout=5):
+        """The next event (dict), or None if none came within ``timeout``."""
+        with gevent.Timeout(timeout, False):
+            while not self._pending:
+                chunk = self._chunks.get()
+                if chunk is None:
+                    return None
+                self._pending.extend(self._parser.feed(chunk))
+            return self._pending.pop(0)
+        return None
+
+    def messages(self, count, timeout=10):
+        """The next ``count`` message events' data, skipping pings and comments."""
+        got = []
+        deadline = time.monotonic() + timeout
+        while len(got) < count and time.monotonic() < deadline:
+            event = self.next_event(deadline - time.monotonic())
+            if event is None:
+                break
+            if event.get("event") == "message":
+                got.append(json.loads(event["data"]))
+        return got
+
+    def close(self):
+        self._pump.kill()
+        self.response.close()
+
+
+# -- live servers, over real HTTP ----------------------------------------------------------
 
 class Response:
     def __init__(self, status, headers, body):
@@ -131,46 +277,6 @@ class Api:
         return SSEStream(self, path, headers, timeout)
 
 
-class PollReader:
-    """Reads a room by long-poll like the page's fallback: cursor in, cursor out, retry on errors."""
-
-    def __init__(self, api, room, last_id, timeout=10, retry_secs=0.3):
-        self.api = api
-        self.room = room
-        self.last_id = self.first_id = last_id
-        self.timeout = timeout
-        self.retry_secs = retry_secs
-        self.ids = []
-        self.resets = 0  # answers with "reset": true (a stale cursor)
-        self._greenlet = gevent.spawn(self._run)
-
-    def _run(self):
-        while True:
-            try:
-                response = self.api.get(f"/api/rooms/{self.room}/poll?cursor={self.last_id}&timeout={self.timeout}",
-                                        timeout=self.timeout + 20)
-                if response.status == 200:
-                    body = response.json
-                    self.ids += [m["id"] for m in body["messages"]]
-                    self.resets += bool(body.get("reset"))
-                    self.last_id = body["cursor"]
-                    continue
-            except (OSError, http.client.HTTPException, ValueError):
-                pass
-            gevent.sleep(self.retry_secs)
-
-    def wait_for(self, last_id, timeout=30):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ids and parse_id(self.ids[-1]) >= parse_id(last_id):
-                return True
-            gevent.sleep(0.05)
-        return False
-
-    def stop(self):
-        self._greenlet.kill()
-
-
 class SSEStream:
     """An open SSE response; ``events()`` yields parsed events as they arrive."""
 
@@ -215,49 +321,81 @@ class SSEStream:
             pass  # already closed
 
 
-class LocalStream:
-    """An SSE response from Flask's test client, read chunk by chunk."""
+def metric(server, name, labels=""):
+    """A metric's value on a live server's /metrics (0 if it isn't there)."""
+    text = Api(server.url).get("/metrics").body.decode()
+    match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(match[1]) if match else 0.0
 
-    def __init__(self, client, url, headers=None):
-        self.response = client.get(url, headers=headers or {}, buffered=False)
-        self.status = self.response.status_code
-        self._chunks = gevent.queue.Queue()
-        self._parser = SSEParser()
-        self._pending = []
-        # Drain the body continuously, as a server writing to a socket would.
-        self._pump = gevent.spawn(self._read_body)
 
-    def _read_body(self):
-        for chunk in self.response.response:
-            self._chunks.put(chunk)
-        self._chunks.put(None)
+@contextlib.contextmanager
+def gunicorn_with_redis(folder, workers=2, env=None):
+    """A gunicorn and an embedded Redis of their own, under ``folder``; yields (server, redis)."""
+    from chatapp.store.embedded_redis import EmbeddedRedis
 
-    def next_event(self, timeout=5):
-        """The next event (dict), or None if none came within ``timeout``."""
-        with gevent.Timeout(timeout, False):
-            while not self._pending:
-                chunk = self._chunks.get()
-                if chunk is None:
-                    return None
-                self._pending.extend(self._parser.feed(chunk))
-            return self._pending.pop(0)
-        return None
+    store = EmbeddedRedis(Path(folder) / "redis")
+    store.start()
+    try:
+        with Gunicorn(store.url, workers=workers, env=env) as server:
+            yield server, store
+    finally:
+        store.stop()
 
-    def messages(self, count, timeout=10):
-        """The next ``count`` message events' data, skipping pings and comments."""
-        got = []
-        deadline = time.monotonic() + timeout
-        while len(got) < count and time.monotonic() < deadline:
-            event = self.next_event(deadline - time.monotonic())
-            if event is None:
-                break
-            if event.get("event") == "message":
-                got.append(json.loads(event["data"]))
-        return got
 
-    def close(self):
-        self._pump.kill()
-        self.response.close()
+def kill_pubsub_repeatedly(client, times=20, every=0.05):
+    """CLIENT KILL TYPE pubsub again and again while messages flow: one kill often
+    passes even a hub that doesn't backfill (it resubscribes before the next message)."""
+    for _ in range(times):
+        client.client_kill_filter(_type="pubsub")
+        gevent.sleep(every)
+
+
+# -- readers and posters, like browsers and curl -------------------------------------------
+
+def _wait_for_id(reader, last_id, timeout):
+    """Until ``reader.ids`` reaches ``last_id`` (a reader of one room, in arrival order)."""
+    def check():
+        assert reader.ids and parse_id(reader.ids[-1]) >= parse_id(last_id), (
+            f"{len(reader.ids)} ids received, the last {reader.ids[-1] if reader.ids else None}")
+        return True
+    return eventually(check, timeout, what=f"{type(reader).__name__} of {reader.room} (from {reader.first_id}) "
+                                           f"to receive {last_id}")
+
+
+class PollReader:
+    """Reads a room by long-poll like the page's fallback: cursor in, cursor out, retry on errors."""
+
+    def __init__(self, api, room, last_id, timeout=10, retry_secs=0.3):
+        self.api = api
+        self.room = room
+        self.last_id = self.first_id = last_id
+        self.timeout = timeout
+        self.retry_secs = retry_secs
+        self.ids = []
+        self.resets = 0  # answers with "reset": true (a stale cursor)
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self):
+        while True:
+            try:
+                response = self.api.get(f"/api/rooms/{self.room}/poll?cursor={self.last_id}&timeout={self.timeout}",
+                                        timeout=self.timeout + 20)
+                if response.status == 200:
+                    body = response.json
+                    self.ids += [m["id"] for m in body["messages"]]
+                    self.resets += bool(body.get("reset"))
+                    self.last_id = body["cursor"]
+                    continue
+            except (OSError, http.client.HTTPException, ValueError):
+                pass
+            gevent.sleep(self.retry_secs)
+
+    def wait_for(self, last_id, timeout=30):
+        """Until ``last_id`` (or a later id) arrived; fails if it didn't within ``timeout``."""
+        return _wait_for_id(self, last_id, timeout)
+
+    def stop(self):
+        self._greenlet.kill()
 
 
 class _Reconnecting:
@@ -329,60 +467,8 @@ class ResumingReader(_Reconnecting):
             self.ready += 1
 
     def wait_for(self, last_id, timeout=30):
-        """Wait until ``last_id`` arrived; True if it did."""
-        deadline = time.monotonic() + timeout
-        target = parse_id(last_id)
-        while time.monotonic() < deadline:
-            if self.ids and parse_id(self.ids[-1]) >= target:
-                return True
-            gevent.sleep(0.05)
-        return False
-
-
-def assert_exactly_once_in_order(received, expected, who="reader"):
-    """Every expected id once, in order, nothing else; a readable diff otherwise."""
-    if received == expected:
-        return
-    seen = set(received)
-    missing = [i for i in expected if i not in seen]
-    duplicates = sorted({i for i in received if received.count(i) > 1})
-    backwards = [b for a, b in itertools.pairwise(received) if parse_id(b) <= parse_id(a)]
-    raise AssertionError(f"{who}: {len(received)} received, {len(expected)} expected; "
-                         f"missing {missing[:10]}, duplicates {duplicates[:10]}, "
-                         f"out of order {backwards[:10]}")
-
-
-def all_ids(api, room):
-    """Every id in the room's history, oldest first, paging forwards."""
-    ids, cursor = [], "0"
-    while True:
-        page = api.get(f"/api/rooms/{room}/messages?after={cursor}&limit=200").json
-        ids += [m["id"] for m in page["messages"]]
-        if not page["more"]:
-            return ids
-        cursor = ids[-1]
-
-
-def kill_pubsub_repeatedly(client, times=20, every=0.05):
-    """CLIENT KILL TYPE pubsub again and again while messages flow: one kill often
-    passes even a hub that doesn't backfill (it resubscribes before the next message)."""
-    for _ in range(times):
-        client.client_kill_filter(_type="pubsub")
-        gevent.sleep(every)
-
-
-@contextlib.contextmanager
-def gunicorn_with_redis(folder, workers=2, env=None):
-    """A gunicorn and an embedded Redis of their own, under ``folder``; yields (server, redis)."""
-    from chatapp.store.embedded_redis import EmbeddedRedis
-
-    store = EmbeddedRedis(Path(folder) / "redis")
-    store.start()
-    try:
-        with Gunicorn(store.url, workers=workers, env=env) as server:
-            yield server, store
-    finally:
-        store.stop()
+        """Until ``last_id`` (or a later id) arrived; fails if it didn't within ``timeout``."""
+        return _wait_for_id(self, last_id, timeout)
 
 
 class _RoomCounts:
@@ -394,13 +480,11 @@ class _RoomCounts:
         return bool(ids) and parse_id(ids[-1]) >= parse_id(last_id)
 
     def wait_until(self, done, timeout=30):
-        """Wait until ``done(self)`` is true; True if it became so."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if done(self):
-                return True
-            gevent.sleep(0.05)
-        return False
+        """Until ``done(self)`` is true; fails (with what each room received) if it isn't within ``timeout``."""
+        def check():
+            assert done(self), f"received {({room: len(ids) for room, ids in self.received.items()})} ids by room"
+            return True
+        return eventually(check, timeout, what=f"{type(self).__name__}: {_source(done)}")
 
     def stop(self):
         self._greenlet.kill()
@@ -531,3 +615,70 @@ class Poster:
         self.running = False
         self._greenlet.join(timeout=60)
         self._greenlet.kill()
+
+
+# -- nothing lost, nothing twice, nothing out of order -------------------------------------
+
+def assert_exactly_once_in_order(received, expected, who="reader"):
+    """Every expected id once, in order, nothing else; a readable diff otherwise."""
+    if received == expected:
+        return
+    seen = set(received)
+    missing = [i for i in expected if i not in seen]
+    duplicates = sorted({i for i in received if received.count(i) > 1})
+    backwards = [b for a, b in itertools.pairwise(received) if parse_id(b) <= parse_id(a)]
+    raise AssertionError(f"{who}: {len(received)} received, {len(expected)} expected; "
+                         f"missing {missing[:10]}, duplicates {duplicates[:10]}, "
+                         f"out of order {backwards[:10]}")
+
+
+def all_ids(api, room):
+    """Every id in the room's history, oldest first, paging forwards."""
+    ids, cursor = [], "0"
+    while True:
+        page = api.get(f"/api/rooms/{room}/messages?after={cursor}&limit=200").json
+        ids += [m["id"] for m in page["messages"]]
+        if not page["more"]:
+            return ids
+        cursor = ids[-1]
+
+
+# -- the page, in a browser ----------------------------------------------------------------
+
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 390, "height": 844}
+
+
+def say(page, text):
+    page.fill("#text", text)
+    page.press("#text", "Enter")
+
+
+def texts(page):
+    return page.locator("#messages .msg .text").all_inner_texts()
+
+
+def wait_for_texts(page, wanted, timeout=15000):
+    """Wait until every text in ``wanted`` is shown (confirmed, not pending); ``timeout`` in ms.
+
+    Polled from here: the page's CSP (rightly) forbids the eval that
+    Playwright's in-page wait_for_function polling would need.
+    """
+    def all_shown():
+        shown = set(texts(page))
+        missing = [w for w in wanted if w not in shown]
+        assert not missing, f"not shown: {missing[:3]}"
+        return True
+    eventually(all_shown, timeout / 1000, 0.1, what=f"{len(wanted)} texts shown", sleep=page_sleep(page))
+
+
+def page_sleep(page):
+    """A ``sleep`` for :func:`eventually` that lets Playwright handle the page's events meanwhile."""
+    return lambda seconds: page.wait_for_timeout(seconds * 1000)
+
+
+def assert_once_in_order(page, wanted):
+    shown = texts(page)
+    counts = Counter(shown)
+    assert all(counts[w] == 1 for w in wanted), {w: counts[w] for w in wanted if counts[w] != 1}
+    assert [t for t in shown if t in set(wanted)] == wanted

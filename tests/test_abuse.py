@@ -1,20 +1,20 @@
 """A hostile client with curl: one regression test per attack that used to work
-(docs/security.md lists them with the limit that stops each)."""
+(docs/security.md lists them with the limit that stops each). Passwords are hashed the
+real way here (scrypt), as an attacker would meet them."""
 
 import logging
 import os
 import re
 
-import gevent
 import pytest
 import redis
 
 from chatapp.ops.logs import TEXT_FORMAT, TextFormatter
 from chatapp.store import keys
 from chatapp.web.context import services_of
-from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
-from tests.helpers import LocalStream
-from tests.test_auth import basic
+from tests.helpers import GENEROUS_LIMITS, PASSWORD, AuthActions, LocalStream, basic, eventually
+
+pytestmark = pytest.mark.real_password_hash
 
 
 def series(app):
@@ -503,12 +503,7 @@ def test_streams_per_user_are_capped_across_workers(capped, redis_client):
     assert [other.next_event().get("event") for _ in range(2)] == [None, "ready"]
     other.close()
     open_streams.pop().close()  # closing one frees its slot
-    import gevent
-
-    for _ in range(50):
-        if redis_client.zcard("chat:user-streams:alice") == 2:
-            break
-        gevent.sleep(0.05)
+    eventually(lambda: redis_client.zcard(keys.user_streams("alice")) == 2, timeout=2.5)
     again = LocalStream(second.test_client(), "/api/rooms/general/events", headers=basic("alice", PASSWORD))
     assert [again.next_event().get("event") for _ in range(2)] == [None, "ready"]
     for stream in [*open_streams, again]:
@@ -606,7 +601,7 @@ def test_head_on_events_opens_no_stream_and_holds_no_slot(app, redis_client):
     for _ in range(3):
         response = app.test_client().head("/api/rooms/general/events", headers=basic("frank", PASSWORD))
         assert response.status_code == 200 and response.mimetype == "text/event-stream"
-    assert redis_client.zcard("chat:user-streams:frank") == 0
+    assert redis_client.zcard(keys.user_streams("frank")) == 0
     assert app.test_client().head("/api/rooms/nope/events", headers=basic("frank", PASSWORD)).status_code == 404
 
 
@@ -664,9 +659,8 @@ def test_a_credential_verified_on_one_worker_is_not_locked_out_on_another(redis_
         with first.app_context():
             services_of(first).users.change_password("alice", PASSWORD, "a new password here")
             end_user_sessions("alice", Ending.PASSWORD_CHANGED)
-        with gevent.Timeout(10):
-            while guess(second.test_client(), "alice", PASSWORD, ip="198.51.100.10").status_code == 200:
-                gevent.sleep(0.02)
+        eventually(lambda: guess(second.test_client(), "alice", PASSWORD, ip="198.51.100.10").status_code != 200,
+                   timeout=10, interval=0.02)
         assert guess(second.test_client(), "alice", PASSWORD, ip="198.51.100.10").status_code in (401, 429)
     finally:
         services_of(first).hub.close()

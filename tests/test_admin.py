@@ -3,9 +3,7 @@
 import gevent
 import pytest
 
-from tests.conftest import PASSWORD, AuthActions
-from tests.helpers import LocalStream
-from tests.test_auth import basic
+from tests.helpers import PASSWORD, AuthActions, LocalStream, basic
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-import base64
+import json
 import subprocess
 import sys
 import time
@@ -9,12 +9,7 @@ import pytest
 from chatapp.store import keys
 from chatapp.web.context import services_of
 from deploy.launch import ROOT
-from tests.conftest import GENEROUS_LIMITS, PASSWORD
-from tests.helpers import account
-
-
-def basic(user, password):
-    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+from tests.helpers import GENEROUS_LIMITS, PASSWORD, AuthActions, account, basic, eventually
 
 
 def test_register_signs_in_and_me_says_who(auth, client):
@@ -30,10 +25,51 @@ def test_register_accepts_a_form_post_with_the_csrf_token(client):
     assert response.status_code == 201
 
 
+@pytest.mark.real_password_hash
 def test_password_is_hashed_at_rest(auth, redis_client):
     auth.register("alice")
     stored = redis_client.get(keys.user("alice"))
     assert PASSWORD.encode() not in stored and b"scrypt:" in stored
+
+
+def test_new_hashes_follow_the_setting_and_a_stored_hash_keeps_its_own(auth, app, redis_server, redis_client):
+    """CHAT_PASSWORD_HASH says how new hashes are made (this suite's in-process apps make cheap
+    ones); a stored hash names its method, so an account made under another setting signs in."""
+    from chatapp import create_app
+
+    method = app.config["CHAT_PASSWORD_HASH"]
+    assert not method.startswith("scrypt")
+    auth.register("alice")
+    assert json.loads(redis_client.get(keys.user("alice")))["password"].startswith(method + "$")
+    real = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **GENEROUS_LIMITS})
+    try:
+        assert real.config["CHAT_PASSWORD_HASH"] == "scrypt:32768:8:1"
+        assert AuthActions(real.test_client()).login("alice").status_code == 200
+        assert AuthActions(real.test_client()).register("bob").status_code == 201
+        assert json.loads(redis_client.get(keys.user("bob")))["password"].startswith("scrypt:32768:8:1$")
+        assert AuthActions(app.test_client()).login("bob").status_code == 200
+        assert AuthActions(app.test_client()).login("bob", "wrong password").status_code == 401
+    finally:
+        services_of(real).hub.close("test over")
+
+
+@pytest.mark.parametrize("method", ["scrypt", "scrypt:16384:8:1", "pbkdf2:sha256:1", "pbkdf2:sha512:1000"])
+def test_every_password_hash_method_the_setting_takes_works(method):
+    from werkzeug.security import check_password_hash, generate_password_hash
+
+    from chatapp.ops.config import load_settings
+
+    taken = load_settings({"REDIS_URL": "redis://x", "CHAT_PASSWORD_HASH": method})["CHAT_PASSWORD_HASH"]
+    assert check_password_hash(generate_password_hash(PASSWORD, taken), PASSWORD)
+
+
+@pytest.mark.parametrize("method", ["", "bcrypt", "scrypt:1000:8:1", "scrypt:16384:8", "pbkdf2:sha256:0",
+                                    "pbkdf2:no-such-hash:1", "pbkdf2:sha256:many"])
+def test_a_password_hash_method_werkzeug_cannot_make_is_a_config_error(method):
+    from chatapp.ops.config import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match="CHAT_PASSWORD_HASH"):
+        load_settings({"REDIS_URL": "redis://x", "CHAT_PASSWORD_HASH": method})
 
 
 def test_usernames_are_unique_case_insensitively(auth):
@@ -120,9 +156,7 @@ def _signed_in_by_basic(auth, app, name):
     headers = basic(name, PASSWORD)
     assert fresh.get("/api/auth/me", headers=headers).status_code == 200
     hub = services_of(app).hub
-    with gevent.Timeout(5):
-        while hub.control_epoch() is None:  # the control channel subscribed
-            gevent.sleep(0.02)
+    eventually(lambda: hub.control_epoch() is not None, timeout=5, interval=0.02)  # the control channel subscribed
     assert fresh.get("/api/auth/me", headers=headers).status_code == 200  # checked, now trusted
     return fresh, headers
 
@@ -140,9 +174,7 @@ def test_a_break_in_the_control_channel_ends_the_trust(auth, app, redis_client):
     hub = services_of(app).hub
     epoch = hub.control_epoch()
     redis_client.client_kill_filter(_type="pubsub")  # a message published now would be missed
-    with gevent.Timeout(10):
-        while hub.control_epoch() in (None, epoch):
-            gevent.sleep(0.02)
+    eventually(lambda: hub.control_epoch() not in (None, epoch), timeout=10, interval=0.02)
     before = _calls(redis_client, "mget")
     assert fresh.get("/api/auth/me", headers=headers).status_code == 200
     assert _calls(redis_client, "mget") == before + 1  # read again, not taken on the old word
@@ -194,9 +226,7 @@ def test_a_ban_reaches_every_worker_that_trusted_the_account(server):
 
 
 def _wait_for_forget(users, since):
-    with gevent.Timeout(5):
-        while users._forgotten == since:
-            gevent.sleep(0.01)
+    eventually(lambda: users._forgotten != since, timeout=5, interval=0.01)
 
 
 def test_a_check_between_the_kick_and_the_ban_write_does_not_keep_a_banned_account_trusted(auth, app,

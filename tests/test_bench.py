@@ -9,11 +9,12 @@ import json
 import random
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.bench
 BENCH = ROOT / "bench"
 sys.path.insert(0, str(BENCH))
 
@@ -245,6 +246,7 @@ def _delivered_everything(r):
     assert r["latency_ms"]["p99"] is not None, r
 
 
+@pytest.mark.gunicorn
 @pytest.mark.timeout(300)
 def test_smoke_run_against_chat_loses_nothing(tmp_path):
     """(a), (d), the long-poll (g) on chat's /api/rooms/<r>/poll, the mixed (l) (SSE readers in one
@@ -280,6 +282,7 @@ def test_smoke_run_against_chat_loses_nothing(tmp_path):
     assert judged[("c_caught_up_secs", "chat")]["value"] == c["caught_up_secs"]
 
 
+@pytest.mark.gunicorn
 @pytest.mark.timeout(300)
 def test_smoke_multiplexed_streams(tmp_path):
     """Issue 13 (scenarios j, k): every reader on one stream over several rooms gets every
@@ -302,6 +305,8 @@ def test_smoke_multiplexed_streams(tmp_path):
     assert "Multiplexed streams (issue 13)" in doc["table"]
 
 
+@pytest.mark.gunicorn  # flask-sse's
+@pytest.mark.nginx  # nchan's
 @pytest.mark.timeout(300)
 def test_smoke_run_against_the_peers(tmp_path):
     doc = _run_bench(tmp_path, "--systems", "nchan,flask-sse", "--scenarios", "a,c,j,l")
@@ -323,6 +328,7 @@ def test_smoke_run_against_the_peers(tmp_path):
     assert "catchup" not in by[("flask-sse", "c")]  # no resume: (c) as before
 
 
+@pytest.mark.gunicorn
 @pytest.mark.timeout(120)
 def test_stream_memory_runs_with_and_without_tracemalloc(tmp_path):
     for extra in ([], ["--trace"]):
@@ -334,6 +340,7 @@ def test_stream_memory_runs_with_and_without_tracemalloc(tmp_path):
         assert ("Python allocations live per stream" in proc.stdout) == bool(extra), proc.stdout
 
 
+@pytest.mark.gunicorn  # a bare Flask app's
 def test_flask_floor_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH / "flask_floor.py"), "--seconds", "0.5", "--connections", "4"],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False)
@@ -341,6 +348,7 @@ def test_flask_floor_runs(tmp_path):
     assert "requests/s" in proc.stdout
 
 
+@pytest.mark.gunicorn
 @pytest.mark.timeout(300)
 def test_smoke_guessing_flood(tmp_path):
     """The fan-out with a wrong-password flood (scenarios h and i): every reader served,
@@ -360,6 +368,8 @@ def test_smoke_guessing_flood(tmp_path):
     assert "Password guessing during the fan-out" in doc["table"]
 
 
+@pytest.mark.gunicorn
+@pytest.mark.topology
 @pytest.mark.timeout(300)
 def test_smoke_redis_setups(tmp_path):
     """Issue 14: chat over the other Redis setups (fsync, a Sentinel set with replica

@@ -7,8 +7,9 @@ import gevent
 import pytest
 
 from deploy.launch import Gunicorn
-from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
-from tests.helpers import Api, account, operator_account
+from tests.helpers import GENEROUS_LIMITS, PASSWORD, Api, account, operator_account, unique
+
+pytestmark = pytest.mark.gunicorn
 
 
 @pytest.fixture(scope="module")

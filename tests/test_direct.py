@@ -4,7 +4,6 @@ import base64
 import gc
 import re
 import socket
-import time
 import weakref
 
 import gevent
@@ -15,8 +14,16 @@ from chatapp.delivery.event_stream import EventStream
 from chatapp.web.context import services_of
 from chatapp.web.takeover import _detach
 from deploy.launch import Gunicorn
-from tests.conftest import GENEROUS_LIMITS, PASSWORD, unique
-from tests.helpers import Api, account, assert_exactly_once_in_order, operator_account
+from tests.helpers import (
+    GENEROUS_LIMITS,
+    PASSWORD,
+    account,
+    assert_exactly_once_in_order,
+    eventually,
+    metric,
+    operator_account,
+    unique,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +35,6 @@ def quiet(cluster_redis):
     with Gunicorn(cluster_redis.url, workers=2, env=env) as server:
         server.admin = admin
         yield server
-
-
-def metric(server, name, labels=""):
-    text = Api(server.url).get("/metrics").body.decode()
-    match = re.search(rf"^{name}{re.escape(labels)} (\S+)$", text, re.M)
-    return float(match[1]) if match else 0.0
-
-
-def wait_until(check, timeout=10):
-    deadline = time.monotonic() + timeout
-    while not check() and time.monotonic() < deadline:
-        gevent.sleep(0.1)
-    return check()
 
 
 class RawStream:
@@ -90,18 +84,20 @@ def test_live_stream_is_handed_to_the_hub_and_pinged_when_idle(server, user, roo
     raw.close()
 
 
+@pytest.mark.gunicorn
 def test_client_hanging_up_is_noticed_at_once_not_at_the_next_heartbeat(quiet):
     """Regression: with no greenlet per stream nothing reads the socket; a read watcher must,
     or a closed tab would count as open (and present) until the next ping, a minute later."""
     api = account(quiet)
     baseline = metric(quiet, "chat_streams_open")
     streams = [api.stream("/api/rooms/general/events") for _ in range(4)]
-    assert wait_until(lambda: metric(quiet, "chat_streams_open") == baseline + 4)
+    eventually(lambda: metric(quiet, "chat_streams_open") == baseline + 4, interval=0.1)
     for stream in streams:
         stream.close()
-    assert wait_until(lambda: metric(quiet, "chat_streams_open") == baseline, timeout=15)
+    eventually(lambda: metric(quiet, "chat_streams_open") == baseline, timeout=15, interval=0.1)
 
 
+@pytest.mark.gunicorn
 def test_kick_ends_a_stream_stuck_on_a_full_socket(quiet):
     """Regression: the drainer of a client that reads nothing waits on its socket; a kick
     must interrupt that wait instead of leaving the stream open for the write-stall timeout."""
@@ -116,7 +112,7 @@ def test_kick_ends_a_stream_stuck_on_a_full_socket(quiet):
         assert victim.post(f"/api/rooms/{room}/messages", {"text": f"{i} {text}"}).status == 201
     assert metric(quiet, "chat_streams_open") == baseline + 1
     assert boss.post(f"/api/admin/users/{victim.auth_user}/kick").status == 200
-    assert wait_until(lambda: metric(quiet, "chat_streams_open") == baseline, timeout=10)
+    eventually(lambda: metric(quiet, "chat_streams_open") == baseline, timeout=10, interval=0.1)
     raw.read_to_end()  # what was in flight, then the end: the server closed the connection
     raw.close()
 

@@ -7,7 +7,6 @@ so a test can leave the primary without its replica, then attach one.
 
 import json
 
-import gevent
 import pytest
 import redis
 
@@ -16,8 +15,7 @@ from chatapp.ops.errors import NotReplicated
 from chatapp.store.embedded_redis import EmbeddedRedis
 from chatapp.web.context import services_of
 from deploy.launch import free_port
-from tests.conftest import GENEROUS_LIMITS, AuthActions
-from tests.helpers import LocalStream
+from tests.helpers import CHEAP_PASSWORD_HASH, GENEROUS_LIMITS, LocalStream, eventually, send_with_key, signed_in
 
 
 @pytest.fixture
@@ -33,26 +31,14 @@ def attach_replica(tmp_path, primary):
     replica.start()
     client = redis.Redis.from_url(replica.url)
     client.replicaof("127.0.0.1", primary.port)
-    with gevent.Timeout(20):
-        while client.info("replication").get("master_link_status") != "up":
-            gevent.sleep(0.05)
+    eventually(lambda: client.info("replication").get("master_link_status") == "up", timeout=20)
     return replica
 
 
 def replicas_app(primary, **extra):
     return create_app({"REDIS_URL": primary.url, "SECRET_KEY": "test", "TESTING": True, "CHAT_HEARTBEAT_SECS": 0.5,
                        "CHAT_DURABILITY": "replicas", "CHAT_DURABILITY_TIMEOUT_MS": 100, **GENEROUS_LIMITS,
-                       **extra})
-
-
-def signed_in(app, name="alice"):
-    client = app.test_client()
-    assert AuthActions(client).register(name).status_code == 201
-    return client
-
-
-def post(client, text, key, room="general"):
-    return client.post(f"/api/rooms/{room}/messages", json={"text": text}, headers={"Idempotency-Key": key})
+                       **CHEAP_PASSWORD_HASH, **extra})
 
 
 def test_a_message_no_replica_confirms_is_a_503_readers_never_see_it_and_its_retry_makes_one(tmp_path, primary):
@@ -61,7 +47,7 @@ def test_a_message_no_replica_confirms_is_a_503_readers_never_see_it_and_its_ret
     stream = LocalStream(alice, "/api/rooms/general/events")
     stream.next_event()
     assert stream.next_event()["event"] == "ready"
-    refused = post(alice, "not yet safe", "k1")
+    refused = send_with_key(alice, "not yet safe", "k1")
     assert refused.status_code == 503 and refused.json["error"] == "not_replicated"
     assert refused.headers["Retry-After"] == "1"
     assert stream.messages(1, timeout=1) == [], "a reader saw a message no replica has"
@@ -72,10 +58,10 @@ def test_a_message_no_replica_confirms_is_a_503_readers_never_see_it_and_its_ret
         # The hub's probe (a write and WAIT of its own) releases what it held; the client's
         # retry with the same key then gets the same message, stored once.
         assert [m["text"] for m in stream.messages(1, timeout=10)] == ["not yet safe"]
-        retried = post(alice, "not yet safe", "k1")
+        retried = send_with_key(alice, "not yet safe", "k1")
         assert retried.status_code in (200, 201) and retried.json["text"] == "not yet safe"
         assert [m["id"] for m in alice.get("/api/rooms/general/messages").json["messages"]] == [retried.json["id"]]
-        after = post(alice, "safe", "k2")
+        after = send_with_key(alice, "safe", "k2")
         assert after.status_code == 201
         assert stream.messages(1) == [after.json]
         assert stream.messages(1, timeout=0.5) == [], "something came twice"
@@ -98,7 +84,7 @@ def test_an_acknowledgement_releases_every_room_in_publish_order(tmp_path, prima
         stream = LocalStream(alice, "/api/events")
         while (event := stream.next_event()) and event.get("event") != "ready":
             pass
-        sent = [post(alice, f"m{i}", f"k{i}", room=("dev", "ops", "general")[i % 3]).json for i in range(30)]
+        sent = [send_with_key(alice, f"m{i}", f"k{i}", room=("dev", "ops", "general")[i % 3]).json for i in range(30)]
         got = stream.messages(30)
         assert [m["id"] for m in got] == [m["id"] for m in sent]
         stream.close()
@@ -133,7 +119,7 @@ def test_a_read_ahead_of_a_subscription_waits_for_an_acknowledgement_of_its_own_
     app = replicas_app(primary)
     hub = services_of(app).hub
     broker = services_of(app).broker
-    hub.feed.release_stale = lambda now: None  # only acknowledgements release (not the probe)
+    hub.feed.held.probe_after_secs = float("inf")  # the hub's probe never runs: only acknowledgements release
     alice = signed_in(app)
     assert alice.post("/api/rooms", json={"name": "dev"}).status_code == 201
     general = LocalStream(alice, "/api/rooms/general/events")
@@ -151,8 +137,7 @@ def test_a_read_ahead_of_a_subscription_waits_for_an_acknowledgement_of_its_own_
             state["c"] = True
         return original(channel)
 
-    hub.feed._on_subscribed = on_subscribed
-    hub.feed.link._on_subscribed = on_subscribed
+    hub.feed.link._on_subscribed = on_subscribed  # what the link calls (it took the hub's method when it was made)
     dev = LocalStream(alice, "/api/rooms/dev/events")
     try:
         assert [m["text"] for m in general.messages(1, timeout=3)] == ["A"]

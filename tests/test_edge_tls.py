@@ -5,7 +5,6 @@ import json
 import socket
 import ssl
 import subprocess
-import time
 
 import gevent
 import psutil
@@ -13,8 +12,9 @@ import pytest
 
 from deploy.cluster import NGINX, Cluster, self_signed_certificate
 from deploy.launch import free_port
-from tests.conftest import PASSWORD
-from tests.helpers import account, unique
+from tests.helpers import PASSWORD, account, eventually, unique
+
+pytestmark = pytest.mark.nginx
 
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "upgrade", "proxy-connection"}
 
@@ -34,16 +34,6 @@ def curl(edge, *args):
 
 def run_curl(edge, *args):
     return subprocess.run(curl(edge, *args), capture_output=True, text=True, check=True).stdout
-
-
-def wait_until(condition, timeout=10):
-    """Poll ``condition`` until it holds; False if it never did (a bound, not a measurement)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        gevent.sleep(0.05)
-    return True
 
 
 def test_https_speaks_http2_and_plain_http_still_speaks_http1(edge):
@@ -111,13 +101,13 @@ def test_eight_streams_and_a_post_share_one_http2_connection(edge, tmp_path):
         return all(path.exists() and text in path.read_text() for path in outputs)
 
     try:
-        assert wait_until(lambda: received("event: ready")), "not every stream opened"
+        eventually(lambda: received("event: ready"), what="every stream opened")
         links = [c for c in psutil.Process(streams.pid).net_connections(kind="tcp")
                  if c.raddr and c.raddr.port == edge.https_port and c.status == psutil.CONN_ESTABLISHED]
         assert len(links) == 1, links
         sent = json.loads(run_curl(edge, "-f", "-u", auth, "-d", "text=to every tab",
                                    f"{edge.https_url}/api/rooms/general/messages"))
-        assert wait_until(lambda: received(f"id: {sent['id']}")), "a stream missed the message"
+        eventually(lambda: received(f"id: {sent['id']}"), what="every stream received the message")
     finally:
         streams.terminate()
         streams.wait()

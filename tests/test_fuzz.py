@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from chatapp import create_app
 from chatapp.web.context import services_of
-from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
-from tests.test_auth import basic
+from tests.helpers import CHEAP_PASSWORD_HASH, GENEROUS_LIMITS, PASSWORD, AuthActions, basic
 
 ENDPOINTS = [
     ("POST", "/api/auth/register"), ("POST", "/api/auth/login"), ("POST", "/api/auth/logout"),
@@ -77,7 +76,8 @@ def fuzz_app(tmp_path_factory):
     store = EmbeddedRedis(tmp_path_factory.mktemp("fuzz-redis"))
     store.start()
     app = create_app({"REDIS_URL": store.url, "SECRET_KEY": "t", "CHAT_POLL_TIMEOUT_SECS": 0.05,
-                      "CHAT_POLL_MAX_TIMEOUT_SECS": 0.1, "CHAT_HEARTBEAT_SECS": 0.1, **GENEROUS_LIMITS})
+                      "CHAT_POLL_MAX_TIMEOUT_SECS": 0.1, "CHAT_HEARTBEAT_SECS": 0.1, **GENEROUS_LIMITS,
+                      **CHEAP_PASSWORD_HASH})
     AuthActions(app.test_client()).register("fuzzer")
     yield app
     services_of(app).hub.close()
@@ -114,7 +114,7 @@ def send(client, method, path, *, chosen_body, chosen_headers, query):
 
 def check_metrics(app):
     """Every label value of the request histogram is from a fixed set: no request made a series."""
-    from chatapp.web.metrics import METHODS, OTHER
+    from chatapp.ops.metrics import METHODS, OTHER
 
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()} | {OTHER}
     text = services_of(app).metrics.exposition().decode()

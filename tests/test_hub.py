@@ -12,8 +12,7 @@ import redis
 from chatapp.core.ids import StreamId
 from chatapp.delivery.event_stream import EventStream
 from chatapp.web.context import services_of
-from tests.conftest import GENEROUS_LIMITS, AuthActions
-from tests.helpers import LocalStream, SSEParser, kill_pubsub_repeatedly
+from tests.helpers import GENEROUS_LIMITS, AuthActions, LocalStream, SSEParser, eventually, kill_pubsub_repeatedly
 
 
 def publish(app, text, room="general"):
@@ -173,10 +172,7 @@ def test_idle_room_is_unsubscribed_after_linger(alice, app, redis_client):
     gevent.sleep(0.2)
     assert redis_client.pubsub_numsub("chat:{general}:live")[0][1] == 1
     stream.close()
-    deadline = time.monotonic() + 5
-    while redis_client.pubsub_numsub("chat:{general}:live")[0][1] and time.monotonic() < deadline:
-        gevent.sleep(0.1)
-    assert redis_client.pubsub_numsub("chat:{general}:live")[0][1] == 0
+    eventually(lambda: redis_client.pubsub_numsub("chat:{general}:live")[0][1] == 0, timeout=5, interval=0.1)
 
 
 def test_hub_reconnects_when_redis_comes_back(alice, app, redis_server):
@@ -349,8 +345,7 @@ def test_a_start_that_fails_while_its_head_waits_still_sends_the_head_first(alic
     with app.test_request_context():
         reader = hub.reader("general", "alice")
         member = services_of(app).presence.member("alice")
-        stream = EventStream(reader, member, StreamId(1, 0), 0, app.config, metrics=services_of(app).metrics)
-        stream.take_over(ours, b"HTTP/1.1 200 OK\r\n\r\n")
+        EventStream(reader, member, StreamId(1, 0), 0, app.config).take_over(ours, b"HTTP/1.1 200 OK\r\n\r\n")
     theirs.settimeout(5)
     received = theirs.recv(65536)
     assert received.startswith(b"HTTP/1.1 200 OK\r\n\r\n")

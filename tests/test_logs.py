@@ -7,9 +7,7 @@ import gevent
 import pytest
 
 from chatapp.ops.logs import JsonFormatter
-from tests.conftest import PASSWORD, AuthActions
-from tests.helpers import LocalStream
-from tests.test_auth import basic
+from tests.helpers import PASSWORD, AuthActions, LocalStream, basic
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 import pytest
 
-from tests.conftest import PASSWORD
+from tests.helpers import PASSWORD
 
 
 def send(client, text, room="general", **extra):

@@ -6,46 +6,14 @@ import math
 import os
 import re
 import signal
-import time
-from collections import Counter
 
 import gevent
+import pytest
 from playwright.sync_api import expect
 
-from tests.conftest import PASSWORD, PHONE, unique
-from tests.helpers import ROOT, Api
+from tests.helpers import PASSWORD, PHONE, ROOT, Api, assert_once_in_order, say, texts, unique, wait_for_texts
 
-
-def say(page, text):
-    page.fill("#text", text)
-    page.press("#text", "Enter")
-
-
-def texts(page):
-    return page.locator("#messages .msg .text").all_inner_texts()
-
-
-def wait_for_texts(page, wanted, timeout=15000):
-    """Wait until every text in ``wanted`` is shown (confirmed, not pending).
-
-    Polled from here: the page's CSP (rightly) forbids the eval that
-    Playwright's in-page wait_for_function polling would need.
-    """
-    deadline = time.monotonic() + timeout / 1000
-    while True:
-        shown = set(texts(page))
-        missing = [w for w in wanted if w not in shown]
-        if not missing:
-            return
-        assert time.monotonic() < deadline, f"not shown after {timeout} ms: {missing[:3]}"
-        page.wait_for_timeout(100)
-
-
-def assert_once_in_order(page, wanted):
-    shown = texts(page)
-    counts = Counter(shown)
-    assert all(counts[w] == 1 for w in wanted), {w: counts[w] for w in wanted if counts[w] != 1}
-    assert [t for t in shown if t in set(wanted)] == wanted
+pytestmark = [pytest.mark.browser, pytest.mark.gunicorn]
 
 
 def converse(alice, bob, rounds=4, tag="hi"):

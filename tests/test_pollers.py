@@ -1,22 +1,17 @@
 """Kept long-pollers and the short path (chatapp.delivery.pollers), through the app in this process."""
 
-import base64
 from urllib.parse import quote
 
 import gevent
+import gevent.event
 import pytest
 
 from chatapp import create_app
 from chatapp.delivery import pollers
 from chatapp.web.context import services_of
-from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions
-from tests.test_streams import send
+from tests.helpers import CHEAP_PASSWORD_HASH, GENEROUS_LIMITS, PASSWORD, AuthActions, basic, eventually, send
 
 FAST = {**GENEROUS_LIMITS, "CHAT_POLL_PACE_MS": 0}
-
-
-def basic(name, password=PASSWORD):
-    return {"Authorization": "Basic " + base64.b64encode(f"{name}:{password}".encode()).decode()}
 
 
 def short_answers(app):
@@ -27,12 +22,6 @@ def short_answers(app):
 def poll(client, cursor=None, timeout=0, room="general", headers=None):
     query = f"timeout={timeout}" + (f"&cursor={cursor}" if cursor else "")
     return client.get(f"/api/rooms/{room}/poll?{query}", headers=headers)
-
-
-def wait_until(condition, timeout=5.0):
-    with gevent.Timeout(timeout):
-        while not condition():
-            gevent.sleep(0.02)
 
 
 def kept_readers(app):
@@ -77,7 +66,7 @@ def test_messages_between_polls_wait_in_the_kept_reader(alice, app):
 def test_a_lost_answer_is_answered_again_from_the_old_cursor(alice, app):
     cursor = poll(alice).json["cursor"]
     sent = [send(alice, f"m{i}") for i in range(3)]
-    wait_until(lambda: len(kept_readers(app)[0].queued()) == 3)  # all three came over Pub/Sub
+    eventually(lambda: len(kept_readers(app)[0].queued()) == 3, timeout=5, interval=0.02)  # all three came over Pub/Sub
     assert poll(alice, cursor, timeout=5).json["messages"] == sent  # the client never got this answer
     again = poll(alice, cursor, timeout=5).json  # so it asks with its old cursor: Flask, from that cursor
     assert again["messages"] == sent
@@ -108,7 +97,7 @@ def test_pollers_sharing_an_account_each_get_every_message_once_in_order(app, cl
                 return
     assert client.get("/api/auth/me", headers=headers).status_code == 200  # one hash, not five at once
     readers = [gevent.spawn(reader, i) for i in range(5)]
-    wait_until(lambda: len(started) == 5, timeout=30)  # each started "now": before the first message
+    eventually(lambda: len(started) == 5, timeout=30, interval=0.02)  # each started "now": before the first message
     for n in range(60):
         send(client, f"n{n}")
         if n % 7 == 0:
@@ -128,7 +117,7 @@ def test_logout_everywhere_ends_a_kept_poller(alice, app):
     other = app.test_client()
     AuthActions(other).login("alice")
     assert other.post("/api/auth/logout-everywhere").status_code == 200
-    wait_until(lambda: all(r.closed_reason for r in kept_readers(app)))
+    eventually(lambda: all(r.closed_reason for r in kept_readers(app)), timeout=5, interval=0.02)
     answer = poll(alice, cursor)
     assert answer.status_code == 401
 
@@ -142,7 +131,7 @@ def test_a_password_change_ends_a_basic_poller(app, client):
     changed = client.post("/api/auth/password", json={"current_password": PASSWORD, "new_password": "another pw 1"},
                           headers=headers)
     assert changed.status_code == 200
-    wait_until(lambda: all(r.closed_reason for r in kept_readers(app)))
+    eventually(lambda: all(r.closed_reason for r in kept_readers(app)), timeout=5, interval=0.02)
     assert poll(client, cursor, headers=headers).status_code == 401
 
 
@@ -163,8 +152,8 @@ def test_a_poller_not_asked_again_ends_and_gives_back_its_lease(alice, app, redi
     hub = services_of(app).hub
     poll(alice)
     assert len(hub.pollers) == 1 and hub.reader_count() == 1
-    wait_until(lambda: len(hub.pollers) == 0 and hub.reader_count() == 0)
-    wait_until(lambda: redis_client.zcard("chat:{user:alice}:streams") == 0)
+    eventually(lambda: len(hub.pollers) == 0 and hub.reader_count() == 0, timeout=5, interval=0.02)
+    eventually(lambda: redis_client.zcard("chat:{user:alice}:streams") == 0, timeout=5, interval=0.02)
 
 
 @pytest.mark.parametrize("config", [FAST])
@@ -172,7 +161,7 @@ def test_a_draining_worker_answers_a_waiting_short_poll_at_once(alice, app):
     cursor = poll(alice).json["cursor"]
     poll(alice, cursor)
     waiting = gevent.spawn(poll, alice, cursor, 30)
-    wait_until(lambda: services_of(app).hub.pollers.waiting == 1)
+    eventually(lambda: services_of(app).hub.pollers.waiting == 1, timeout=5, interval=0.02)
     services_of(app).hub.close()
     answer = waiting.get(timeout=5)
     assert answer.status_code == 200 and answer.json == {"messages": [], "cursor": cursor}
@@ -207,7 +196,7 @@ def test_a_client_whose_polls_alternate_between_workers_leaves_no_pile_of_poller
     went through Flask and kept one more, each holding a stream slot: after 20 polls the
     account was at its cap of 20 and was refused (429 too_many_streams)."""
     other = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True,
-                        **GENEROUS_LIMITS, "CHAT_POLL_PACE_MS": 0, "CHAT_POLL_LINGER_SECS": 60})
+                        **GENEROUS_LIMITS, **CHEAP_PASSWORD_HASH, "CHAT_POLL_PACE_MS": 0, "CHAT_POLL_LINGER_SECS": 60})
     try:
         AuthActions(client).register("alice")
         headers = basic("alice")
@@ -221,7 +210,8 @@ def test_a_client_whose_polls_alternate_between_workers_leaves_no_pile_of_poller
             cursor = answer.json["cursor"]
         assert cursor == sent[-1]["id"]
         assert len(services_of(app).hub.pollers) <= 2 and len(services_of(other).hub.pollers) <= 2
-        wait_until(lambda: redis_client.zcard("chat:{user:alice}:streams") <= 4)  # releases are batched
+        # releases are batched
+        eventually(lambda: redis_client.zcard("chat:{user:alice}:streams") <= 4, timeout=5, interval=0.02)
     finally:
         services_of(other).hub.close("test over")
 
@@ -235,7 +225,7 @@ def test_a_kept_poller_ends_at_its_max_age_so_flask_refreshes_the_session(alice,
     hub = services_of(app).hub
     cursor = poll(alice).json["cursor"]
     assert poll(alice, cursor).status_code == 200 and short_answers(app) == 1
-    wait_until(lambda: len(hub.pollers) == 0)  # ended at 0.3 s, before the 3 s linger
+    eventually(lambda: len(hub.pollers) == 0, timeout=5, interval=0.02)  # ended at 0.3 s, before the 3 s linger
     answer = poll(alice, cursor)
     assert answer.status_code == 200 and short_answers(app) == 1  # through Flask
     assert "chat_session=" in answer.headers.get("Set-Cookie", "")  # which refreshed the session

@@ -12,19 +12,21 @@ import pytest
 from playwright.sync_api import expect
 
 from chatapp.web.context import services_of
-from tests.conftest import GENEROUS_LIMITS, PASSWORD, AuthActions, unique
-from tests.helpers import Api, LocalStream, gunicorn_with_redis
+from tests.helpers import (
+    GENEROUS_LIMITS,
+    PASSWORD,
+    Api,
+    LocalStream,
+    eventually,
+    gunicorn_with_redis,
+    signed_in,
+    unique,
+)
 
 
 @pytest.fixture
 def config(config):
     return {**config, "CHAT_PRESENCE_LINGER_SECS": 0.3, "CHAT_PRESENCE_TTL_SECS": 3}
-
-
-def signed_in(app, name):
-    client = app.test_client()
-    AuthActions(client).register(name)
-    return client
 
 
 def events_of(stream, kinds=("presence", "typing"), timeout=4, until=None):
@@ -174,10 +176,11 @@ class Watcher:
             pass  # its worker was killed
 
     def wait_for(self, item, timeout=10):
-        deadline = time.monotonic() + timeout
-        while item not in self.events and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        return item in self.events
+        """Until ``item`` (user, state) was heard; fails if it wasn't within ``timeout``."""
+        def heard():
+            assert item in self.events, f"heard {self.events}"
+            return True
+        return eventually(heard, timeout, what=f"{item} heard by the watcher on worker {self.pid}")
 
     def close(self):
         self._greenlet.kill()
@@ -200,6 +203,7 @@ def on_worker(api, room, pid, tries=40):
     raise AssertionError(f"no stream landed on worker {pid}")
 
 
+@pytest.mark.gunicorn
 def test_users_on_different_workers_see_each_other_join_and_leave(crowd):
     room = unique("p")
     a_name, a = user_api(crowd)
@@ -209,13 +213,14 @@ def test_users_on_different_workers_see_each_other_join_and_leave(crowd):
     watcher_a = on_worker(a, room, first)
     gevent.sleep(0.3)
     watcher_b = on_worker(b, room, second)
-    assert watcher_a.wait_for((b_name, "join"))
+    watcher_a.wait_for((b_name, "join"))
     assert sorted(a.get(f"/api/rooms/{room}/presence").json["users"]) == sorted([a_name, b_name])
     watcher_b.close()
-    assert watcher_a.wait_for((b_name, "leave"))
+    watcher_a.wait_for((b_name, "leave"))
     watcher_a.close()
 
 
+@pytest.mark.gunicorn
 def test_worker_sigkill_user_leaves_within_expiry_and_every_reader_hears_it(crowd):
     room = unique("k")
     victim_name, victim = user_api(crowd)
@@ -225,11 +230,11 @@ def test_worker_sigkill_user_leaves_within_expiry_and_every_reader_hears_it(crow
     gevent.sleep(0.3)
     held = on_worker(victim, room, doomed)
     for observer in observers:
-        assert observer.wait_for((victim_name, "join"))
+        observer.wait_for((victim_name, "join"))
     killed_at = time.monotonic()
     os.kill(doomed, signal.SIGKILL)
     for observer in observers:
-        assert observer.wait_for((victim_name, "leave"), timeout=15)
+        observer.wait_for((victim_name, "leave"), timeout=15)
     took = time.monotonic() - killed_at
     print(f"\nSIGKILLed worker's user left the list after {took:.1f}s (TTL 4 s + sweep 2 s)")
     assert took < 4 + 2 + 3  # TTL + sweep + slack

@@ -2,8 +2,7 @@
 
 import pytest
 
-from tests.conftest import PASSWORD, AuthActions
-from tests.test_auth import basic
+from tests.helpers import PASSWORD, AuthActions, basic
 
 
 @pytest.fixture

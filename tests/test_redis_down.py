@@ -5,9 +5,7 @@ import pytest
 from chatapp import create_app
 from chatapp.store.embedded_redis import EmbeddedRedis
 from chatapp.web.context import services_of
-from tests.conftest import PASSWORD
-from tests.helpers import SSEParser
-from tests.test_auth import basic
+from tests.helpers import CHEAP_PASSWORD_HASH, PASSWORD, SSEParser, basic, signed_in
 
 
 @pytest.fixture
@@ -16,7 +14,7 @@ def down(tmp_path):
     store = EmbeddedRedis(tmp_path / "redis")
     store.start()
     app = create_app({"REDIS_URL": store.url, "SECRET_KEY": "t", "CHAT_REDIS_TIMEOUT_SECS": 1,
-                      "CHAT_SUBSCRIBE_TIMEOUT_SECS": 0.5})
+                      "CHAT_SUBSCRIBE_TIMEOUT_SECS": 0.5, **CHEAP_PASSWORD_HASH})
     yield app, store
     services_of(app).hub.close()
     store.stop()
@@ -26,14 +24,6 @@ ENDPOINTS = [("get", "/api/rooms"), ("post", "/api/rooms"), ("get", "/api/rooms/
              ("post", "/api/rooms/general/messages"), ("get", "/api/rooms/general/poll?timeout=0"),
              ("get", "/api/auth/me"), ("post", "/api/auth/login"), ("post", "/api/auth/register"),
              ("get", "/readyz")]
-
-
-def signed_in(app):
-    client = app.test_client()
-    registered = client.post("/api/auth/register", json={"username": "alice", "password": PASSWORD})
-    assert registered.status_code == 201
-    client.environ_base["HTTP_X_CSRFTOKEN"] = registered.json["csrf_token"]
-    return client
 
 
 def test_every_endpoint_is_a_json_503_while_redis_is_down(down):

@@ -3,7 +3,7 @@ import pytest
 from chatapp import create_app
 from chatapp.store import keys
 from chatapp.web.context import services_of
-from tests.conftest import GENEROUS_LIMITS, AuthActions
+from tests.helpers import CHEAP_PASSWORD_HASH, GENEROUS_LIMITS, AuthActions
 
 
 def test_general_always_exists(alice):
@@ -87,7 +87,8 @@ def test_keys_of_earlier_releases_are_migrated_at_start(redis_server, redis_clie
     """Rooms in the plain set of early releases and in the untagged index of the last, accounts,
     bans, session indexes and creation counters under their untagged names: all renamed once,
     and a session of the earlier release still signs its user in."""
-    first = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **config})
+    first = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **CHEAP_PASSWORD_HASH,
+                       **config})
     client = first.test_client()
     assert AuthActions(client).register("carol").status_code == 201
     services_of(first).hub.close("test over")
@@ -105,7 +106,8 @@ def test_keys_of_earlier_releases_are_migrated_at_start(redis_server, redis_clie
     redis_client.zadd("chat:user-sessions:carol", {old_sid: 1})
     redis_client.set("chat:banned:dave", "1")
     redis_client.delete(keys.SCHEMA)
-    app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **config})
+    app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **CHEAP_PASSWORD_HASH,
+                       **config})
     try:
         assert redis_client.exists("chat:rooms", "chat:room-names", "chat:user:carol", "chat:banned:dave") == 0
         names = [n.decode() for n in redis_client.zrange(keys.ROOM_NAMES, 0, -1)]
@@ -156,9 +158,8 @@ def test_unread_counts_are_rate_limited_per_user(alice):
 def test_a_worker_never_serves_with_half_its_keys_migrated(app, redis_client, redis_server, config):
     import redis as redis_lib
 
-    from chatapp import create_app
     from chatapp.store import migrations
-    from tests.conftest import AuthActions
+
     assert AuthActions(app.test_client()).register("eve").status_code == 201
     # The earlier release's layout: eve's account and her ban under the old names.
     redis_client.rename("chat:{user:eve}:account", "chat:user:eve")
@@ -174,7 +175,8 @@ def test_a_worker_never_serves_with_half_its_keys_migrated(app, redis_client, re
 
     migrations._rename = flaky
     try:
-        app2 = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True, **config})
+        app2 = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "test", "TESTING": True,
+                           **CHEAP_PASSWORD_HASH, **config})
     finally:
         migrations._rename = real
     try:

@@ -4,9 +4,7 @@ import pytest
 
 from chatapp.store import keys
 from chatapp.web.context import services_of
-from tests.conftest import PASSWORD, AuthActions
-from tests.helpers import LocalStream
-from tests.test_auth import basic
+from tests.helpers import CHEAP_PASSWORD_HASH, PASSWORD, AuthActions, LocalStream, basic
 
 
 def test_cookie_write_without_csrf_token_is_rejected(alice):
@@ -53,7 +51,7 @@ def test_security_headers_on_page_and_api(client):
 def test_secure_cookie_flag_when_configured_for_https(redis_server, redis_client):
     from chatapp import create_app
 
-    app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "t", "CHAT_HTTPS": True})
+    app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "t", "CHAT_HTTPS": True, **CHEAP_PASSWORD_HASH})
     response = AuthActions(app.test_client()).register("alice")
     assert "Secure" in response.headers["Set-Cookie"]
 

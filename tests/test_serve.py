@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.helpers import ROOT, Api
+from tests.helpers import PASSWORD, ROOT, Api
 
-PASSWORD = "correct horse"
+pytestmark = pytest.mark.gunicorn
 
 
 @pytest.fixture

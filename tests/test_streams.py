@@ -7,14 +7,7 @@ import gevent
 import pytest
 
 from chatapp.web.context import services_of
-from tests.conftest import GENEROUS_LIMITS, AuthActions
-from tests.helpers import LocalStream, parse_id
-
-
-def send(client, text, room="general"):
-    response = client.post(f"/api/rooms/{room}/messages", json={"text": text})
-    assert response.status_code == 201
-    return response.json
+from tests.helpers import GENEROUS_LIMITS, AuthActions, LocalStream, parse_id, send
 
 
 def test_stream_headers_and_first_bytes(alice):

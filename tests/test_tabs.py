@@ -7,18 +7,27 @@ page elects one tab to hold the multiplexed stream (``<html data-stream-role>``
 is "leader" there, "follower" in the others, "solo" without sharing).
 """
 
-import re
-import time
-
 import gevent
 import pytest
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import expect
 
-from tests.conftest import DESKTOP, PASSWORD, unique
-from tests.helpers import Api
-from tests.test_page import assert_once_in_order, say, texts, wait_for_texts
+from tests.helpers import (
+    DESKTOP,
+    PASSWORD,
+    Api,
+    assert_once_in_order,
+    eventually,
+    metric,
+    page_sleep,
+    say,
+    texts,
+    unique,
+    wait_for_texts,
+)
+
+pytestmark = [pytest.mark.browser, pytest.mark.gunicorn]
 
 LIVE_TIMEOUT = 20000
 
@@ -78,29 +87,26 @@ def role(page):
 
 
 def wait_for_roles(pages, wanted, timeout=LIVE_TIMEOUT):
-    """Wait until the pages' roles, sorted, are ``wanted`` (sorted)."""
-    deadline = time.monotonic() + timeout / 1000
-    while True:
+    """Wait until the pages' roles, sorted, are ``wanted`` (sorted); ``timeout`` in ms."""
+    def roles_as_wanted():
         roles = sorted(role(page) for page in pages)
-        if roles == sorted(wanted):
-            return
-        assert time.monotonic() < deadline, f"roles {roles}, wanted {sorted(wanted)}"
-        pages[0].wait_for_timeout(100)
+        assert roles == sorted(wanted), f"roles {roles}"
+        return True
+    eventually(roles_as_wanted, timeout / 1000, 0.1, what=f"roles {sorted(wanted)}", sleep=page_sleep(pages[0]))
 
 
 def streams_open(web):
     """The server's open SSE streams (all workers), from /metrics."""
-    body = Api(web.url).get("/metrics").body.decode()
-    found = re.search(r"^chat_streams_open(?:\{[^}]*\})? (\S+)$", body, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    return metric(web, "chat_streams_open")
 
 
 def wait_for_streams_open(web, count, timeout=20):
     """Streams of tabs closed by earlier tests end at the next heartbeat: wait for them."""
-    deadline = time.monotonic() + timeout
-    while (now := streams_open(web)) != count:
-        assert time.monotonic() < deadline, f"{now} streams open, wanted {count}"
-        gevent.sleep(0.2)
+    def as_many():
+        now = streams_open(web)
+        assert now == count, f"{now} streams open"
+        return True
+    eventually(as_many, timeout, 0.2, what=f"{count} streams open")
 
 
 def message_id(page, text):

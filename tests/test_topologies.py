@@ -6,24 +6,33 @@ The fault suites (failovers under load) are in tests/test_topology_faults.py.
 """
 
 import json
+import os
+import signal
 
 import gevent
 import pytest
 
 from chatapp.web.context import services_of
 from deploy.launch import Gunicorn
-from tests.conftest import GENEROUS_LIMITS
 from tests.helpers import (
+    CHEAP_PASSWORD_HASH,
+    GENEROUS_LIMITS,
     PASSWORD,
     Api,
+    LocalStream,
     MultiplexReader,
     ResumingReader,
     account,
     all_ids,
     assert_exactly_once_in_order,
+    eventually,
     operator_account,
+    send_with_key,
+    signed_in,
     unique,
 )
+
+pytestmark = pytest.mark.topology
 
 
 @pytest.fixture(scope="module", params=["sentinel", "cluster"])
@@ -35,6 +44,7 @@ def topology_server(request):
         yield server
 
 
+@pytest.mark.gunicorn
 def test_accounts_sessions_rooms_messages_streams_and_presence(topology_server):
     server = topology_server
     user = account(server)
@@ -44,10 +54,8 @@ def test_accounts_sessions_rooms_messages_streams_and_presence(topology_server):
     assert sorted(user.get("/api/me/rooms").json["rooms"]) == sorted(["general", room])
     single = ResumingReader(user, room)
     multi = MultiplexReader(user, f"rooms={room},general")
-    assert multi.wait_until(lambda r: r.ready)
-    with gevent.Timeout(10):
-        while not single.ready:
-            gevent.sleep(0.05)
+    multi.wait_until(lambda r: r.ready)
+    eventually(lambda: single.ready, timeout=10)
     sent = []
     for i in range(20):
         response = user.post(f"/api/rooms/{room if i % 2 else 'general'}/messages", {"text": f"m{i}"},
@@ -58,7 +66,8 @@ def test_accounts_sessions_rooms_messages_streams_and_presence(topology_server):
     assert again.headers.get("Idempotent-Replayed") == "true" and again.json["id"] == sent[1]["id"]
     expected = all_ids(user, room)
     assert len(expected) == 10
-    assert single.wait_for(expected[-1]) and multi.wait_until(lambda r: r.has(room, expected[-1]))
+    single.wait_for(expected[-1])
+    multi.wait_until(lambda r: r.has(room, expected[-1]))
     assert user.auth_user in user.get(f"/api/rooms/{room}/presence").json["users"]
     single.stop()
     multi.stop()
@@ -68,6 +77,7 @@ def test_accounts_sessions_rooms_messages_streams_and_presence(topology_server):
     assert [m["id"] for m in polled["messages"]] == expected[1:]
 
 
+@pytest.mark.gunicorn
 def test_cookie_sessions_csrf_logout_kick_and_rate_limits(topology_server):
     server = topology_server
     name = unique("c")
@@ -108,7 +118,8 @@ def test_a_catch_up_reads_the_rooms_log_on_a_cluster(cluster_set):
     from chatapp import create_app
     from chatapp.core.ids import ZERO
 
-    app = create_app({"REDIS_URL": cluster_set.url, "SECRET_KEY": "test", "TESTING": True, **GENEROUS_LIMITS})
+    app = create_app({"REDIS_URL": cluster_set.url, "SECRET_KEY": "test", "TESTING": True, **GENEROUS_LIMITS,
+                      **CHEAP_PASSWORD_HASH})
     try:
         broker = services_of(app).broker
         room = unique("cu")
@@ -123,19 +134,13 @@ def test_a_catch_up_reads_the_rooms_log_on_a_cluster(cluster_set):
 
 def test_on_a_cluster_the_probe_releases_a_message_whose_wait_timed_out(cluster_set):
     """Found in review: a shard had no probe, so a message whose WAIT timed out stayed held
-    (unseen) until some later message of that shard was acknowledged."""
-    from tests.helpers import LocalStream
-    from tests.test_durability import post, signed_in
-
-    """Single server: the hub's probe releases it within a tick or two. Cluster: no probe."""
-    import os
-    import signal
-
+    (unseen) until some later message of that shard was acknowledged. (On a single server the
+    hub's probe releases it within a tick or two.)"""
     from chatapp import create_app
-    from tests.conftest import GENEROUS_LIMITS
+
     app = create_app({"REDIS_URL": cluster_set.url, "SECRET_KEY": "test", "TESTING": True,
                       "CHAT_HEARTBEAT_SECS": 0.5, "CHAT_DURABILITY": "replicas",
-                      "CHAT_DURABILITY_TIMEOUT_MS": 100, **GENEROUS_LIMITS})
+                      "CHAT_DURABILITY_TIMEOUT_MS": 100, **GENEROUS_LIMITS, **CHEAP_PASSWORD_HASH})
     alice = signed_in(app, "bob" + os.urandom(3).hex())
     stream = LocalStream(alice, "/api/rooms/general/events")
     while (e := stream.next_event()) and e.get("event") != "ready":
@@ -144,7 +149,7 @@ def test_on_a_cluster_the_probe_releases_a_message_whose_wait_timed_out(cluster_
     replica = cluster_set.replicas_of(primary)[0]
     os.kill(replica.pid, signal.SIGSTOP)
     try:
-        refused = post(alice, "lagged", "k-lag")
+        refused = send_with_key(alice, "lagged", "k-lag")
         assert refused.status_code == 503, refused.json
     finally:
         os.kill(replica.pid, signal.SIGCONT)

@@ -20,11 +20,12 @@ import time
 from collections import Counter
 
 import gevent
+import pytest
 from redis.crc import key_slot
 
 from deploy.launch import Gunicorn
-from tests.conftest import GENEROUS_LIMITS
 from tests.helpers import (
+    GENEROUS_LIMITS,
     PASSWORD,
     Api,
     MultiplexReader,
@@ -33,9 +34,12 @@ from tests.helpers import (
     ResumingReader,
     account,
     assert_exactly_once_in_order,
+    eventually,
     parse_id,
     unique,
 )
+
+pytestmark = [pytest.mark.faults, pytest.mark.topology, pytest.mark.gunicorn]
 
 ENV = {**GENEROUS_LIMITS, "CHAT_HEARTBEAT_SECS": "2", "CHAT_RETRY_MS": "300", "CHAT_ACCESS_LOG": "0"}
 REPLICA_ACKS = {"CHAT_DURABILITY": "replicas", "CHAT_DURABILITY_REPLICAS": "1", "CHAT_DURABILITY_TIMEOUT_MS": "1000"}
@@ -55,13 +59,6 @@ def outage(posters, since, until=float("inf")):
     back = min((a.end for p in posters for a in p.attempts if a.status == 201 and a.end > first),
                default=float("nan"))
     return back - first, Counter(a.code for a in failed)
-
-
-def wait_until(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
-        gevent.sleep(0.05)
 
 
 def room_log(api, room):
@@ -103,7 +100,7 @@ class Traffic:
                       for room in rooms for _ in range(polls_per_room)]
         query = "rooms=" + ",".join(rooms)
         self.muxes = [MultiplexReader(next(spread), query, retry_secs=0.3) for _ in range(multiplexed)]
-        wait_until(lambda: all(r.ready for r in self.sse + self.muxes), 60, "every stream ready")
+        eventually(lambda: all(r.ready for r in self.sse + self.muxes), 60, what="every stream ready")
         self.posters = [Poster(self.apis[i % len(self.apis):] + self.apis[:i % len(self.apis)], room,
                                f"{room}-p{i}", pause)
                         for room in rooms for i in range(posters_per_room)]

@@ -40,7 +40,8 @@ def _at_low_priority(function, *args):
 class Hasher:
     """Hash and check passwords on ``threads`` OS threads, with at most ``queue`` waiting."""
 
-    def __init__(self, threads, queue):
+    def __init__(self, threads, queue, method):
+        self.method = method  # CHAT_PASSWORD_HASH: how new hashes are made
         self.threads = threads
         self.capacity = threads + queue
         self._waiting = 0
@@ -65,7 +66,9 @@ class Hasher:
             self._waiting -= 1
 
     def hash(self, password):
-        return self._run(generate_password_hash, password)
+        """A new hash, made the way ``CHAT_PASSWORD_HASH`` says (a stored hash names its method:
+        :meth:`check` takes any)."""
+        return self._run(generate_password_hash, password, self.method)
 
     def check(self, stored_hash, password):
         return self._run(check_password_hash, stored_hash, password)

@@ -60,7 +60,7 @@ class UserStore:
         self.cache_secs = cache_secs
         self._secret = hashlib.sha256(b"chat verified credentials\0" + secret.encode()).digest()
         # Hashed once so an unknown user costs the same hash as a wrong password.
-        self._dummy_hash = generate_password_hash("not a real password")
+        self._dummy_hash = generate_password_hash("not a real password", hasher.method)
         self._cache = {}
         # Credentials this worker may accept without reading Redis at all, while the hub's
         # control channel vouches that no "sessions ended" message was missed (see trust_while).

@@ -40,6 +40,24 @@ def memory_size(text):
     return text
 
 
+def password_hash_method(text):
+    """A werkzeug password hash method: ``scrypt[:N:r:p]`` (N a power of 2) or ``pbkdf2[:hash[:iterations]]``."""
+    import hashlib
+
+    method, *args = text.strip().split(":")
+    if method == "scrypt":
+        valid = not args or (len(args) == 3 and all(arg.isdigit() and int(arg) > 0 for arg in args)
+                             and int(args[0]) > 1 and int(args[0]) & (int(args[0]) - 1) == 0)
+    elif method == "pbkdf2":
+        valid = len(args) <= 2 and (not args or args[0] in hashlib.algorithms_available) \
+            and (len(args) < 2 or (args[1].isdigit() and int(args[1]) > 0))
+    else:
+        valid = False
+    if not valid:
+        raise ValueError(f"{text!r} is not a method like scrypt:32768:8:1 or pbkdf2:sha256:600000")
+    return text.strip()
+
+
 def name_list(text):
     """A comma-separated list of usernames, lowercased."""
     return tuple(sorted({part.strip().lower() for part in text.split(",") if part.strip()}))
@@ -145,6 +163,10 @@ SETTINGS = (
             "the message that should have ended it was missed.", 0.1, 3600),
     Setting("CHAT_HASH_THREADS", int, 1, "Threads per worker that hash passwords (scrypt, ~100 ms of "
             "CPU each), so sign-ins never stall a worker's streams.", 1, 64),
+    Setting("CHAT_PASSWORD_HASH", password_hash_method, "scrypt:32768:8:1", "How new password hashes are made "
+            "(werkzeug's method: `scrypt:N:r:p` or `pbkdf2:<hash>:<iterations>`). A stored hash keeps its own "
+            "method, so a change never locks anyone out. Cheap methods are for tests only (the suite's in-process "
+            "apps use `pbkdf2:sha256:1`): the cost is what slows down cracking a stolen account database."),
     Setting("CHAT_HASH_QUEUE", int, 16, "Sign-ins that may wait for a hashing thread; past it a "
             "503 `busy` with Retry-After.", 0, 10_000),
     Setting("CHAT_AUTH_CACHE_SECS", float, 300.0, "How long a verified HTTP Basic credential skips "
