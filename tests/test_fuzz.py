@@ -114,7 +114,7 @@ def send(client, method, path, *, chosen_body, chosen_headers, query):
 
 def check_metrics(app):
     """Every label value of the request histogram is from a fixed set: no request made a series."""
-    from chatapp.ops.metrics import METHODS, OTHER
+    from chatapp.web.metrics import METHODS, OTHER
 
     endpoints = {rule.endpoint for rule in app.url_map.iter_rules()} | {OTHER}
     text = services_of(app).metrics.exposition().decode()

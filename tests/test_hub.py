@@ -345,7 +345,8 @@ def test_a_start_that_fails_while_its_head_waits_still_sends_the_head_first(alic
     with app.test_request_context():
         reader = hub.reader("general", "alice")
         member = services_of(app).presence.member("alice")
-        EventStream(reader, member, StreamId(1, 0), 0, app.config).take_over(ours, b"HTTP/1.1 200 OK\r\n\r\n")
+        stream = EventStream(reader, member, StreamId(1, 0), 0, app.config, metrics=services_of(app).metrics)
+        stream.take_over(ours, b"HTTP/1.1 200 OK\r\n\r\n")
     theirs.settimeout(5)
     received = theirs.recv(65536)
     assert received.startswith(b"HTTP/1.1 200 OK\r\n\r\n")

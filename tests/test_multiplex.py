@@ -311,7 +311,7 @@ def test_a_room_being_joined_is_listed_at_its_join_point_until_it_is_followed(al
         f"({_ms(in_general['id'])}-1)-max clamped to its tail: {in_dev['id']} is never delivered")
 
 
-# Found in review: A join published between the view's read of the memberships and Hub.add_stream is lost
+# Found in review: A join published between the view's read of the memberships and Hub.multiplex is lost
 #    for that stream, and a resume then skips the room's messages.
 def test_a_join_racing_the_streams_opening_reaches_it(alice, app):
     memberships = services_of(app).memberships
