@@ -229,3 +229,33 @@ def test_a_kept_poller_ends_at_its_max_age_so_flask_refreshes_the_session(alice,
     answer = poll(alice, cursor)
     assert answer.status_code == 200 and short_answers(app) == 1  # through Flask
     assert "chat_session=" in answer.headers.get("Set-Cookie", "")  # which refreshed the session
+
+
+@pytest.mark.parametrize("config", [FAST])
+@pytest.mark.parametrize("path", ["/api/rooms/general/poll", "/api/poll"])
+def test_regression_a_poll_closed_for_a_reason_other_than_its_session_is_a_503_on_both_polls(alice, app, path):
+    """The room poll answered 401 ("your session ended") for any close but a drain, where the
+    multiplexed poll said 503: a client would sign its user out when the store failed."""
+    waiting = gevent.spawn(alice.get, f"{path}?timeout=10")
+    eventually(lambda: services_of(app).hub.pollers.waiting == 1, timeout=5)
+    assert services_of(app).hub.close_matching("store_unavailable", user="alice") == 1
+    answer = waiting.get(timeout=5)
+    assert answer.status_code == 503 and answer.json["error"] == "store_unavailable"
+    waiting = gevent.spawn(alice.get, f"{path}?timeout=10")
+    eventually(lambda: services_of(app).hub.pollers.waiting == 1, timeout=5)
+    services_of(app).hub.close_matching("kicked", user="alice")
+    answer = waiting.get(timeout=5)
+    assert answer.status_code == 401 and answer.json["error"] == "kicked"
+
+
+@pytest.mark.parametrize("config", [FAST])
+def test_regression_a_kept_poll_shows_its_user_by_the_signed_in_name(auth, client, app):
+    """The short path refreshed presence under the lowercased name, Flask under the name as
+    registered: a user named Carol polling showed up as both Carol and carol."""
+    assert auth.register("Carol").status_code == 201
+    cursor = poll(client).json["cursor"]
+    shorts = short_answers(app)
+    for _ in range(3):
+        cursor = poll(client, cursor).json["cursor"]
+    assert short_answers(app) > shorts
+    assert client.get("/api/rooms/general/presence").json["users"] == ["Carol"]
