@@ -94,12 +94,14 @@ class Multiplex(Stream):
             self.hub.join_presence(reader, member)
 
     def end(self):
-        """The stream ended: its rooms out of the hub and their presence, the stream uncounted."""
+        """The stream ended, however it ended (its one end): its rooms ended, the stream
+        uncounted, its sink dropped (idempotent)."""
         self._ended = True
         self._joining.clear()
         for reader in self.rooms.values():
             reader.end()
         self.hub.remove_stream(self)
+        self.sink = None
 
     def go_direct(self, sink):
         """From now on the hub writes to ``sink`` whenever a room has nothing queued."""
@@ -108,11 +110,6 @@ class Multiplex(Stream):
             reader.go_direct(sink)
         if self._notices or self.closed_reason:
             sink.set()
-
-    def close_queue(self):
-        for reader in self.rooms.values():
-            reader.close_queue()
-        self.sink = None
 
     # -- membership --------------------------------------------------------------
 
@@ -170,7 +167,6 @@ class Multiplex(Stream):
         reader = self.rooms.pop(room, None)
         if reader is not None:
             reader.end()
-            reader.close_queue()
         if reader is not None or joining is not None:
             self._notice("left", {"room": room})
 

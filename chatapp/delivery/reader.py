@@ -193,9 +193,12 @@ class Reader(Stream):
         return bool(self._queue or self._behind)
 
     def end(self):
-        """The stream ended: out of the hub and the room's presence."""
+        """The stream ended, however it ended (its one end): out of the hub and the room's
+        presence, its queue and sink dropped (idempotent)."""
         self.hub.detach(self)
         self.hub.leave_presence(self)
+        self._queue = NO_QUEUE
+        self.sink = None
 
     def queued(self):
         """What waits in the queue now, oldest first (a copy)."""
@@ -294,11 +297,6 @@ class Reader(Stream):
         """``batch`` as one write, counted in ``delivered`` (the hub adds that to the metric in bulk)."""
         self._delivered += len(batch)
         return b"".join(p.frame for p in batch)
-
-    def close_queue(self):
-        """Drop what is queued and the sink: the stream has ended."""
-        self._queue = NO_QUEUE
-        self.sink = None
 
     def _take(self):
         queue, self._queue = self._queue, NO_QUEUE

@@ -165,5 +165,4 @@ class SocketSink:
             sock.close()
             # Reader, sink and stream refer to each other; let reference counting free them
             # now rather than at a full collection, which tune_gc makes rare.
-            self.reader.close_queue()
             self.reader = self.stream = None
