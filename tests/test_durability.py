@@ -32,6 +32,10 @@ def attach_replica(tmp_path, primary):
     client = redis.Redis.from_url(replica.url)
     client.replicaof("127.0.0.1", primary.port)
     eventually(lambda: client.info("replication").get("master_link_status") == "up", timeout=20)
+    # Redis 6.2 won't exit on SIGTERM while it writes its first AOF after the sync ("Writing
+    # initial AOF, can't exit"): a test that stops the replica at once waited 15 s for SIGKILL.
+    eventually(lambda: not any(client.info("persistence")[name] for name in
+                               ("aof_rewrite_in_progress", "aof_rewrite_scheduled")), timeout=20)
     return replica
 
 
