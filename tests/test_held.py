@@ -74,6 +74,30 @@ def test_entries_read_from_a_log_wait_for_an_acknowledgement_of_their_own_room()
     assert not held
 
 
+def test_regression_a_live_message_released_by_another_rooms_acknowledgement_takes_its_rooms_older_log_entries():
+    """a1 was read from A's log at a resubscription, a2 came live after it, then B's b3 was
+    acknowledged: a2 went out and a1 stayed held, so when a1 was released later the room had
+    shown a2 and dropped it (a reader lost a1: the Sentinel fault suite, 1 run in 4)."""
+    held = Held()
+    a1, a2, b3 = pub(1), pub(2), pub(3)
+    held.hold_from_log(A, [a1])
+    held.hold_live(A, a2)
+    held.hold_live(B, b3)
+    assert held.acknowledged(B, b3.id) == [*logged(A, a1), *live((A, a2), (B, b3))]
+    assert not held
+
+
+def test_regression_a_probe_releasing_a_live_message_takes_its_rooms_older_log_entries():
+    held = Held()
+    a1, a2, a3 = pub(1), pub(2), pub(3)
+    held.hold_from_log(A, [a1, a3])
+    held.hold_live(A, a2)
+    snapshot = (held.live[-1], {})  # a probe sent when only the live message counted
+    assert held.probed(snapshot) == [*logged(A, a1), *live((A, a2))]
+    assert held.acknowledged(A, a3.id) == logged(A, a3)
+    assert not held
+
+
 def test_a_rooms_log_entries_go_out_before_its_live_messages_each_in_order():
     held = Held()
     a1, a2, b3, a4 = pub(1), pub(2), pub(3), pub(4)
