@@ -151,3 +151,4 @@ def test_a_read_ahead_of_a_subscription_waits_for_an_acknowledgement_of_its_own_
         dev.close()
         general.close()
         hub.close("test over")
+        replica.stop()  # if the test failed before it did (a leftover redis-server otherwise)
