@@ -52,8 +52,11 @@ def test_secure_cookie_flag_when_configured_for_https(redis_server, redis_client
     from chatapp import create_app
 
     app = create_app({"REDIS_URL": redis_server.url, "SECRET_KEY": "t", "CHAT_HTTPS": True, **CHEAP_PASSWORD_HASH})
-    response = AuthActions(app.test_client()).register("alice")
-    assert "Secure" in response.headers["Set-Cookie"]
+    try:
+        response = AuthActions(app.test_client()).register("alice")
+        assert "Secure" in response.headers["Set-Cookie"]
+    finally:
+        services_of(app).hub.close("test over")
 
 
 def test_logout_destroys_the_session_in_redis(auth, client, redis_client):
