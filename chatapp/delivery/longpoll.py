@@ -29,8 +29,6 @@ class Answer(NamedTuple):
 class RoomPoll:
     """One room: ``{"messages", "cursor"[, "reset", "oldest"][, "events"]}``."""
 
-    scope = "room"
-
     @staticmethod
     def rooms(reader):
         return [reader.room]
@@ -70,8 +68,6 @@ class RoomPoll:
 
 class MultiplexedPoll:
     """Every joined room: ``{"messages", "events", "resets", "rooms", "cursor"}``."""
-
-    scope = "multiplexed"
 
     @staticmethod
     def rooms(mux):
