@@ -1,5 +1,5 @@
 """Private rooms and direct messages: access decided in one place and checked on every path
-(docs/DESIGN.md, invariants 14 and 15), in-process against a real Redis.
+(docs/DESIGN.md, invariants 15 and 16), in-process against a real Redis.
 
 The outsider matrix walks the app's URL map: a route added later that takes a room must be
 listed here with how to name the room, and must answer an outsider exactly as it answers for a

@@ -1,4 +1,4 @@
-"""Who may do what with a room: decided here, and only here (docs/DESIGN.md, invariant 14).
+"""Who may do what with a room: decided here, and only here (docs/DESIGN.md, invariant 15).
 
 Every route that takes a room asks :class:`Access` before it touches the room:
 streams, both long-polls (the short path serves only a poller a full poll opened
@@ -15,7 +15,7 @@ route added without asking fails it.
 
 A check reads the user's role and the room's newest id in one script
 (``room_access.lua``); a stream starts from that id, so a removal that follows the
-check is in what the stream reads, and ends it (invariant 15). Public rooms need
+check is in what the stream reads, and ends it (invariant 16). Public rooms need
 no read at all once seen: their kind never changes.
 """
 

@@ -4,7 +4,7 @@ to who is in a conversation.
 Each change that matters to readers is an entry in the room's log, written by the same script
 that changes the members (:meth:`chatapp.store.broker.Broker.change`), so it travels the way a
 message does, in order with them. A removal or a leave names the user it revokes: every
-reader of theirs meets it before anything that follows it, on every worker (invariant 15).
+reader of theirs meets it before anything that follows it, on every worker (invariant 16).
 The user's own list of rooms (:mod:`chatapp.store.memberships`) follows, and with it their
 multiplexed streams, through the control channel.
 """

@@ -27,7 +27,7 @@ class Publication:
         self.id = id
         self.json = json_bytes
         # The user whose access to the room this entry ends (lowercase), or None: found once
-        # per publication here, so delivering it costs each reader nothing (invariant 15).
+        # per publication here, so delivering it costs each reader nothing (invariant 16).
         self.revokes = _revoked_user(json_bytes)
         self._frame = None
         self._chunk = None

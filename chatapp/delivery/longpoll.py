@@ -114,7 +114,7 @@ def answer_closed(stream, kind, closed):
         return kind.encode(stream, None)
     if closed.reason in SESSION_ENDED:
         raise Unauthorized("Your session ended.", code=closed.reason) from None
-    if closed.reason == Ending.REMOVED:  # for this user the room no longer exists (invariant 14)
+    if closed.reason == Ending.REMOVED:  # for this user the room no longer exists (invariant 15)
         raise unknown_room(stream.room) from None
     raise StoreUnavailable(code=closed.reason) from None
 

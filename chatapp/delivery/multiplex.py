@@ -68,7 +68,7 @@ class Multiplex(Stream):
         for reader in self.rooms.values():
             self.hub.register(reader)  # every subscription on its way before waiting for the first
         for room, reader in list(self.rooms.items()):
-            if self.rooms.get(room) is reader:  # not revoked while an earlier room opened (invariant 15)
+            if self.rooms.get(room) is reader:  # not revoked while an earlier room opened (invariant 16)
                 reader.open(starts[room])
         changes, self._changes = self._changes, None
         for change in changes:
@@ -169,7 +169,7 @@ class Multiplex(Stream):
 
     def revoked(self, reader):
         """``reader``'s room may no longer be read by this stream's user (removed, or left a
-        private room): dropped at once, the client told why (invariant 15)."""
+        private room): dropped at once, the client told why (invariant 16)."""
         if self.rooms.get(reader.room) is reader or reader.room in self._joining:
             self._leave(reader.room, reason=Ending.REMOVED)
         else:

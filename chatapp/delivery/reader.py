@@ -339,7 +339,7 @@ class Reader(Stream):
             elif force or publication.id > last:
                 if publication.revokes is not None and not force and self.revokes(publication):
                     # Met in a catch-up or a queue (the feed revokes live readers itself): what
-                    # follows it is not this reader's to see (invariant 15).
+                    # follows it is not this reader's to see (invariant 16).
                     self.last_id = last
                     self._queue = NO_QUEUE
                     self._behind = False

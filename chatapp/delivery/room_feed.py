@@ -54,7 +54,7 @@ class RoomFeed:
 
     def _revoke(self, publication):
         """The user ``publication`` names may no longer read the room: their readers end here,
-        before anything that follows in the log is offered (docs/DESIGN.md, invariant 15)."""
+        before anything that follows in the log is offered (docs/DESIGN.md, invariant 16)."""
         for reader in tuple(self.readers):
             if reader.revokes(publication):
                 reader.revoke()

@@ -23,7 +23,7 @@ POST = "post"  # append_publish.lua's operation for a message
 
 
 _REFUSALS = {
-    # An outsider of a private room or a DM gets what a room never created gets (invariant 14).
+    # An outsider of a private room or a DM gets what a room never created gets (invariant 15).
     "unknown_room": unknown_room,
     "room_archived": lambda room: Forbidden("This room is archived: it can be read, not written to.",
                                        code="room_archived"),

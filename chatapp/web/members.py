@@ -40,6 +40,6 @@ def set_role(room, user):
 @login_required
 def remove(room, user):
     """Remove a member from a private room: none of their streams, on any worker, delivers
-    another message of it (docs/DESIGN.md, invariant 15)."""
+    another message of it (docs/DESIGN.md, invariant 16)."""
     services().conversations.remove(current_user(), room, user)
     return jsonify(removed=user.lower())

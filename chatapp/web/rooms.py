@@ -46,7 +46,7 @@ def create_room():
     """Create a public room by ``name`` (201, or 200 with the existing one), or with
     ``"private": true`` a private room titled ``title``, owned by you (201)."""
     fields = request_fields()
-    if fields.get("private") is True:
+    if _flag(fields, "private"):
         user = current_user()
         room = services().conversations.create_private(user, string_field(fields, "title"))
         return jsonify(room=describe(user, room)), 201
@@ -70,12 +70,24 @@ def change(room):
     """Rename (``title``) and/or archive (``archived``: true/false) a room: its owner, its
     moderators, or an operator. Each change is an entry in the room's log."""
     fields = request_fields()
-    title, archived = fields.get("title"), fields.get("archived")
+    title, archived = fields.get("title"), _flag(fields, "archived")
     if title is None and archived is None:
         raise BadRequest("Give 'title' and/or 'archived'.", code="bad_field")
     user = current_user()
     services().conversations.update(user, room, title=title, archived=archived)
     return jsonify(room=describe(user, room))
+
+
+def _flag(fields, name):
+    """A true/false field, from JSON (a boolean) or a form ("true", "false", "1", "0"); None if absent."""
+    value = fields.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise BadRequest(f"'{name}' must be true or false.", code="bad_field")
 
 
 def describe(user, room):

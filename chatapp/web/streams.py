@@ -82,7 +82,7 @@ def admit_stream():
 
 def _open_reader(room, cursor, backlog=0):
     """A reader of ``room`` bound to who is asking, if they may read it; and where it starts
-    (``cursor``, or for a private room or a DM the id their access was checked at: invariant 15)
+    (``cursor``, or for a private room or a DM the id their access was checked at: invariant 16)
     and the backlog it sends first."""
     grant = services().access.read(current_user(), room)
     start = grant.start(cursor)

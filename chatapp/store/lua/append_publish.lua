@@ -1,10 +1,10 @@
--- Save to history and publish, atomically per room (docs/DESIGN.md, invariants 1, 2, 9, 15).
+-- Save to history and publish, atomically per room (docs/DESIGN.md, invariants 1, 2, 9, 16).
 --
 -- Running XADD and PUBLISH in one script makes a room's publish order equal to
 -- its stream-id order, and a 201 is only sent after the entry is in the stream.
 -- Every entry of a room's log is written here: messages, and the membership and
 -- room changes that travel the same way (a removal is an entry, so every reader
--- meets it in order, before any message that follows it: invariant 15). Who may
+-- meets it in order, before any message that follows it: invariant 16). Who may
 -- write is decided in the same script, so a removal or an archive can't fall
 -- between the check and the append.
 --

@@ -8,7 +8,7 @@
 --
 -- Returns {kind, archived, title, role, newest id, acknowledged id} ('' for what is absent).
 -- The newest id is read with the role: a reader that starts there meets every later
--- change of the role in the log (invariant 15).
+-- change of the role in the log (invariant 16).
 
 local record = redis.call('HMGET', KEYS[1], 'kind', 'archived', 'title')
 local role = redis.call('HGET', KEYS[2], ARGV[1])
