@@ -154,7 +154,15 @@ class RoomRegistry:
 
     def members(self, room):
         """``{user: role}`` of the room (private rooms and DMs: every member; public: its staff)."""
-        return {user.decode(): role.decode() for user, role in self.redis.hgetall(keys.room_members(room)).items()}
+        return self.members_of([room])[room]
+
+    def members_of(self, rooms):
+        """:meth:`members` of many rooms, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for room in rooms:
+            pipe.hgetall(keys.room_members(room))
+        return {room: {user.decode(): role.decode() for user, role in found.items()}
+                for room, found in zip(rooms, pipe.execute())}
 
     def roles_of(self, user, rooms):
         """``{room: role or None}`` of ``user`` in each room, in one round trip."""
