@@ -202,19 +202,17 @@ class RoomRegistry:
             raise Forbidden(f"You have created the {self.max_private_per_user} private rooms an account may create.",
                             code="private_room_quota")
         name = PRIVATE_PREFIX + secrets.token_hex(10)
-        self._create_hidden([keys.room_meta(name), keys.room_members(name), keys.room_blockers(name)],
+        self._create_hidden([keys.room_meta(name), keys.room_members(name)],
                             [PRIVATE, title, user.lower(), _now_ms(), 1, user.lower(), OWNER])
         return name
 
-    def create_dm(self, members, blockers=()):
-        """The DM of ``members`` (lowercase names), created if new; return ``(name, created)``.
-        ``blockers``: members who blocked another (a two-person DM is then read-only)."""
+    def create_dm(self, members):
+        """The DM of ``members`` (lowercase names), created if new; return ``(name, created)``."""
         name = dm_name(members)
         args = [DM, "", "", _now_ms(), len(members)]
         for member in sorted(members):
             args += [member, MEMBER]
-        created = self._create_hidden([keys.room_meta(name), keys.room_members(name), keys.room_blockers(name)],
-                                      [*args, *blockers])
+        created = self._create_hidden([keys.room_meta(name), keys.room_members(name)], args)
         return name, created == 1
 
     def set_blocked(self, room, user, blocked):
