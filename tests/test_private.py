@@ -224,7 +224,13 @@ def test_roles_decide_who_manages(people, app):
     # The owner can't leave (archive instead); a member can, and then it's gone for them.
     response = alice.post(f"/api/rooms/{private}/leave")
     assert response.status_code == 409 and response.json["error"] == "owner_must_stay"
-    assert carol.post(f"/api/rooms/{private}/leave").status_code == 200
+    stream = LocalStream(carol, "/api/events")
+    try:
+        until(stream, "ready")
+        assert carol.post(f"/api/rooms/{private}/leave").status_code == 200
+        assert json.loads(until(stream, "left")["data"]) == {"room": private}  # not "removed": she left
+    finally:
+        stream.close()
     assert carol.get(f"/api/rooms/{private}/messages").json["error"] == "unknown_room"
     assert private not in carol.get("/api/me/rooms").json["rooms"]
 

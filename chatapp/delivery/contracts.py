@@ -32,10 +32,13 @@ class Sink(Protocol):
 
 
 class Framer(Protocol):
-    """How a reader's live publication becomes an HTTP chunk: the reader's own
-    (:data:`chatapp.delivery.reader.SINGLE_ROOM`) or its multiplexed stream's."""
+    """How a reader's live publication becomes an HTTP chunk, and what ends when its user loses
+    access to the room (invariant 16): the reader's own stream
+    (:data:`chatapp.delivery.reader.SINGLE_ROOM`), or one room of its multiplexed stream."""
 
     def live_chunk(self, reader, publication) -> bytes: ...
+
+    def revoked(self, reader, publication) -> None: ...
 
 
 class PollKind(Protocol):

@@ -167,11 +167,13 @@ class Multiplex(Stream):
         if self.sink is not None:
             reader.go_direct(self.sink)
 
-    def revoked(self, reader):
-        """``reader``'s room may no longer be read by this stream's user (removed, or left a
-        private room): dropped at once, the client told why (invariant 16)."""
+    def revoked(self, reader, publication):
+        """``reader``'s room may no longer be read by this stream's user from ``publication`` on
+        (removed, or left a private room): dropped at once (invariant 16), the client told
+        ``left`` with the reason ``removed`` unless they left themselves."""
         if self.rooms.get(reader.room) is reader or reader.room in self._joining:
-            self._leave(reader.room, reason=Ending.REMOVED)
+            removed = json.loads(publication.json).get("change") == "removed"  # rare: parsed here only
+            self._leave(reader.room, reason=Ending.REMOVED if removed else None)
         else:
             reader.end()  # a room being joined, or one already left
 

@@ -52,7 +52,7 @@ class SingleRoom:
         return publication.chunk
 
     @staticmethod
-    def revoked(reader):
+    def revoked(reader, publication):
         """The reader's user may no longer read its room: the stream ends (its client is told
         ``removed``; reconnecting, it gets the 404 of a room that doesn't exist)."""
         reader.close(Ending.REMOVED)
@@ -261,10 +261,10 @@ class Reader(Stream):
         checked = self.access_checked_at
         return publication.revokes == self.user and (checked is None or publication.id > checked)
 
-    def revoke(self):
-        """Its user may no longer read the room: nothing after this point reaches them (the
-        framer ends the stream, or drops the room from a multiplexed one)."""
-        self.framer.revoked(self)
+    def revoke(self, publication):
+        """Its user may no longer read the room from ``publication`` on: nothing after it reaches
+        them (the framer ends the stream, or drops the room from a multiplexed one)."""
+        self.framer.revoked(self, publication)
 
     def fall_behind(self):
         """Drop the queue; the next batch catches up from this reader's own cursor."""
@@ -343,7 +343,7 @@ class Reader(Stream):
                     self.last_id = last
                     self._queue = NO_QUEUE
                     self._behind = False
-                    self.revoke()
+                    self.revoke(publication)
                     return fresh
                 fresh.append(publication)
                 last = max(last, publication.id)

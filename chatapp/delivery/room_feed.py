@@ -57,7 +57,7 @@ class RoomFeed:
         before anything that follows in the log is offered (docs/DESIGN.md, invariant 16)."""
         for reader in tuple(self.readers):
             if reader.revokes(publication):
-                reader.revoke()
+                reader.revoke(publication)
 
     def signal(self, signal):
         """A live-only event: to every local reader but the user it is about."""
