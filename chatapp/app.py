@@ -13,9 +13,11 @@ from chatapp.web import (
     access_log,
     admin,
     auth,
+    dms,
     errors,
     events,
     health,
+    members,
     memberships,
     messages,
     metrics,
@@ -29,7 +31,8 @@ from chatapp.web import (
 )
 
 # Every route of the app, one blueprint per resource (chatapp.web).
-BLUEPRINTS = (auth, rooms, memberships, messages, streams, events, presence, admin, health, metrics, page)
+BLUEPRINTS = (auth, rooms, members, memberships, dms, messages, streams, events, presence, admin, health, metrics,
+              page)
 
 
 def create_app(test_config=None):

@@ -10,6 +10,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from chatapp.accounts.access import Access
+from chatapp.accounts.conversations import Conversations
 from chatapp.accounts.passwords import Hasher
 from chatapp.accounts.users import UserStore
 from chatapp.delivery.hub import HUB_READ_CONNECTIONS, Hub
@@ -53,9 +55,15 @@ def build(config):
     # A verified credential is trusted while the control channel can tell of a change to it.
     users.trust_while(hub.control_epoch)
     hub.watch_users(users.forget)
+    rooms = RoomRegistry(client, config["CHAT_MAX_ROOMS"], config["CHAT_MAX_ROOMS_PER_USER"], limits,
+                         max_private_per_user=config["CHAT_MAX_PRIVATE_ROOMS_PER_USER"],
+                         waits_for_replicas=broker.waits_for_replicas)
+    access = Access(rooms, config["CHAT_ADMINS"])
+    conversations = Conversations(client, rooms=rooms, access=access, broker=broker, memberships=memberships,
+                                  users=users, limits=limits, max_members=config["CHAT_MAX_ROOM_MEMBERS"])
     return Services(
         topology=where, redis=client, broker=broker, metrics=metrics, presence=presence, memberships=memberships,
-        rooms=RoomRegistry(client, config["CHAT_MAX_ROOMS"], config["CHAT_MAX_ROOMS_PER_USER"], limits),
+        rooms=rooms, access=access, conversations=conversations,
         limits=limits, migration=Migration(client, where.kind), hub=hub, users=users)
 
 

@@ -7,7 +7,8 @@ from tests.helpers import CHEAP_PASSWORD_HASH, GENEROUS_LIMITS, AuthActions
 
 
 def test_general_always_exists(alice):
-    assert alice.get("/api/rooms").json == {"rooms": [{"name": "general", "last_id": "0-0"}], "next": None}
+    assert alice.get("/api/rooms").json == {"rooms": [{"name": "general", "title": "general", "kind": "public",
+                                                       "archived": False, "last_id": "0-0"}], "next": None}
 
 
 def test_create_and_list_rooms_with_last_id(alice):

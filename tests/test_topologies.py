@@ -78,6 +78,30 @@ def test_accounts_sessions_rooms_messages_streams_and_presence(topology_server):
 
 
 @pytest.mark.gunicorn
+def test_private_rooms_dms_and_removal(topology_server):
+    """Every key of a private room or a DM shares the room's slot, so its scripts run on a Cluster;
+    a removal ends the member's stream there too."""
+    server = topology_server
+    alice, bob, carol = account(server), account(server), account(server)
+    room = alice.post("/api/rooms", {"title": "Plans", "private": True}).json["room"]["name"]
+    assert alice.post(f"/api/rooms/{room}/members", {"user": bob.auth_user}).status == 201
+    reader = MultiplexReader(bob)
+    reader.wait_until(lambda r: r.ready)
+    sent = alice.post(f"/api/rooms/{room}/messages", {"text": "hi bob"}).json
+    reader.wait_until(lambda r: r.has(room, sent["id"]))
+    assert carol.get(f"/api/rooms/{room}/messages").json["error"] == "unknown_room"
+    assert alice.request("DELETE", f"/api/rooms/{room}/members/{bob.auth_user}").status == 200
+    eventually(lambda: {"room": room, "reason": "removed"} in reader.events_of("left"), timeout=10)
+    after = alice.post(f"/api/rooms/{room}/messages", {"text": "bob is gone"}).json
+    dm = carol.post("/api/dms", {"user": bob.auth_user}).json["room"]["name"]
+    said = bob.post(f"/api/rooms/{dm}/messages", {"text": "hello carol"}).json
+    reader.wait_until(lambda r: r.has(dm, said["id"]))
+    reader.stop()
+    assert after["id"] not in reader.received.get(room, [])
+    assert alice.get(f"/api/rooms/{dm}/messages").json["error"] == "unknown_room"
+
+
+@pytest.mark.gunicorn
 def test_cookie_sessions_csrf_logout_kick_and_rate_limits(topology_server):
     server = topology_server
     name = unique("c")

@@ -11,22 +11,24 @@ from chatapp.core.sse import Event, http_chunk
 # What travels on a room's channel is one of two kinds, told apart by how its JSON
 # starts: a message (stored, with a stream position) or a live-only signal (presence,
 # typing: never stored). The Lua scripts write the same shapes.
-
-# What travels on a room's channel is one of two kinds, told apart by how its JSON
-# starts: a message (stored, with a stream position) or a live-only signal (presence,
-# typing: never stored). The Lua scripts write the same shapes.
 PUBLICATION_PREFIX = b'{"id":'
 SIGNAL_PREFIX = b'{"type":'
 ACK_PREFIX = b'{"acked":'  # with replica acknowledgement: "everything published up to this id is safe"
+# An entry that ends a user's access to its room (a removal, a leave) names them in this field.
+# A JSON string can't hold an unescaped quote, so no message text can forge it.
+REVOKES_FIELD = b'"revokes":"'
 
 class Publication:
     """One message at its stream position, encoded once for every reader."""
 
-    __slots__ = ("_chunk", "_frame", "_mux_chunk", "_mux_frame", "id", "json")
+    __slots__ = ("_chunk", "_frame", "_mux_chunk", "_mux_frame", "id", "json", "revokes")
 
     def __init__(self, id, json_bytes):
         self.id = id
         self.json = json_bytes
+        # The user whose access to the room this entry ends (lowercase), or None: found once
+        # per publication here, so delivering it costs each reader nothing (invariant 16).
+        self.revokes = _revoked_user(json_bytes)
         self._frame = None
         self._chunk = None
         self._mux_chunk = None
@@ -80,15 +82,24 @@ class Publication:
         return self._mux_chunk
 
 
+def _revoked_user(json_bytes):
+    start = json_bytes.find(REVOKES_FIELD)
+    if start < 0:
+        return None
+    start += len(REVOKES_FIELD)
+    return json_bytes[start:json_bytes.index(b'"', start)].decode()
+
+
 class Signal:
     """A live-only event (presence, typing): never stored, no stream position, not
     sent to the user it is about."""
 
-    __slots__ = ("chunk", "frame", "id", "json", "user")
+    __slots__ = ("chunk", "frame", "id", "json", "revokes", "user")
 
     def __init__(self, json_bytes):
         fields = json.loads(json_bytes)
         self.id = None
+        self.revokes = None
         self.json = json_bytes
         self.user = fields["user"].lower()
         self.frame = Event(json_bytes, event=fields["type"]).encode()

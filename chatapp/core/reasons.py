@@ -20,6 +20,7 @@ class Ending(StrEnum):
     BANNED = "banned"
     SESSION_EXPIRED = "session_expired"
     ACCOUNT_GONE = "account_gone"
+    REMOVED = "removed"  # the user may no longer read this room (removed, left, invariant 16)
 
 
 # The endings that mean the client's session (or account) is gone: a long-poll answers them 401.

@@ -17,7 +17,7 @@ import gevent
 
 from chatapp.core.reasons import SESSION_ENDED, Ending
 from chatapp.delivery.reader import ReaderClosed, ReaderReset
-from chatapp.ops.errors import StoreUnavailable, Unauthorized
+from chatapp.ops.errors import StoreUnavailable, Unauthorized, unknown_room
 
 
 class Answer(NamedTuple):
@@ -114,6 +114,8 @@ def answer_closed(stream, kind, closed):
         return kind.encode(stream, None)
     if closed.reason in SESSION_ENDED:
         raise Unauthorized("Your session ended.", code=closed.reason) from None
+    if closed.reason == Ending.REMOVED:  # for this user the room no longer exists (invariant 15)
+        raise unknown_room(stream.room) from None
     raise StoreUnavailable(code=closed.reason) from None
 
 

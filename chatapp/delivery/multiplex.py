@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 class Multiplex(Stream):
     """One user's stream over many rooms: a reader per room, one wake-up, one sink, one cursor."""
 
-    __slots__ = ("_changes", "_ended", "_joining", "_notices", "member", "narrowed", "rooms")
+    __slots__ = ("_changes", "_ended", "_joining", "_notices", "access_checked_at", "member", "narrowed", "rooms")
 
     room = "*"  # what logs name as a stream's room
 
@@ -47,6 +47,9 @@ class Multiplex(Stream):
         super().__init__(hub, user, sid, lease, credential)
         self.narrowed = narrowed  # the rooms the client asked for, or None: every joined room
         self.rooms = {}  # room -> its Reader, once open
+        # Of its private rooms and DMs, the id each room's access was checked at (the opener's
+        # chatapp.accounts.access grants): a revocation at or before it is history.
+        self.access_checked_at = {}
         self.member = None  # this stream's presence entry, the same in each room
         self._notices = []  # (event, data) of joins and leaves, sent before anything else
         self._joining = {}  # room -> join point, for rooms being opened after a join (listed in ids)
@@ -61,17 +64,19 @@ class Multiplex(Stream):
         """Follow each room of ``{room: start id or None (now)}``: subscribe to all, then wait."""
         # In self.rooms at once, so that end() detaches them all whatever fails below; nothing
         # frames an event before open returns.
-        self.rooms = {room: self._reader(room) for room in starts}
+        self.rooms = {room: self._reader(room, self.access_checked_at.get(room)) for room in starts}
         for reader in self.rooms.values():
             self.hub.register(reader)  # every subscription on its way before waiting for the first
-        for room, reader in self.rooms.items():
-            reader.open(starts[room])
+        for room, reader in list(self.rooms.items()):
+            if self.rooms.get(room) is reader:  # not revoked while an earlier room opened (invariant 16)
+                reader.open(starts[room])
         changes, self._changes = self._changes, None
         for change in changes:
             change()
 
-    def _reader(self, room):
+    def _reader(self, room, checked_at=None):
         reader = Reader(self.hub, room, self.user, self.sid)
+        reader.access_checked_at = checked_at
         reader.follow_for(self, self._wake)
         return reader
 
@@ -141,7 +146,7 @@ class Multiplex(Stream):
             self.membership_changed(room, at)
 
     def _join(self, room, at):
-        reader = self._reader(room)
+        reader = self._reader(room, checked_at=at)  # a member from its join point on
         try:
             reader.open(at)  # behind from the join point, so it is listed until caught up
         except Exception as exc:
@@ -162,13 +167,21 @@ class Multiplex(Stream):
         if self.sink is not None:
             reader.go_direct(self.sink)
 
-    def _leave(self, room):
+    def revoked(self, reader):
+        """``reader``'s room may no longer be read by this stream's user (removed, or left a
+        private room): dropped at once, the client told why (invariant 16)."""
+        if self.rooms.get(reader.room) is reader or reader.room in self._joining:
+            self._leave(reader.room, reason=Ending.REMOVED)
+        else:
+            reader.end()  # a room being joined, or one already left
+
+    def _leave(self, room, reason=None):
         joining = self._joining.pop(room, None)
         reader = self.rooms.pop(room, None)
         if reader is not None:
             reader.end()
         if reader is not None or joining is not None:
-            self._notice("left", {"room": room})
+            self._notice("left", {"room": room, "reason": str(reason)} if reason else {"room": room})
 
     def _notice(self, event, data):
         self._notices.append((event, data))

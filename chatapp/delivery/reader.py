@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 from gevent.event import Event as Flag
 
+from chatapp.core.reasons import Ending
 from chatapp.store import keys
 
 FIRST_SESSION_CHECK_SECS = 1.0
@@ -49,6 +50,12 @@ class SingleRoom:
     @staticmethod
     def live_chunk(reader, publication):
         return publication.chunk
+
+    @staticmethod
+    def revoked(reader):
+        """The reader's user may no longer read its room: the stream ends (its client is told
+        ``removed``; reconnecting, it gets the 404 of a room that doesn't exist)."""
+        reader.close(Ending.REMOVED)
 
 
 SINGLE_ROOM = SingleRoom()
@@ -145,7 +152,8 @@ class Stream:
 class Reader(Stream):
     """One room's reader: a stream of its own, or one room of a multiplexed stream (its framer)."""
 
-    __slots__ = ("_behind", "_presence_member", "_queue", "channel", "framer", "last_id", "room", "terms")
+    __slots__ = ("_behind", "_presence_member", "_queue", "access_checked_at", "channel", "framer", "last_id", "room",
+                 "terms")
 
     def __init__(self, hub, room, user, sid=None, *, lease=None, credential=None):
         super().__init__(hub, user, sid, lease, credential)
@@ -158,6 +166,9 @@ class Reader(Stream):
         # Framing is chosen once: by the reader itself, or by the multiplexed stream it is a room of.
         self.framer = SINGLE_ROOM
         self._behind = False
+        # The room's newest id when the user's access was checked (chatapp.accounts.access): an
+        # entry revoking it at or before this is history (they were let back in since).
+        self.access_checked_at = None
 
     def open(self, cursor=None, backlog=0):
         """Register with the hub and fix the start; return the backlog to send first.
@@ -244,6 +255,17 @@ class Reader(Stream):
                 self._queue = [publication]
             self._wake.set()
 
+    def revokes(self, publication):
+        """True if ``publication`` ends this reader's access: it revokes its user, after the
+        access check this reader was opened on."""
+        checked = self.access_checked_at
+        return publication.revokes == self.user and (checked is None or publication.id > checked)
+
+    def revoke(self):
+        """Its user may no longer read the room: nothing after this point reaches them (the
+        framer ends the stream, or drops the room from a multiplexed one)."""
+        self.framer.revoked(self)
+
     def fall_behind(self):
         """Drop the queue; the next batch catches up from this reader's own cursor."""
         self._queue = NO_QUEUE
@@ -284,6 +306,8 @@ class Reader(Stream):
         except BaseException:
             self._behind = True  # still behind: whoever retries must not skip ahead
             raise
+        if self.closed_reason:  # closed (removed, kicked) while the page was read: none of it goes out
+            raise ReaderClosed(self.closed_reason)
         if reset:
             self.last_id = reset.latest
             self._queue = [p for p in self._queue if p.id is None or p.id > reset.latest]
@@ -313,6 +337,14 @@ class Reader(Stream):
             if publication.id is None:
                 fresh.append(publication)
             elif force or publication.id > last:
+                if publication.revokes is not None and not force and self.revokes(publication):
+                    # Met in a catch-up or a queue (the feed revokes live readers itself): what
+                    # follows it is not this reader's to see (invariant 16).
+                    self.last_id = last
+                    self._queue = NO_QUEUE
+                    self._behind = False
+                    self.revoke()
+                    return fresh
                 fresh.append(publication)
                 last = max(last, publication.id)
         self.last_id = last

@@ -47,8 +47,17 @@ class RoomFeed:
             self.ring_floor = self.ring[0].id if self.ring else publication.id
         self.ring.append(publication)
         self.last_id = publication.id
+        if publication.revokes is not None:
+            self._revoke(publication)
         for reader in tuple(self.readers):  # a failed direct write detaches its reader
             reader.offer(publication)
+
+    def _revoke(self, publication):
+        """The user ``publication`` names may no longer read the room: their readers end here,
+        before anything that follows in the log is offered (docs/DESIGN.md, invariant 16)."""
+        for reader in tuple(self.readers):
+            if reader.revokes(publication):
+                reader.revoke()
 
     def signal(self, signal):
         """A live-only event: to every local reader but the user it is about."""

@@ -140,6 +140,10 @@ SETTINGS = (
             "Redis and a line in every room list); past it creating one is a 403 `rooms_full`.", 1),
     Setting("CHAT_MAX_ROOMS_PER_USER", int, 20, "Rooms one account may create; past it a 403 "
             "`room_quota`.", 0),
+    Setting("CHAT_MAX_PRIVATE_ROOMS_PER_USER", int, 20, "Private rooms one account may create; past it a "
+            "403 `private_room_quota`.", 0),
+    Setting("CHAT_MAX_ROOM_MEMBERS", int, 1000, "Members a private room may have; past it an invite is a "
+            "403 `room_members_full`.", 2, 100_000),
     Setting("CHAT_MAX_JOINED_ROOMS", int, 100, "Rooms one account may be a member of (each is followed "
             "by every stream of that user); past it a 403 `membership_quota`.", 1, 10_000),
     Setting("CHAT_DURABILITY", str, "primary", "What a 201 means: `primary` (written on the Redis primary; its "
@@ -194,6 +198,10 @@ SETTINGS = (
     Setting("CHAT_RATE_UNREAD", rate, "60 per minute", "Unread-count requests each user may make "
             "(the page makes one when it loads; the stream keeps them current)."),
     Setting("CHAT_RATE_MEMBERSHIP", rate, "60 per minute", "Joins and leaves each user may make."),
+    Setting("CHAT_RATE_INVITES", rate, "100 per hour", "Members each user may add to private rooms."),
+    Setting("CHAT_RATE_DMS", rate, "60 per hour", "Direct conversations each user may start."),
+    Setting("CHAT_RATE_ROOM_CHANGES", rate, "60 per hour", "Removals, role changes, renames and archivings "
+            "each user may make (each is an entry in the room's log)."),
     Setting("CHAT_RATE_STREAMS", rate, "60 per minute", "New SSE streams and long-polls each user "
             "may open (a long-poll that continues on its worker's kept poller isn't new: see "
             "`CHAT_POLL_LINGER_SECS`)."),

@@ -70,3 +70,9 @@ class StorageFull(ChatError):
                                                   "Retry later (the same Idempotency-Key is safe).")
 
 
+
+
+def unknown_room(name):
+    """The one answer for a room that doesn't exist, and for a private room or a DM to anyone
+    who isn't in it (docs/DESIGN.md, invariant 15): the same status, code and words."""
+    return NotFound(f"No room named {name[:64]!r}.", code="unknown_room")

@@ -11,7 +11,7 @@ import redis.cluster
 
 from chatapp.core.ids import ZERO, StreamId
 from chatapp.core.publication import Publication, Reset
-from chatapp.ops.errors import NotReplicated
+from chatapp.ops.errors import Forbidden, NotFound, NotReplicated, unknown_room
 from chatapp.store import keys, topology
 from chatapp.store.lua import is_cluster, lua_script, room_script, run_many
 
@@ -19,6 +19,19 @@ from chatapp.store.lua import is_cluster, lua_script, room_script, run_many
 # embedded Redis runs appendfsync always); or on CHAT_DURABILITY_REPLICAS replicas.
 PRIMARY, FSYNC, REPLICAS = "primary", "fsync", "replicas"
 DURABILITY_MODES = (PRIMARY, FSYNC, REPLICAS)
+POST = "post"  # append_publish.lua's operation for a message
+
+
+_REFUSALS = {
+    # An outsider of a private room or a DM gets what a room never created gets (invariant 15).
+    "unknown_room": unknown_room,
+    "room_archived": lambda room: Forbidden("This room is archived: it can be read, not written to.",
+                                       code="room_archived"),
+    "blocked": lambda room: Forbidden("This conversation is blocked: one of you blocked the other.", code="blocked"),
+    "room_members_full": lambda room: Forbidden("This room has as many members as a room may have.",
+                                           code="room_members_full"),
+    "not_member": lambda room: NotFound("Not a member of this room.", code="not_member"),
+}
 
 class Broker:
     """Saves to history and publishes atomically per room; reads history back."""
@@ -42,21 +55,35 @@ class Broker:
         """Append and publish a message; return ``(Publication, created)``.
 
         With an idempotency key seen before in this room for this user, nothing
-        is written and the first message comes back with ``created`` False.
+        is written and the first message comes back with ``created`` False. A
+        writer who may not write there (not a member of a private room or DM, an
+        archived room, a blocked DM) is refused by the same script that appends.
         """
-        names = [keys.room_log(room), keys.room_channel(room), keys.room_trimmed(room)]
-        if idempotency_key:
-            names.append(keys.room_idempotency(room, user, idempotency_key))
         fields = {"room": room, "user": user, "text": text}
         if idempotency_key:
             fields["client_id"] = idempotency_key  # lets the sender's page match its pending copy
+        return self.append(room, user, fields, POST, idempotency_key=idempotency_key)
+
+    def change(self, room, actor, fields, op, *, member="", value="", cap=0):
+        """Apply a membership or room change (``op``: add, remove, role, title, archive) and
+        append its entry ``fields`` in the same script; return the :class:`Publication`, or
+        None if it changed nothing."""
+        publication, created = self.append(room, actor, {"room": room, "user": actor, **fields}, op,
+                                           member=member, value=value, cap=cap)
+        return publication if created else None
+
+    def append(self, room, writer, fields, op, *, member="", value="", cap=0, idempotency_key=None):
+        """Run ``append_publish.lua`` for ``op``; return ``(Publication or None, created)``."""
+        names = [keys.room_log(room), keys.room_channel(room), keys.room_trimmed(room), keys.room_meta(room),
+                 keys.room_members(room), keys.room_blockers(room)]
+        if idempotency_key:
+            names.append(keys.room_idempotency(room, writer, idempotency_key))
         body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
-        args = [body, self.maxlen, self.idempotency_ttl]
+        args = [body, self.maxlen, self.idempotency_ttl, "1" if self.waits_for_replicas else "0", writer.lower(),
+                op, member, value, cap]
         if not self.waits_for_replicas:
-            created, payload = self._append_publish(names, args)
-            return Publication.from_payload(payload), bool(created)
+            return _appended(room, *self._append_publish(names, args))
         names.append(keys.room_acked(room))
-        args.append("1")
         # WAIT counts the replicas that have every earlier write of its connection, so it
         # goes after the script on the same connection: one pipeline, one round trip (on a
         # Cluster, on the room's node).
@@ -66,15 +93,17 @@ class Broker:
             pipe.execute_command("WAIT", self.replicas, self.wait_ms)
             return pipe.execute()
 
-        (created, payload), acknowledged = self._on_node(keys.room_log(room), append_and_wait)
-        publication = Publication.from_payload(payload)
+        (outcome, payload), acknowledged = self._on_node(keys.room_log(room), append_and_wait)
+        publication, created = _appended(room, outcome, payload)
+        if publication is None:
+            return publication, created
         if acknowledged < self.replicas:
             # Stored, but a failover could still take it back: not acknowledged. Readers
             # don't see it yet; a retry with the same key returns this message, once safe.
             raise NotReplicated(f"The message reached {acknowledged} of {self.replicas} replicas in time; "
                                 "retry (the same Idempotency-Key is safe).", headers={"Retry-After": "1"})
         self._confirm([keys.room_acked(room), keys.room_channel(room)], [str(publication.id)])
-        return publication, bool(created)
+        return publication, created
 
     def _on_node(self, key, run):
         """``run(client)`` on the client of the node serving ``key``: the client itself, or on a
@@ -221,6 +250,15 @@ class Broker:
         """The same broker on another connection pool (the hub reads on its own)."""
         return Broker(redis, self.maxlen, self.idempotency_ttl, durability=self.durability, replicas=self.replicas,
                       wait_ms=self.wait_ms)
+
+
+def _appended(room, outcome, payload):
+    """The script's ``{outcome, payload}`` as ``(Publication or None, created)``; a refusal raised."""
+    if outcome == -1:
+        raise _REFUSALS[payload.decode()](room)
+    if not payload:
+        return None, False
+    return Publication.from_payload(payload), bool(outcome)
 
 
 def _clamp(newest, acked):

@@ -59,6 +59,25 @@ def room_presence_users(room):
     return f"{_room(room)}:presence-users"
 
 
+def room_meta(room):
+    """What the room is: a hash of ``kind`` (public, private, dm), ``title``, ``owner``,
+    ``archived`` and ``created`` (rooms of earlier releases have none: public)."""
+    return f"{_room(room)}:meta"
+
+
+def room_members(room):
+    """Who may do what in the room: a hash of lowercase username to role (owner, moderator,
+    member). Private rooms and DMs list every member (access is this hash); public rooms only
+    their owner and moderators."""
+    return f"{_room(room)}:members"
+
+
+def room_blockers(room):
+    """In a two-person DM: the members who blocked the other (a set); while it has any, nobody
+    writes there."""
+    return f"{_room(room)}:blockers"
+
+
 def _user(name):
     return f"{PREFIX}:{{user:{name.lower()}}}"
 
@@ -75,6 +94,16 @@ def banned(name):
 def user_rooms(name):
     """How many rooms the user created (beside the room index: one script counts both)."""
     return f"{PREFIX}:{{rooms}}:created:{name.lower()}"
+
+
+def user_private_rooms(name):
+    """How many private rooms the user created (a counter beside the room index)."""
+    return f"{PREFIX}:{{rooms}}:private:{name.lower()}"
+
+
+def user_blocks(name):
+    """The users this user blocked (a set of lowercase names)."""
+    return f"{_user(name)}:blocks"
 
 
 def user_sessions(name):

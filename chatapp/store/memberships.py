@@ -36,6 +36,14 @@ class Memberships:
         self.broker.publish_control(control.membership_change(user, room, at))
         return at
 
+    def require_room_for(self, user):
+        """Raise Forbidden if ``user`` is in as many rooms as an account may be (checked before a
+        change that adds them to one: an invite, a new DM)."""
+        found = self.redis.hkeys(keys.user_memberships(user))
+        if len([room for room in found if room != SET_UP]) >= self.max_per_user:
+            raise Forbidden(f"{user} is in the {self.max_per_user} rooms an account may join.",
+                            code="membership_quota")
+
     def join_default(self, user):
         """A new account starts in the default room."""
         return self.join(user, DEFAULT_ROOM)

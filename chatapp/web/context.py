@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 from flask import current_app
 
+from chatapp.accounts.access import Access
+from chatapp.accounts.conversations import Conversations
 from chatapp.accounts.users import UserStore
 from chatapp.delivery.hub import Hub
 from chatapp.ops.metrics import Metrics
@@ -28,6 +30,8 @@ class Services:
     redis: object  # the requests' client (chatapp.store.topology.client)
     broker: Broker
     rooms: RoomRegistry
+    access: Access  # who may read, post to or manage a room: the one place that decides
+    conversations: Conversations  # private rooms' members and roles, DMs, blocks
     memberships: Memberships
     presence: Presence
     limits: RateLimits

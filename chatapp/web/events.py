@@ -51,7 +51,15 @@ def _open_multiplex(cursor):
         joined = services().memberships.rooms(user)
         if narrowed is not None:
             joined = {room: at for room, at in joined.items() if room in narrowed}
+        # A room the user's list still names but they may no longer read (a removal whose list
+        # update didn't happen) is left out: access is the room's word, not the list's.
+        grants = services().access.readable(user, list(joined))
+        joined = {room: at for room, at in joined.items() if room in grants}
         starts = plan_start(joined, cursor, services().broker.tails)
+        for room, grant in grants.items():
+            if grant.restricted:
+                starts[room] = grant.start(starts[room])
+                mux.access_checked_at[room] = grant.checked_at
     except BaseException:
         mux.end()
         raise

@@ -2,18 +2,22 @@
 
 from flask import Blueprint, jsonify
 
+from chatapp.store.rooms import DM
 from chatapp.web.auth import current_user, login_required
 from chatapp.web.context import services
 from chatapp.web.limits import enforce
 
 bp = Blueprint("membership", __name__, url_prefix="/api")
 
+
 @bp.post("/rooms/<room>/join")
 @login_required
 def join(room):
-    """Join a room: your open streams follow it from now on (its history is yours to fetch)."""
-    services().rooms.require(room)
+    """Join a room: your open streams follow it from now on (its history is yours to fetch). A
+    private room or a DM is joined by invitation only: to anyone else it doesn't exist; its
+    members may follow it again after leaving their list."""
     user = current_user()
+    services().access.read(user, room)
     enforce("CHAT_RATE_MEMBERSHIP", user)
     at = services().memberships.join(user, room)
     return jsonify(room=room, joined=True, at=str(at))
@@ -22,16 +26,34 @@ def join(room):
 @bp.post("/rooms/<room>/leave")
 @login_required
 def leave(room):
-    """Leave a room: your open streams stop following it at once."""
-    services().rooms.require(room)
+    """Leave a room: your open streams stop following it at once. Leaving a private room gives
+    up access to it (an owner can't leave; a DM can't be left)."""
     user = current_user()
+    grant = services().access.read(user, room)
     enforce("CHAT_RATE_MEMBERSHIP", user)
-    services().memberships.leave(user, room)
+    if grant.restricted:
+        services().conversations.leave(user, room)
+    else:
+        services().memberships.leave(user, room)
     return jsonify(room=room, joined=False)
 
 
 @bp.get("/me/rooms")
 @login_required
 def my_rooms():
-    """The rooms you joined, by name."""
-    return jsonify(rooms=sorted(services().memberships.rooms(current_user())))
+    """The rooms you joined: ``rooms``, their names; ``joined``, each with its title, kind, your
+    role, whether it is archived, its newest id, and for a DM its members."""
+    user = current_user()
+    rooms = services().rooms
+    names = sorted(services().access.readable(user, list(services().memberships.rooms(user))))
+    described = rooms.describe(names)
+    roles = rooms.roles_of(user, names)
+    tails = dict(zip(names, services().broker.tails(names)))
+    joined = []
+    for name in names:
+        info = {"name": name, **described[name], "role": roles[name], "last_id": str(tails[name])}
+        if described[name]["kind"] == DM:
+            info["title"] = ""
+            info["members"] = sorted(rooms.members(name))
+        joined.append(info)
+    return jsonify(rooms=names, joined=joined)

@@ -48,7 +48,7 @@ def json_response(body, status=200):
 @login_required
 def send(room):
     """Append a message to the room; 201 with the stored message once it is durable."""
-    services().rooms.require(room)
+    services().access.post(current_user(), room)
     enforce("CHAT_RATE_MESSAGES", current_user())
     fields = request_fields()
     text = clean_text(string_field(fields, "text"), current_app.config["CHAT_MAX_MESSAGE_CHARS"])
@@ -66,7 +66,7 @@ def send(room):
 @login_required
 def history(room):
     """A page of history: the newest, ``before=<id>`` (older) or ``after=<id>`` (newer)."""
-    services().rooms.require(room)
+    services().access.read(current_user(), room)
     before, after = query_cursor("before"), query_cursor("after")
     if before and after:
         raise BadRequest("Use either 'before' or 'after', not both.", code="bad_parameter")

@@ -1,10 +1,10 @@
-"""Routes that list and create rooms, and count their unread messages."""
+"""Routes that list, create, describe and change rooms, and count their unread messages."""
 
 from flask import Blueprint, jsonify, request
 
 from chatapp.core.ids import StreamId
 from chatapp.ops.errors import BadRequest
-from chatapp.store.rooms import validate_room_name
+from chatapp.store.rooms import DM, validate_room_name
 from chatapp.web.auth import current_user, login_required
 from chatapp.web.context import services
 from chatapp.web.limits import enforce
@@ -23,25 +23,82 @@ UNREAD_MAX_ROOMS = ROOMS_PAGE_MAX
 @bp.get("")
 @login_required
 def list_rooms():
-    """A page of rooms by name, each with the id of its newest message (clients derive unread
-    counts). ``after=<name>`` continues where ``next`` of the previous page pointed."""
+    """A page of public rooms by name, each with its title and the id of its newest message
+    (clients derive unread counts); archived rooms only with ``archived=1``. ``after=<name>``
+    continues where ``next`` of the previous page pointed. Private rooms and DMs are never
+    listed here (``GET /api/me/rooms`` lists yours)."""
     after = request.args.get("after") or None
     if after is not None:
         validate_room_name(after)
+    with_archived = request.args.get("archived") in ("1", "true")
     limit = query_number("limit", ROOMS_PAGE_DEFAULT, 1, ROOMS_PAGE_MAX)
     names, more = services().rooms.page(after, limit)
-    tails = services().broker.tails(names)
-    return jsonify(rooms=[{"name": name, "last_id": str(tail)} for name, tail in zip(names, tails)],
-                   next=names[-1] if more else None)
+    described = services().rooms.describe(names)
+    tails = dict(zip(names, services().broker.tails(names)))
+    rooms = [{"name": name, **described[name], "last_id": str(tails[name])} for name in names
+             if with_archived or not described[name]["archived"]]
+    return jsonify(rooms=rooms, next=names[-1] if more else None)
 
 
 @bp.post("")
 @login_required
 def create_room():
-    """Create a room (201), or return the existing one (200)."""
-    name = string_field(request_fields(), "name")
+    """Create a public room by ``name`` (201, or 200 with the existing one), or with
+    ``"private": true`` a private room titled ``title``, owned by you (201)."""
+    fields = request_fields()
+    if _flag(fields, "private"):
+        user = current_user()
+        room = services().conversations.create_private(user, string_field(fields, "title"))
+        return jsonify(room=describe(user, room)), 201
+    name = string_field(fields, "name")
     created = services().rooms.create(name, current_user())
-    return jsonify(room={"name": name}), 201 if created else 200
+    return jsonify(room={"name": name, "kind": "public"}), 201 if created else 200
+
+
+@bp.get("/<room>")
+@login_required
+def show(room):
+    """What the room is and your role in it (a DM with its members)."""
+    user = current_user()
+    services().access.read(user, room)
+    return jsonify(room=describe(user, room))
+
+
+@bp.patch("/<room>")
+@login_required
+def change(room):
+    """Rename (``title``) and/or archive (``archived``: true/false) a room: its owner, its
+    moderators, or an operator. Each change is an entry in the room's log."""
+    fields = request_fields()
+    title, archived = fields.get("title"), _flag(fields, "archived")
+    if title is None and archived is None:
+        raise BadRequest("Give 'title' and/or 'archived'.", code="bad_field")
+    user = current_user()
+    services().conversations.update(user, room, title=title, archived=archived)
+    return jsonify(room=describe(user, room))
+
+
+def _flag(fields, name):
+    """A true/false field, from JSON (a boolean) or a form ("true", "false", "1", "0"); None if absent."""
+    value = fields.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise BadRequest(f"'{name}' must be true or false.", code="bad_field")
+
+
+def describe(user, room):
+    """``{name, title, kind, archived, role[, members]}`` of a room ``user`` may see."""
+    rooms = services().rooms
+    described = rooms.describe([room])[room]
+    info = {"name": room, **described, "role": rooms.roles_of(user, [room])[room]}
+    if described["kind"] == DM:
+        info["title"] = ""
+        info["members"] = sorted(rooms.members(room))
+    return info
 
 
 @bp.post("/unread")
@@ -59,6 +116,6 @@ def unread():
         if not isinstance(cursor, str):
             raise BadRequest("Each room's value must be a message id.", code="bad_cursor")
         cursors[validate_room_name(name)] = StreamId.parse(cursor)
-    services().rooms.require_many(list(cursors))
+    services().access.read_many(current_user(), list(cursors))
     counts = services().broker.count_after(cursors, UNREAD_CAP)
     return jsonify(unread=dict(zip(cursors, counts)), cap=UNREAD_CAP)

@@ -7,7 +7,7 @@ import redis
 from flask import Blueprint, Response, current_app, request
 
 from chatapp.core import sse
-from chatapp.core.ids import StreamId
+from chatapp.core.ids import ZERO, StreamId
 from chatapp.delivery import longpoll
 from chatapp.delivery.event_stream import EventStream
 from chatapp.delivery.longpoll import RoomPoll
@@ -80,11 +80,25 @@ def admit_stream():
     return hub, user
 
 
-def _open_reader(room):
-    """A reader of ``room`` bound to who is asking."""
-    services().rooms.require(room)
+def _open_reader(room, cursor, backlog=0):
+    """A reader of ``room`` bound to who is asking, if they may read it; and where it starts
+    (``cursor``, or for a private room or a DM the id their access was checked at: invariant 16)
+    and the backlog it sends first."""
+    grant = services().access.read(current_user(), room)
+    start = grant.start(cursor)
+    if cursor is None and grant.restricted and backlog:
+        start, backlog = _before_backlog(room, grant.checked_at, backlog), 0
     hub, user = admit_stream()
-    return hub.reader(room, user, current_sid(), current_credential())
+    reader = hub.reader(room, user, current_sid(), current_credential())
+    reader.access_checked_at = grant.checked_at
+    return reader, start, backlog
+
+
+def _before_backlog(room, checked_at, backlog):
+    """The id a stream starts after to send the last ``backlog`` messages up to ``checked_at``
+    first (a private room's stream starts from its check, not from "now")."""
+    older = services().broker.read_before(room, checked_at, backlog)
+    return older[0].id if len(older) == backlog else ZERO
 
 
 @bp.get("/<room>/events")
@@ -97,15 +111,15 @@ def events(room):
     worker it takes the socket over (:class:`chatapp.delivery.contracts.TakesOver`,
     :mod:`chatapp.web.takeover`) once this view has returned."""
     if request.method == "HEAD":  # the headers a GET would have; no stream (nor a slot) is opened
-        services().rooms.require(room)
+        services().access.read(current_user(), room)
         return Response(mimetype=sse.MIMETYPE, headers=sse.HEADERS)
     header = request.headers.get("Last-Event-ID", "").strip()
     cursor = StreamId.parse(header) if header else query_cursor("last_event_id", "lastEventId")
     config = current_app.config
     backlog = query_number("backlog", 0, 0, config["CHAT_BACKLOG_MAX"])
-    reader = _open_reader(room)
+    reader, start, backlog = _open_reader(room, cursor, backlog)
     member = services().presence.member(current_user())
-    stream = EventStream(reader, member, cursor, backlog, config, metrics=services().metrics)
+    stream = EventStream(reader, member, start, backlog, config, metrics=services().metrics)
     return Response(stream, mimetype=sse.MIMETYPE, headers=sse.HEADERS, direct_passthrough=True)
 
 
@@ -118,7 +132,7 @@ def poll(room):
     short path."""
     cursor = query_cursor("cursor")
     timeout = poll_timeout(request.args.get("timeout"), current_app.config)
-    reader = _open_reader(room)
+    reader, start, _ = _open_reader(room, cursor)
     body = longpoll.first_poll(reader.hub, reader, RoomPoll, key=poller_key(request.environ, room), timeout=timeout,
-                               user=current_user(), open_stream=lambda: reader.open(cursor))
+                               user=current_user(), open_stream=lambda: reader.open(start))
     return json_response(body)

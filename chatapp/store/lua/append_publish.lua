@@ -1,22 +1,38 @@
--- Save to history and publish, atomically per room (docs/DESIGN.md, invariants 1, 2, 9).
+-- Save to history and publish, atomically per room (docs/DESIGN.md, invariants 1, 2, 9, 16).
 --
 -- Running XADD and PUBLISH in one script makes a room's publish order equal to
 -- its stream-id order, and a 201 is only sent after the entry is in the stream.
+-- Every entry of a room's log is written here: messages, and the membership and
+-- room changes that travel the same way (a removal is an entry, so every reader
+-- meets it in order, before any message that follows it: invariant 16). Who may
+-- write is decided in the same script, so a removal or an archive can't fall
+-- between the check and the append.
 --
 -- KEYS[1] room stream (chat:{room}:log)
 -- KEYS[2] room channel (chat:{room}:live)
 -- KEYS[3] marker set once the stream has been trimmed (chat:{room}:trimmed)
--- KEYS[4] optional idempotency key (chat:{room}:idem:<user>:<key>)
+-- KEYS[4] the room's record (chat:{room}:meta): kind, archived
+-- KEYS[5] the room's members and roles (chat:{room}:members)
+-- KEYS[6] a DM's blockers (chat:{room}:blockers)
+-- KEYS[7] optional idempotency key (chat:{room}:idem:<user>:<key>)
 -- KEYS[last] with ARGV[4] = '1' (replica acknowledgement): the room's acknowledged marker
 --           (chat:{room}:acked). The first append in that mode records the tail before it,
 --           so reads know the older log is readable (invariant 11).
--- ARGV[1] message body: a JSON object without "id" and "ts", e.g. {"room":..,"user":..,"text":..}
+-- ARGV[1] the entry's body: a JSON object without "id" and "ts", e.g. {"room":..,"user":..,"text":..}
 -- ARGV[2] stream cap (approximate MAXLEN)
 -- ARGV[3] idempotency window in seconds
+-- ARGV[4] '1' with replica acknowledgement, else '0'
+-- ARGV[5] the writer (lowercase username)
+-- ARGV[6] what the entry does: 'post' (a message), 'add', 'remove', 'role' (a member, ARGV[7],
+--         with the role ARGV[8]), 'title' (ARGV[8]), 'archive' (ARGV[8]: '1' or '0')
+-- ARGV[7] the member an 'add', 'remove' or 'role' is about
+-- ARGV[8] the role, title or archived flag
+-- ARGV[9] most members a room may have (for 'add')
 --
--- Returns {1, message JSON} for a new message, {0, message JSON} for a replay.
+-- Returns {1, entry JSON} for a new entry, {0, entry JSON} for a replayed message,
+-- {0, ''} for a change that changes nothing, or {-1, error code} when refused.
 
--- A message's JSON as the stream holds it: the id and its millisecond part, then the body.
+-- An entry's JSON as the stream holds it: the id and its millisecond part, then the body.
 local function message_json(id, body)
   return '{"id":"' .. id .. '","ts":' .. string.match(id, '^%d+') .. ',' .. string.sub(body, 2)
 end
@@ -25,9 +41,64 @@ local marker = nil
 if ARGV[4] == '1' then
   marker = KEYS[#KEYS]
 end
-local idempotency = KEYS[4]
+local idempotency = KEYS[7]
 if idempotency == marker then
   idempotency = nil
+end
+local op, member, value = ARGV[6], ARGV[7], ARGV[8]
+
+local record = redis.call('HMGET', KEYS[4], 'kind', 'archived')
+local kind, archived = record[1], record[2]
+local restricted = kind == 'private' or kind == 'dm'
+
+if op == 'post' then
+  -- To anyone but a member a private room or a DM doesn't exist.
+  if restricted and not redis.call('HGET', KEYS[5], ARGV[5]) then
+    return {-1, 'unknown_room'}
+  end
+  if archived == '1' then
+    return {-1, 'room_archived'}
+  end
+  if kind == 'dm' and redis.call('SCARD', KEYS[6]) > 0 then
+    return {-1, 'blocked'}
+  end
+elseif op == 'add' then
+  if redis.call('HEXISTS', KEYS[5], member) == 1 then
+    return {0, ''}
+  end
+  if redis.call('HLEN', KEYS[5]) >= tonumber(ARGV[9]) then
+    return {-1, 'room_members_full'}
+  end
+  redis.call('HSET', KEYS[5], member, value)
+elseif op == 'remove' then
+  if redis.call('HDEL', KEYS[5], member) == 0 then
+    return {0, ''}
+  end
+elseif op == 'role' then
+  local role = redis.call('HGET', KEYS[5], member)
+  if not role and restricted then
+    return {-1, 'not_member'}
+  end
+  if role == value then
+    return {0, ''}
+  end
+  if value == 'member' and not restricted then
+    redis.call('HDEL', KEYS[5], member)  -- a public room lists only its owner and moderators
+  else
+    redis.call('HSET', KEYS[5], member, value)
+  end
+elseif op == 'title' then
+  if redis.call('HGET', KEYS[4], 'title') == value then
+    return {0, ''}
+  end
+  redis.call('HSET', KEYS[4], 'title', value)
+elseif op == 'archive' then
+  if (archived or '0') == value then
+    return {0, ''}
+  end
+  redis.call('HSET', KEYS[4], 'archived', value)
+else
+  return {-1, 'bad_operation'}
 end
 
 if idempotency then
