@@ -120,6 +120,7 @@ def test_a_direct_message_started_by_name_is_named_by_the_other_person_on_each_s
     expect(alice.locator("#room-title")).to_have_text(bob_name)
     assert open_room_id(alice) == dm
     expect(alice.locator("#dm-list button")).to_have_count(1)
+    expect(alice.locator("#leave")).to_be_hidden()  # a DM can't be left
     wait_for_texts(alice, ["are you there?"])  # its history
 
 
@@ -184,10 +185,14 @@ def test_renames_leaves_and_archiving_show_as_system_lines_and_the_title_follows
         expect(page.locator("#messages .msg.entry").last).to_contain_text(
             f"{alice_name} renamed the room to “{renamed}”")
 
-    bob.click("#leave")  # his own leave: the room goes, with no notice
-    expect(bob.locator("#room-title")).to_have_text("#general")
-    expect(bob.locator(f"#sidebar button[data-room='{room}']")).to_have_count(0)
-    expect(bob.locator("#notice")).to_be_hidden()
+    second = bob.context.new_page()  # another tab of bob's, in the room too
+    second.goto(f"/#{room}")
+    expect(second.locator("#room-title")).to_have_text(renamed)
+    bob.click("#leave")  # his own leave: the room goes from both tabs, with no notice
+    for tab in (bob, second):
+        expect(tab.locator("#room-title")).to_have_text("#general")
+        expect(tab.locator(f"#sidebar button[data-room='{room}']")).to_have_count(0)
+        expect(tab.locator("#notice")).to_be_hidden()
     expect(alice.locator("#messages .msg.entry").last).to_contain_text(f"{bob_name} left")
     expect(alice.locator("#member-list li")).to_have_count(1)
 

@@ -46,9 +46,12 @@ export function nameNodes(room) {
   return roomKind(room) === "private" ? [lockMark(), text] : [text];
 }
 
-// The open room's name over the conversation (again when its title or members become known).
+// The open room's header (again when its title or members become known): its name, and
+// the Leave button unless it is a DM (a DM can't be left; the server says block instead).
 export function showTitle() {
-  if (state.room) $("room-title").replaceChildren(...nameNodes(state.room));
+  if (!state.room) return;
+  $("room-title").replaceChildren(...nameNodes(state.room));
+  $("leave").hidden = roomKind(state.room) === "dm";
 }
 
 // "the beginning of …": a DM's history is "your conversation with bob".

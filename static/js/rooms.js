@@ -252,6 +252,7 @@ export function onJoined({ room, at }) {
     if (!state.seen[room]) markSeen(room, at); // what came before the join is history, not news
     if (!state.latest[room] || cmpId(at, state.latest[room]) > 0) state.latest[room] = at;
   }
+  if (isLeaving(room)) markLeaving(room, false); // in again: a removal from now on is news
   if (!state.info.has(room)) loadRoomInfo(room); // added to a private room or a DM: its name
   if (!state.joined.has(room)) { state.joined.add(room); renderRooms(); }
 }
@@ -280,8 +281,32 @@ export function onLeft({ room, reason }) {
 // unknown_room): it goes from the list with a notice, once however many say it.
 export function roomGone(room) {
   if (!state.joined.has(room) && !(room === state.room && roomKind(room) !== "public")) return;
-  // Our own leave may be told as a removal (it, too, ends our access) before its answer is in.
-  dropRoom(room, leaving.has(room) ? "" : `You were removed from ${roomLabel(room)}.`);
+  dropRoom(room, isLeaving(room) ? "" : `You were removed from ${roomLabel(room)}.`);
+}
+
+// Rooms this browser is leaving, in any of its tabs (localStorage). The stream tells a
+// leave of a private room like a removal ("left" with reason "removed": it, too, ends our
+// access), which is no news to the one who left. A mark lasts until we are in the room
+// again, or LEAVING_MS.
+const LEAVING_MS = 60000;
+const leavingKey = () => `chat.leaving.${state.me}`;
+
+function leavingMarks() {
+  try { return JSON.parse(localStorage.getItem(leavingKey())) || {}; } catch (_) { return {}; }
+}
+
+function markLeaving(room, leaving) {
+  const marks = leavingMarks();
+  const now = Date.now();
+  for (const [name, at] of Object.entries(marks)) if (!(now - at < LEAVING_MS)) delete marks[name];
+  if (leaving) marks[room] = now;
+  else delete marks[room];
+  localStorage.setItem(leavingKey(), JSON.stringify(marks));
+}
+
+function isLeaving(room) {
+  const at = leavingMarks()[room];
+  return typeof at === "number" && Date.now() - at < LEAVING_MS;
 }
 
 // A room we are no longer in: a public one is listed with the others from now on; a
@@ -308,14 +333,13 @@ function fallbackRoom(room) {
   return [...state.joined].sort().find((name) => name !== room) || DEFAULT_ROOM;
 }
 
-const leaving = new Set(); // rooms this tab is leaving: their end is no news to show here
-
 export async function leaveRoom() {
   const room = state.room;
-  leaving.add(room);
-  const r = await write(`/api/rooms/${room}/leave`).catch(() => null).finally(() => leaving.delete(room));
+  markLeaving(room, true); // before asking: the other tabs may hear of it first
+  const r = await write(`/api/rooms/${room}/leave`).catch(() => null);
   if (r && r.status === 401) return sessionEnded();
   if (!r || r.status !== 200) {
+    markLeaving(room, false);
     const { code, message } = errorOf(r);
     $("new-room-error").textContent = code === "owner_must_stay"
       ? "You own this room: you can't leave it." : message || "Leaving failed; try again.";
