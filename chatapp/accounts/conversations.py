@@ -137,11 +137,14 @@ class Conversations:
         known = self.access.readable(user, [room])
         if room in known:
             return room, sorted(members), False
+        if len(members) == 2 and blocks[me]:
+            (other,) = members - {me}
+            if other in blocks[me]:
+                raise Forbidden(f"You blocked {other}: unblock them to write to them.", code="blocked")
         self.limits.hit("CHAT_RATE_DMS", me)
         for member in members:
             self.memberships.require_room_for(member)
-        blockers = [m for m in members if blocks[m] & (members - {m})] if len(members) == 2 else []
-        room, created = self.rooms.create_dm(members, blockers)
+        room, created = self.rooms.create_dm(members)
         for member in sorted(members):
             self.memberships.join(member, room)
         return room, sorted(members), created
@@ -169,9 +172,9 @@ class Conversations:
         self._mark_dm(user, other, False)
 
     def _mark_dm(self, user, other, blocked):
-        room = dm_name({user.lower(), other})
-        if room in self.access.readable(user, [room]):  # only a DM that exists gets a record
-            self.rooms.set_blocked(room, user, blocked)
+        # Recorded whether or not their DM exists yet: one started a moment later (the check in
+        # open_dm read the blocks before this) is read-only from its first message.
+        self.rooms.set_blocked(dm_name({user.lower(), other}), user, blocked)
 
     def _blocks_of(self, members):
         pipe = self.redis.pipeline(transaction=False)

@@ -154,7 +154,15 @@ class RoomRegistry:
 
     def members(self, room):
         """``{user: role}`` of the room (private rooms and DMs: every member; public: its staff)."""
-        return {user.decode(): role.decode() for user, role in self.redis.hgetall(keys.room_members(room)).items()}
+        return self.members_of([room])[room]
+
+    def members_of(self, rooms):
+        """:meth:`members` of many rooms, in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for room in rooms:
+            pipe.hgetall(keys.room_members(room))
+        return {room: {user.decode(): role.decode() for user, role in found.items()}
+                for room, found in zip(rooms, pipe.execute())}
 
     def roles_of(self, user, rooms):
         """``{room: role or None}`` of ``user`` in each room, in one round trip."""
@@ -194,19 +202,17 @@ class RoomRegistry:
             raise Forbidden(f"You have created the {self.max_private_per_user} private rooms an account may create.",
                             code="private_room_quota")
         name = PRIVATE_PREFIX + secrets.token_hex(10)
-        self._create_hidden([keys.room_meta(name), keys.room_members(name), keys.room_blockers(name)],
+        self._create_hidden([keys.room_meta(name), keys.room_members(name)],
                             [PRIVATE, title, user.lower(), _now_ms(), 1, user.lower(), OWNER])
         return name
 
-    def create_dm(self, members, blockers=()):
-        """The DM of ``members`` (lowercase names), created if new; return ``(name, created)``.
-        ``blockers``: members who blocked another (a two-person DM is then read-only)."""
+    def create_dm(self, members):
+        """The DM of ``members`` (lowercase names), created if new; return ``(name, created)``."""
         name = dm_name(members)
         args = [DM, "", "", _now_ms(), len(members)]
         for member in sorted(members):
             args += [member, MEMBER]
-        created = self._create_hidden([keys.room_meta(name), keys.room_members(name), keys.room_blockers(name)],
-                                      [*args, *blockers])
+        created = self._create_hidden([keys.room_meta(name), keys.room_members(name)], args)
         return name, created == 1
 
     def set_blocked(self, room, user, blocked):

@@ -49,11 +49,12 @@ def my_rooms():
     described = rooms.describe(names)
     roles = rooms.roles_of(user, names)
     tails = dict(zip(names, services().broker.tails(names)))
+    dms = rooms.members_of([name for name in names if described[name]["kind"] == DM])
     joined = []
     for name in names:
         info = {"name": name, **described[name], "role": roles[name], "last_id": str(tails[name])}
-        if described[name]["kind"] == DM:
+        if name in dms:
             info["title"] = ""
-            info["members"] = sorted(rooms.members(name))
+            info["members"] = sorted(dms[name])
         joined.append(info)
     return jsonify(rooms=names, joined=joined)

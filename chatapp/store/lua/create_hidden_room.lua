@@ -3,10 +3,9 @@
 --
 -- KEYS[1] the room's record (chat:{room}:meta)
 -- KEYS[2] the room's members (chat:{room}:members)
--- KEYS[3] a DM's blockers (chat:{room}:blockers)
 -- ARGV[1] kind ('private' or 'dm'), ARGV[2] title, ARGV[3] owner ('' for a DM),
 -- ARGV[4] created (ms), ARGV[5] how many members follow,
--- then ARGV[6..] member, role pairs, then the blockers
+-- then ARGV[6..] member, role pairs
 --
 -- Returns 1 if created, 0 if it existed.
 
@@ -17,8 +16,5 @@ redis.call('HSET', KEYS[1], 'kind', ARGV[1], 'title', ARGV[2], 'owner', ARGV[3],
 local count = tonumber(ARGV[5])
 for i = 0, count - 1 do
   redis.call('HSET', KEYS[2], ARGV[6 + 2 * i], ARGV[7 + 2 * i])
-end
-for i = 6 + 2 * count, #ARGV do
-  redis.call('SADD', KEYS[3], ARGV[i])
 end
 return 1
