@@ -146,6 +146,7 @@ def test_reload_keeps_the_session_the_room_and_the_messages(person):
     page.reload()
     expect(page.locator("#conn")).to_have_attribute("data-state", "live", timeout=15000)
     expect(page.locator("#room-title")).to_have_text(f"#{room}")
+    wait_for_texts(page, ["before reload"])  # the title shows as the history is asked for
     assert texts(page) == ["before reload"]
 
 

@@ -14,12 +14,20 @@ export async function api(method, path, body) {
   return { status: response.status, data, headers: response.headers };
 }
 
-// A write, retried once with a fresh CSRF token if the one we hold went stale.
-export async function write(path, body) {
-  let r = await api("POST", path, body);
-  if (r.status === 403 && r.data && r.data.error === "csrf_failed") {
+// An error answer's code and message. Read through here: the error may be
+// {"error": code, "message"} or {"error": {code, message}}.
+export function errorOf(r) {
+  const data = (r && r.data) || {};
+  const error = data.error && typeof data.error === "object" ? data.error : { code: data.error };
+  return { code: error.code || "", message: error.message || data.message || "" };
+}
+
+// A write (POST unless told), retried once with a fresh CSRF token if the one we hold went stale.
+export async function write(path, body, method = "POST") {
+  let r = await api(method, path, body);
+  if (r.status === 403 && errorOf(r).code === "csrf_failed") {
     await refreshCsrf();
-    r = await api("POST", path, body);
+    r = await api(method, path, body);
   }
   return r;
 }

@@ -1,14 +1,16 @@
 // ---- the conversation: the open room's messages, history and live ----
-import { api } from "./api.js";
+import { api, errorOf } from "./api.js";
 import { hideCue, showCue } from "./cue.js";
 import { $ } from "./dom.js";
 import { closeDrawer } from "./drawer.js";
 import { cmpId, DEFAULT_ROOM, ROOM_NAME } from "./ids.js";
+import { clearMembers, loadMembers } from "./members.js";
 import { isMe, messageElement } from "./message.js";
+import { historyName, showTitle } from "./names.js";
 import { renderOutbox, settle } from "./outbox.js";
 import { clearPresence, loadPresence, stopTyping } from "./presence.js";
 import { markSeen, noteLatest } from "./readstate.js";
-import { joinRoom, renderRooms } from "./rooms.js";
+import { joinRoom, onRoomChange, renderRooms, roomGone } from "./rooms.js";
 import { atBottom, log, scrollToBottom } from "./scroll.js";
 import { sessionEnded } from "./session.js";
 import { state } from "./state.js";
@@ -28,17 +30,20 @@ function insertMessage(message) {
   return true;
 }
 
-// A message from the stream (any room) or from our own POST.
+// A message from the stream (any room) or from our own POST. A log entry (a "kind") is
+// shown in its room too, but is not news: it counts as no unread message and shows no cue.
 export function onMessage(message) {
   if (message.client_id && state.outbox.has(message.client_id)) settle(message.client_id);
   const isNew = noteLatest(message.room, message.id);
+  if (isNew && message.kind === "room") onRoomChange(message);
   if (message.room === state.room) {
     const pinned = atBottom();
     stopTyping(message.user);
     if (!insertMessage(message)) return;
     if (document.visibilityState === "visible") markSeen(state.room, message.id);
     if (pinned) scrollToBottom();
-  } else if (isNew && state.joined.has(message.room) && !isMe(message.user)
+    if (message.kind === "member") loadMembers().catch(() => {}); // someone added, removed, left
+  } else if (isNew && !message.kind && state.joined.has(message.room) && !isMe(message.user)
              && !(state.seen[message.room] && cmpId(message.id, state.seen[message.room]) <= 0)) {
     state.unread[message.room] = (state.unread[message.room] || 0) + 1;
     renderRooms();
@@ -48,7 +53,7 @@ export function onMessage(message) {
 
 function setEdge() {
   $("history-edge").textContent = !state.historyLoaded ? "Loading…"
-    : state.more ? "Scroll up for older messages" : `This is the beginning of #${state.room}.`;
+    : state.more ? "Scroll up for older messages" : `This is the beginning of ${historyName(state.room)}.`;
 }
 
 export function clearConversation() {
@@ -66,6 +71,7 @@ export async function loadLatest() {
   const room = state.room;
   const r = await api("GET", `/api/rooms/${room}/messages?limit=${HISTORY_PAGE}`);
   if (r.status === 401) { sessionEnded(); return false; }
+  if (r.status === 404 && errorOf(r).code === "unknown_room") { roomGone(room); return false; } // removed
   if (r.status !== 200) throw new Error(`history: ${r.status}`);
   if (room !== state.room) return false;
   const first = !state.historyLoaded;
@@ -134,12 +140,14 @@ export async function openRoom(name) {
   if ($("cue").dataset.room === name) hideCue();
   history.replaceState(null, "", `${location.pathname}${location.search}#${name}`);
   localStorage.setItem("chat.room", name);
-  $("room-title").textContent = `#${name}`;
+  showTitle();
   renderRooms();
   renderOutbox();
   clearConversation();
   clearPresence();
+  clearMembers();
   loadPresence().catch(() => {});
+  loadMembers().catch(() => {});
   try {
     await loadLatest();
   } catch (_) {

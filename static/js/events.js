@@ -2,9 +2,11 @@
 import { holdsStream, setConn } from "./conn.js";
 import { clearConversation, loadLatest, onMessage, refreshOpenRoom } from "./conversation.js";
 import { VALID_ID } from "./ids.js";
+import { loadMembers } from "./members.js";
 import { loadPresence, onRoomEvent } from "./presence.js";
 import { noteLatest } from "./readstate.js";
-import { joinRoom, onJoined, onLeft, renderRooms } from "./rooms.js";
+import { roomKind } from "./names.js";
+import { joinRoom, onJoined, onLeft, roomGone, syncJoined } from "./rooms.js";
 import { endSession } from "./session.js";
 import { state } from "./state.js";
 
@@ -22,12 +24,11 @@ export function onStreamEvent(type, data, lastEventId) {
   try { payload = data ? JSON.parse(data) : {}; } catch (_) { return; }
   switch (type) {
     case "ready": {
-      if (Array.isArray(payload.rooms)) {
-        state.joined = new Set(payload.rooms);
-        renderRooms();
-      }
-      if (state.room && !state.joined.has(state.room)) joinRoom(state.room); // a join that failed earlier
+      if (Array.isArray(payload.rooms)) syncJoined(payload.rooms);
+      // A join that failed earlier (a private room or DM is joined by being added, never by us).
+      if (state.room && !state.joined.has(state.room) && roomKind(state.room) === "public") joinRoom(state.room);
       loadPresence().catch(() => {}); // joins and leaves missed while away are not replayed
+      loadMembers().catch(() => {}); // nor are member changes, if the stream started afresh
       refreshOpenRoom(); // a stream that started afresh may have missed what came before it
       break;
     }
@@ -43,6 +44,7 @@ export function onStreamEvent(type, data, lastEventId) {
     case "left": onLeft(payload); break;
     case "retry": {
       const reason = payload.reason;
+      if (reason === "removed" && payload.room) roomGone(payload.room); // then reconnects, without it
       if (SESSION_ENDED.has(reason)) {
         endSession(reason === "kicked" || reason === "banned" ? "You were signed out by an admin."
           : "Your session ended; sign in again.");

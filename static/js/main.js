@@ -9,11 +9,13 @@ import { hideCue } from "./cue.js";
 import { $ } from "./dom.js";
 import { toggleDrawer } from "./drawer.js";
 import { DEFAULT_ROOM, ROOM_NAME } from "./ids.js";
+import { onInvite } from "./members.js";
+import { hideNotice } from "./notice.js";
 import { drainOutbox, loadOutbox, onCompose, onComposerKey, whenStored } from "./outbox.js";
 import { onComposerInput } from "./presence.js";
 import { loadSeen, readElsewhere } from "./readstate.js";
-import { countUnread, leaveRoom, loadJoined, onNewRoom, refreshDirectory, renderRooms, whenRoomChosen }
-  from "./rooms.js";
+import { countUnread, leaveRoom, loadJoined, onNewDm, onNewRoom, onPrivateToggle, refreshDirectory, renderRooms,
+  whenRoomChosen } from "./rooms.js";
 import { log } from "./scroll.js";
 import { whenSessionEnds } from "./session.js";
 import { logout, onSignIn, showSignIn } from "./signin.js";
@@ -37,10 +39,12 @@ async function enterChat(user) {
   state.unread = {};
   state.latest = {};
   state.joined = new Set();
+  state.info = new Map();
   state.conn = { state: "connecting", text: "connecting…", worker: "" };
   $("me").textContent = user;
   $("signin").hidden = true;
   $("chat").hidden = false;
+  hideNotice();
   loadSeen();
   loadOutbox();
   // Listen first (or hold the stream), then read: nothing falls between the two.
@@ -72,6 +76,10 @@ async function boot() {
   $("logout").addEventListener("click", logout);
   $("leave").addEventListener("click", leaveRoom);
   $("new-room").addEventListener("submit", onNewRoom);
+  $("new-room-private").addEventListener("change", onPrivateToggle);
+  $("new-dm").addEventListener("submit", onNewDm);
+  $("invite").addEventListener("submit", onInvite);
+  $("notice-close").addEventListener("click", hideNotice);
   $("rooms-refresh").addEventListener("click", () => refreshDirectory().catch(() => {}));
   $("cue").addEventListener("click", () => { const room = $("cue").dataset.room; hideCue(); openRoom(room); });
   $("composer").addEventListener("submit", onCompose);

@@ -8,7 +8,49 @@ function formatTime(ts) {
   return new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
 }
 
+// A log entry (it has a "kind": a member or room change) in a few words. Its "user" is
+// who made the change.
+export function describeEntry(entry) {
+  const actor = entry.user || "someone";
+  if (entry.kind === "member") {
+    switch (entry.change) {
+      case "added": return `${actor} added ${entry.member}`;
+      case "removed": return `${actor} removed ${entry.member}`;
+      case "left": return `${entry.member || actor} left`;
+      case "role": return `${actor} made ${entry.member} ${entry.role === "moderator" ? "a moderator" : "a member"}`;
+      default: break;
+    }
+  } else if (entry.kind === "room") {
+    switch (entry.change) {
+      case "renamed": return `${actor} renamed the room to “${entry.title}”`;
+      case "archived": return `${actor} archived the room`;
+      case "unarchived": return `${actor} unarchived the room`;
+      default: break;
+    }
+  }
+  return `${actor} changed the room`; // a change this page doesn't know yet
+}
+
+// A log entry as a quiet line between the messages, never a message with empty text.
+function entryElement(entry) {
+  const item = document.createElement("li");
+  item.className = "msg system entry";
+  const line = document.createElement("span");
+  line.className = "line";
+  line.textContent = describeEntry(entry);
+  item.append(line);
+  if (entry.ts) {
+    const when = document.createElement("time");
+    when.dateTime = new Date(entry.ts).toISOString();
+    when.textContent = formatTime(entry.ts);
+    item.append(" ", when);
+  }
+  if (entry.id) item.dataset.id = entry.id;
+  return item;
+}
+
 export function messageElement(message, pending) {
+  if (message.kind) return entryElement(message);
   const item = document.createElement("li");
   item.className = "msg";
   if (isMe(message.user)) item.classList.add("mine");

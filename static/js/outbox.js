@@ -1,9 +1,10 @@
 // ---- the outbox: pending until the server has it, retried with the same key ----
-import { api, refreshCsrf } from "./api.js";
+import { api, errorOf, refreshCsrf } from "./api.js";
 import { MAX_BACKOFF_MS, sleep } from "./backoff.js";
 import { $ } from "./dom.js";
 import { newClientId } from "./ids.js";
 import { messageElement } from "./message.js";
+import { roomGone } from "./rooms.js";
 import { scrollToBottom } from "./scroll.js";
 import { endSession } from "./session.js";
 import { state } from "./state.js";
@@ -107,13 +108,15 @@ async function deliver(clientId, item) {
         endSession("Your session ended; sign in again. Unsent messages are kept.");
         return false;
       }
-      if (r.status === 403 && r.data && r.data.error === "csrf_failed") {
+      if (r.status === 403 && errorOf(r).code === "csrf_failed") {
         await refreshCsrf();
         retryIn = 0;
       } else if (r.status === 429 || r.status >= 500) {
         retryIn = 1000 * Number(r.headers.get("Retry-After") || 0) || backoffFor(item);
       } else {
-        return fail(item, (r.data && r.data.message) || `error ${r.status}`);
+        // A private room or DM we were removed from answers as if it never existed.
+        if (r.status === 404 && errorOf(r).code === "unknown_room") roomGone(item.room);
+        return fail(item, errorOf(r).message || `error ${r.status}`);
       }
     } catch (_) {
       if (!navigator.onLine) return false;

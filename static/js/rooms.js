@@ -1,7 +1,9 @@
-// ---- rooms: the ones you are in, and the directory of the others ----
-import { api, write } from "./api.js";
+// ---- rooms: the ones you are in (rooms and direct messages), and the directory of the others ----
+import { api, errorOf, write } from "./api.js";
 import { $ } from "./dom.js";
 import { cmpId, DEFAULT_ROOM, VALID_ID } from "./ids.js";
+import { nameNodes, roomKind, roomLabel, showTitle } from "./names.js";
+import { showNotice } from "./notice.js";
 import { markSeen } from "./readstate.js";
 import { sessionEnded } from "./session.js";
 import { state } from "./state.js";
@@ -10,6 +12,8 @@ const ROOMS_PAGE = 500; // rooms per GET /api/rooms (the server's maximum)
 const ROOMS_MAX_PAGES = 10; // the room directory reads at most this many pages
 const UNREAD_BATCH = 500; // rooms per POST /api/rooms/unread (the server's maximum)
 const UNREAD_SHOWN_MAX = 99; // past this a badge reads "99+" (the server counts up to 100)
+const NAME_MAX = 64; // a room name's length (ids.js ROOM_NAME)
+const TITLE_MAX = 80; // a private room's title: the server's limit
 
 // Opening a room is the conversation's (openRoom), which joins through this module:
 // main.js registers it here rather than the two importing each other.
@@ -18,11 +22,37 @@ export function whenRoomChosen(open) {
   openRoom = open;
 }
 
+// What the server told us of a room (its title, kind, our role, a DM's members), merged
+// into what we knew.
+export function noteRoom(room) {
+  if (room && room.name) state.info.set(room.name, { ...state.info.get(room.name), ...room });
+}
+
 export async function loadJoined() {
   const r = await api("GET", "/api/me/rooms");
   if (r.status === 401) { sessionEnded(); return false; }
-  if (r.status === 200) state.joined = new Set(r.data.rooms);
+  if (r.status === 200) {
+    state.joined = new Set(r.data.rooms);
+    for (const room of r.data.joined || []) noteRoom(room);
+  }
   return true;
+}
+
+// The titles and kinds of the joined rooms (a private room or DM we were added to while
+// the stream was away): the list is drawn again with their names.
+async function loadJoinedInfo() {
+  const r = await api("GET", "/api/me/rooms").catch(() => null);
+  if (!r || r.status !== 200 || !r.data.joined) return;
+  for (const room of r.data.joined) noteRoom(room);
+  renderRooms();
+}
+
+// One room we were just added to (a "joined" event): its title, kind and members.
+async function loadRoomInfo(name) {
+  const r = await api("GET", `/api/rooms/${name}`).catch(() => null);
+  if (!r || r.status !== 200 || !r.data.room) return;
+  noteRoom(r.data.room);
+  renderRooms();
 }
 
 // The whole directory, page by page (bounded), or null if it can't be read now.
@@ -43,17 +73,20 @@ async function fetchDirectory() {
 
 export async function refreshDirectory() {
   const rooms = await fetchDirectory();
-  if (rooms) { state.directory = rooms; renderRooms(); }
+  if (rooms) {
+    state.directory = rooms;
+    for (const room of rooms) noteRoom({ kind: "public", ...room }); // only public rooms are listed
+    renderRooms();
+  }
   return rooms;
 }
 
 // Unread counts at sign-in, for every joined room with news, in one request per
 // UNREAD_BATCH rooms (never one per room); from then on the stream keeps them.
 export async function countUnread() {
-  const tails = Object.fromEntries(state.directory.map((room) => [room.name, room.last_id]));
   const behind = {};
   for (const name of state.joined) {
-    const tail = tails[name];
+    const tail = (state.info.get(name) || {}).last_id; // the directory's, or GET /api/me/rooms'
     if (tail && (!state.latest[name] || cmpId(tail, state.latest[name]) > 0)) state.latest[name] = tail;
     if (name === state.room) continue;
     if (!state.seen[name]) {
@@ -87,7 +120,8 @@ function roomButton(name, joined) {
   button.type = "button";
   button.dataset.room = name;
   const label = document.createElement("span");
-  label.textContent = `#${name}`;
+  label.className = "name";
+  label.append(...nameNodes(name));
   button.append(label);
   const unread = joined && name !== state.room ? state.unread[name] : 0;
   if (unread) {
@@ -103,27 +137,96 @@ function roomButton(name, joined) {
   return item;
 }
 
+// By the name shown (a public room's is its name unless renamed), then by id.
+function byLabel(a, b) {
+  const [la, lb] = [roomLabel(a).toLowerCase(), roomLabel(b).toLowerCase()];
+  if (la !== lb) return la < lb ? -1 : 1;
+  return a < b ? -1 : a > b ? 1 : 0;
+}
+
 export function renderRooms() {
-  const joined = [...state.joined].sort();
-  $("room-list").replaceChildren(...joined.map((name) => roomButton(name, true)));
+  const joined = [...state.joined].sort(byLabel);
+  const dms = joined.filter((name) => roomKind(name) === "dm");
+  const rooms = joined.filter((name) => roomKind(name) !== "dm");
+  $("room-list").replaceChildren(...rooms.map((name) => roomButton(name, true)));
+  $("dm-list").replaceChildren(...dms.map((name) => roomButton(name, true)));
+  $("dm-empty").hidden = dms.length > 0;
   const others = state.directory.map((room) => room.name).filter((name) => !state.joined.has(name));
   $("other-rooms").replaceChildren(...others.map((name) => roomButton(name, false)));
   $("other-rooms-empty").hidden = others.length > 0;
   const anyUnread = joined.some((name) => name !== state.room && state.unread[name]);
   $("rooms-toggle").classList.toggle("news", anyUnread);
+  showTitle(); // a title learnt or changed since the room was opened
+}
+
+// A room change in a room's log (renamed, archived), live: what the list and the title show.
+export function onRoomChange(entry) {
+  const info = state.info.get(entry.room);
+  if (!info) return;
+  if (entry.change === "renamed" && typeof entry.title === "string") info.title = entry.title;
+  if (entry.change === "archived" || entry.change === "unarchived") info.archived = entry.change === "archived";
+  renderRooms();
+}
+
+// The create-room control makes a public room by name, or (ticked "private") a private
+// room by title: a title is free text, so the name's pattern goes while it is ticked.
+export function onPrivateToggle() {
+  const input = $("new-room-name");
+  const isPrivate = $("new-room-private").checked;
+  if (input.dataset.pattern === undefined) input.dataset.pattern = input.getAttribute("pattern");
+  if (isPrivate) input.removeAttribute("pattern");
+  else input.setAttribute("pattern", input.dataset.pattern);
+  input.maxLength = isPrivate ? TITLE_MAX : NAME_MAX;
+  input.placeholder = isPrivate ? "Room title" : "room-name";
+  $("new-room-label").textContent = isPrivate ? "Create a private room" : "Join or create a room";
+  $("new-room-submit").textContent = isPrivate ? "Create" : "Open";
+  $("new-room-error").textContent = "";
 }
 
 export async function onNewRoom(event) {
   event.preventDefault();
-  const name = $("new-room-name").value.trim();
-  const r = await write("/api/rooms", { name });
+  const value = $("new-room-name").value.trim();
+  const isPrivate = $("new-room-private").checked;
+  const r = await write("/api/rooms", isPrivate ? { title: value, private: true } : { name: value });
   if (r.status === 200 || r.status === 201) {
     $("new-room-name").value = "";
     $("new-room-error").textContent = "";
-    await refreshDirectory();
-    await openRoom(name);
+    if (isPrivate) {
+      $("new-room-private").checked = false;
+      onPrivateToggle();
+      await enterNew(r.data.room); // private: never in the directory
+    } else {
+      await refreshDirectory();
+      await openRoom(value);
+    }
   } else {
-    $("new-room-error").textContent = (r.data && r.data.message) || `Failed (${r.status}).`;
+    $("new-room-error").textContent = errorOf(r).message || `Failed (${r.status}).`;
+  }
+}
+
+// A private room or DM we just made (or found): in it already, so open it without a join.
+async function enterNew(room) {
+  noteRoom(room);
+  onJoined({ room: room.name });
+  await openRoom(room.name);
+}
+
+// "Message someone": a DM with one user, or several separated by commas or spaces. The
+// server answers with the existing DM of exactly those members if there is one.
+export async function onNewDm(event) {
+  event.preventDefault();
+  const users = $("new-dm-name").value.split(/[\s,]+/).filter(Boolean);
+  if (users.length === 0) return;
+  const r = await write("/api/dms", { users });
+  if (r.status === 401) return sessionEnded();
+  if ((r.status === 200 || r.status === 201) && r.data.room) {
+    $("new-dm-name").value = "";
+    $("new-dm-error").textContent = "";
+    await enterNew(r.data.room);
+  } else {
+    const { code, message } = errorOf(r);
+    $("new-dm-error").textContent = code === "blocked" ? "You can't message them."
+      : message || `Failed (${r.status}).`;
   }
 }
 
@@ -138,7 +241,7 @@ export async function joinRoom(name) {
   if (r.status === 401) { sessionEnded(); return "error"; }
   if (r.status === 404) return "missing";
   if (r.status === 403) {
-    $("new-room-error").textContent = (r.data && r.data.message) || "You can't join more rooms.";
+    $("new-room-error").textContent = errorOf(r).message || "You can't join more rooms.";
     return "refused";
   }
   return "error";
@@ -149,17 +252,78 @@ export function onJoined({ room, at }) {
     if (!state.seen[room]) markSeen(room, at); // what came before the join is history, not news
     if (!state.latest[room] || cmpId(at, state.latest[room]) > 0) state.latest[room] = at;
   }
+  if (isLeaving(room)) markLeaving(room, false); // in again: a removal from now on is news
+  if (!state.info.has(room)) loadRoomInfo(room); // added to a private room or a DM: its name
   if (!state.joined.has(room)) { state.joined.add(room); renderRooms(); }
 }
 
-export function onLeft({ room }) {
+// The stream's "ready": the rooms it follows now. A private room or DM that is no longer
+// among them was left or lost while the stream was away; one we know nothing of was
+// added meanwhile (its title comes with GET /api/me/rooms).
+export function syncJoined(rooms) {
+  const now = new Set(rooms);
+  const lost = [...state.joined].filter((name) => !now.has(name) && roomKind(name) !== "public");
+  const unknown = rooms.some((name) => !state.info.has(name));
+  state.joined = new Set([...now, ...lost]); // the lost ones go through dropRoom
+  for (const room of lost) dropRoom(room, `You are no longer in ${roomLabel(room)}.`);
+  renderRooms();
+  if (unknown) loadJoinedInfo();
+}
+
+// The stream's "left": a leave (here, in another tab or device) or, with reason
+// "removed", someone removed us. Every tab hears it and drops the room.
+export function onLeft({ room, reason }) {
+  if (reason === "removed") roomGone(room);
+  else dropRoom(room);
+}
+
+// We were removed from ``room`` (told by the stream, or a request for it answered 404
+// unknown_room): it goes from the list with a notice, once however many say it.
+export function roomGone(room) {
+  if (!state.joined.has(room) && !(room === state.room && roomKind(room) !== "public")) return;
+  dropRoom(room, isLeaving(room) ? "" : `You were removed from ${roomLabel(room)}.`);
+}
+
+// Rooms this browser is leaving, in any of its tabs (localStorage). The stream tells a
+// leave of a private room like a removal ("left" with reason "removed": it, too, ends our
+// access), which is no news to the one who left. A mark lasts until we are in the room
+// again, or LEAVING_MS.
+const LEAVING_MS = 60000;
+const leavingKey = () => `chat.leaving.${state.me}`;
+
+function leavingMarks() {
+  try { return JSON.parse(localStorage.getItem(leavingKey())) || {}; } catch (_) { return {}; }
+}
+
+function markLeaving(room, leaving) {
+  const marks = leavingMarks();
+  const now = Date.now();
+  for (const [name, at] of Object.entries(marks)) if (!(now - at < LEAVING_MS)) delete marks[name];
+  if (leaving) marks[room] = now;
+  else delete marks[room];
+  localStorage.setItem(leavingKey(), JSON.stringify(marks));
+}
+
+function isLeaving(room) {
+  const at = leavingMarks()[room];
+  return typeof at === "number" && Date.now() - at < LEAVING_MS;
+}
+
+// A room we are no longer in: a public one is listed with the others from now on; a
+// private room or DM can't be opened any more, so it is forgotten. If it was open,
+// we go elsewhere.
+function dropRoom(room, notice) {
   const wasIn = state.joined.delete(room);
+  if (!wasIn && room !== state.room) return; // dropped already (told twice)
   delete state.unread[room];
-  if (!state.directory.some((known) => known.name === room)) { // listed with the others from now on
-    state.directory.push({ name: room, last_id: state.latest[room] || "0-0" });
+  if (roomKind(room) !== "public") {
+    state.info.delete(room);
+  } else if (wasIn && !state.directory.some((known) => known.name === room)) {
+    state.directory.push({ ...state.info.get(room), name: room, last_id: state.latest[room] || "0-0" });
     state.directory.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
   }
-  if (wasIn) renderRooms();
+  if (notice) showNotice(notice);
+  renderRooms();
   if (room === state.room) openRoom(fallbackRoom(room));
 }
 
@@ -171,10 +335,14 @@ function fallbackRoom(room) {
 
 export async function leaveRoom() {
   const room = state.room;
+  markLeaving(room, true); // before asking: the other tabs may hear of it first
   const r = await write(`/api/rooms/${room}/leave`).catch(() => null);
   if (r && r.status === 401) return sessionEnded();
   if (!r || r.status !== 200) {
-    $("new-room-error").textContent = (r && r.data && r.data.message) || "Leaving failed; try again.";
+    markLeaving(room, false);
+    const { code, message } = errorOf(r);
+    $("new-room-error").textContent = code === "owner_must_stay"
+      ? "You own this room: you can't leave it." : message || "Leaving failed; try again.";
     return;
   }
   onLeft({ room }); // the stream's "left" event tells the other tabs (and says it here again)

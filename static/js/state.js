@@ -8,7 +8,8 @@ export const state = {
   room: null, // the open room
   opening: 0, // generation of openRoom: a newer call wins
   joined: new Set(), // rooms this user is in (GET /api/me/rooms, then joined/left events)
-  directory: [], // every room, {name, last_id} (GET /api/rooms, paged): to open others
+  directory: [], // every public room, {name, title, last_id} (GET /api/rooms, paged): to open others
+  info: new Map(), // room -> {name, title, kind, role, archived, members (dm only)}: the rooms we know of
   messages: new Map(), // id -> message, open room only
   historyLoaded: false, // the open room's newest page is in (older pages may load)
   oldestId: null,
@@ -26,6 +27,8 @@ export const state = {
   unread: {}, // room -> count
   latest: {}, // room -> newest id known here: stream messages at or before it are not counted again
   online: new Set(), // who is in the open room (presence)
+  members: [], // the open private room's or DM's members, [{user, role}]
+  membersAsked: 0, // generation of loadMembers: a newer answer wins
   typing: new Map(), // user -> timer
   lastTypingSent: 0,
   cueTimer: null,
