@@ -218,6 +218,17 @@ class LocalStream:
         self.response.close()
 
 
+def until(stream, kind, limit=20):
+    """The next event of ``kind`` on a :class:`LocalStream` (skipping the opening comment, pings
+    and other events)."""
+    for _ in range(limit):
+        event = stream.next_event()
+        assert event is not None, f"no {kind} event came"
+        if event.get("event") == kind:
+            return event
+    raise AssertionError(f"no {kind} event within {limit} events")
+
+
 # -- live servers, over real HTTP ----------------------------------------------------------
 
 class Response:

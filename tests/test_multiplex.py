@@ -27,6 +27,7 @@ from tests.helpers import (
     gunicorn_with_redis,
     parse_id,
     unique,
+    until,
 )
 
 
@@ -42,16 +43,6 @@ def send(client, room, text):
     response = client.post(f"/api/rooms/{room}/messages", json={"text": text})
     assert response.status_code == 201, response.json
     return response.json
-
-
-def until(stream, kind, limit=20):
-    """The next event of ``kind`` (skipping pings and others)."""
-    for _ in range(limit):
-        event = stream.next_event()
-        assert event is not None, f"no {kind} event came"
-        if event.get("event") == kind:
-            return event
-    raise AssertionError(f"no {kind} event within {limit} events")
 
 
 def inject(redis_client, room, position, text="x", publish=True):

@@ -13,7 +13,7 @@ import pytest
 from chatapp.core.ids import StreamId
 from chatapp.store import keys
 from chatapp.store.rooms import dm_name
-from tests.helpers import GENEROUS_LIMITS, PASSWORD, AuthActions, LocalStream, signed_in
+from tests.helpers import GENEROUS_LIMITS, PASSWORD, AuthActions, LocalStream, signed_in, until
 
 NEVER_CREATED = "p-00000000000000000000"
 
@@ -67,16 +67,6 @@ def config():
 def people(app):
     """alice (owner), bob (member), carol (an outsider): signed-in test clients."""
     return {name: signed_in(app, name) for name in ("alice", "bob", "carol")}
-
-
-def until(stream, kind, limit=20):
-    """The next event of ``kind`` (skipping the opening comment, pings and others)."""
-    for _ in range(limit):
-        event = stream.next_event()
-        assert event is not None, f"no {kind} event came"
-        if event.get("event") == kind:
-            return event
-    raise AssertionError(f"no {kind} event within {limit} events")
 
 
 def answer(client, method, url, body, name):
