@@ -140,12 +140,19 @@ def test_an_outsider_gets_what_a_room_never_created_gets_on_every_route(app, peo
 
 
 def test_the_multiplexed_stream_never_carries_it(app, people):
-    """Narrowed to a private room, or with a cursor naming it, an outsider's multiplexed stream
-    and poll are what they are for a name never created: the room isn't in them."""
+    """Narrowed to a private room, an outsider's multiplexed stream and poll are what they are for
+    a name never created: the room isn't in them. A cursor naming it is refused before any work,
+    as one naming a room never created is."""
     alice, carol = people["alice"], people["carol"]
     private = create_private(alice)
     sent = send(alice, private, "not for carol")
-    for query in (f"?rooms={private}", f"?rooms={private},general", f"?last_event_id={private}:0-0,general:0-0"):
+    for name in (private, NEVER_CREATED):
+        for url in (f"/api/events?last_event_id={name}:0-0,general:0-0", f"/api/poll?cursor={name}:0-0&timeout=0"):
+            response = carol.get(url)
+            assert response.status_code == 400, url
+            assert response.json == {"error": "bad_cursor", "rooms": [name],
+                                     "message": "The cursor names rooms you may not read; resume without them."}
+    for query in (f"?rooms={private}", f"?rooms={private},general"):
         for name in (private, NEVER_CREATED):
             stream = LocalStream(carol, "/api/events" + query.replace(private, name))
             try:
@@ -342,13 +349,9 @@ def test_resume_after_removal_gets_nothing_newer(people):
     send(alice, private, "after")
     response = bob.get(f"/api/rooms/{private}/events", headers={"Last-Event-ID": before["id"]})
     assert response.status_code == 404 and response.json["error"] == "unknown_room"
-    stream = LocalStream(bob, f"/api/events?last_event_id={private}:{before['id']}")
-    try:
-        assert private not in json.loads(until(stream, "ready")["data"])["rooms"]
-    finally:
-        stream.close()
-    poll = bob.get(f"/api/poll?cursor={private}:{before['id']}&timeout=0").json
-    assert private not in poll["rooms"] and poll["messages"] == []
+    for url in (f"/api/events?last_event_id={private}:{before['id']}", f"/api/poll?cursor={private}:{before['id']}"):
+        response = bob.get(url)
+        assert response.status_code == 400 and response.json["rooms"] == [private], url
 
 
 def test_a_member_let_back_in_resumes_without_being_cut_again(people):
@@ -452,3 +455,33 @@ def test_presence_in_a_private_room_lists_members_only(people, redis_client):
     finally:
         stream.close()
     assert redis_client.exists(keys.room_members(private))
+
+
+def test_regression_a_cursor_listing_more_rooms_than_an_account_may_join_is_a_400(people):
+    """Cursors of 101, 1,000 and 1,700 rooms the user never joined opened a 200 stream; the only
+    bound was 16 KiB of characters."""
+    carol = people["carol"]
+    for count in (101, 1000, 1700):
+        cursor = ",".join(f"r{i}:1-0" for i in range(count))
+        for url in (f"/api/events?last_event_id={cursor}", f"/api/poll?cursor={cursor}&timeout=0"):
+            response = carol.get(url)
+            assert response.status_code == 400 and response.json["error"] == "bad_cursor", (count, url[:20])
+
+
+def test_a_left_notice_moves_the_cursor_past_the_room(people):
+    """After a removal the stream's Last-Event-ID no longer names the room, so a reconnect is
+    never refused for naming a room the user may not read."""
+    alice, bob = people["alice"], people["bob"]
+    private = create_private(alice)
+    invite(alice, private, "bob")
+    stream = LocalStream(bob, "/api/events")
+    try:
+        until(stream, "ready")
+        assert alice.delete(f"/api/rooms/{private}/members/bob").status_code == 200
+        left = until(stream, "left")
+        assert private not in left["id"]
+        again = LocalStream(bob, f"/api/events?last_event_id={left['id']}")
+        again.close()
+        assert again.status == 200
+    finally:
+        stream.close()

@@ -27,8 +27,8 @@ class Cursor:
         self.watermark = watermark
 
     @classmethod
-    def parse(cls, text):
-        """Parse a cursor; raise BadRequest."""
+    def parse(cls, text, max_rooms=None):
+        """Parse a cursor listing at most ``max_rooms`` rooms; raise BadRequest."""
         if not text or len(text) > MAX_CURSOR_CHARS:
             raise BadRequest("Malformed cursor: expected room:<ms>-<seq>[,room:<ms>-<seq>...].", code="bad_cursor")
         items = text.split(",")
@@ -36,6 +36,9 @@ class Cursor:
         if match := _WATERMARK_RE.match(items[0]):
             watermark = int(match[1])
             items = items[1:]
+        if max_rooms is not None and len(items) > max_rooms:
+            raise BadRequest(f"The cursor lists more than the {max_rooms} rooms an account may join.",
+                             code="bad_cursor")
         positions = {}
         for pair in items:
             match = _PAIR_RE.match(pair)

@@ -233,7 +233,11 @@ class Multiplex(Stream):
         if self.closed_reason:
             raise ReaderClosed(self.closed_reason)
         notices, self._notices = self._notices, []
-        frames = [sse.Event(data, event=event).encode() for event, data in notices]
+        # A left room's notice carries the stream's cursor without it, taken before this batch's
+        # messages move any position: a client that resumes from it never names a room it may
+        # no longer read (docs/DESIGN.md, "Cursors").
+        at = self.exact_cursor() if notices else None
+        frames = [sse.Event(data, event=event, id=at if event == "left" else None).encode() for event, data in notices]
         taken = self._take()
         if taken is None:
             return frames or None

@@ -14,11 +14,12 @@ class ChatError(Exception):
     code = "internal"
     message = "Internal server error."
 
-    def __init__(self, message=None, *, code=None, headers=None):
+    def __init__(self, message=None, *, code=None, headers=None, details=None):
         super().__init__(message or self.message)
         self.message = message or self.message
         self.code = code or self.code
         self.headers = headers or {}
+        self.details = details or {}  # more fields of the JSON body, for a client to act on
 
 
 class BadRequest(ChatError):

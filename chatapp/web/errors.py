@@ -24,7 +24,7 @@ def count_redis_error():
 
 
 def error_response(error):
-    response = jsonify(error=error.code, message=error.message)
+    response = jsonify(**error.details, error=error.code, message=error.message)
     response.status_code = error.status
     response.headers.update(error.headers)
     return response

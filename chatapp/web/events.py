@@ -39,7 +39,19 @@ def _narrowed():
 
 
 def _cursor(text):
-    return Cursor.parse(text.strip()) if text and text.strip() else None
+    """The multiplexed cursor the client sent, or None. Checked before any work: at most
+    ``CHAT_MAX_JOINED_ROOMS`` rooms, each one the user may read; a 400 ``bad_cursor`` otherwise,
+    whose ``rooms`` lists those they may not read (a client that missed a ``left`` drops them
+    and resumes with the rest)."""
+    if not text or not text.strip():
+        return None
+    cursor = Cursor.parse(text.strip(), max_rooms=current_app.config["CHAT_MAX_JOINED_ROOMS"])
+    readable = services().access.readable(current_user(), list(cursor.positions))
+    refused = sorted(room for room in cursor.positions if room not in readable)
+    if refused:
+        raise BadRequest("The cursor names rooms you may not read; resume without them.", code="bad_cursor",
+                         details={"rooms": refused})
+    return cursor
 
 
 def _open_multiplex(cursor):
