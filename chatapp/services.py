@@ -12,6 +12,7 @@ from redis.retry import Retry
 
 from chatapp.accounts.access import Access
 from chatapp.accounts.conversations import Conversations
+from chatapp.accounts.devices import DeviceCookies
 from chatapp.accounts.passwords import Hasher
 from chatapp.accounts.users import UserStore
 from chatapp.delivery.hub import HUB_READ_CONNECTIONS, Hub
@@ -65,6 +66,7 @@ def build(config):
     return Services(
         topology=where, redis=client, broker=broker, metrics=metrics, presence=presence, memberships=memberships,
         rooms=rooms, access=access, conversations=conversations, reads=ReadPositions(client, broker),
+        devices=DeviceCookies(config["SECRET_KEY"]),
         limits=limits, migration=Migration(client, where.kind), hub=hub, users=users)
 
 

@@ -103,10 +103,12 @@ def test_unknown_user_and_wrong_password_get_the_same_answer(auth):
 
 def test_session_lives_in_redis_with_safe_cookie_flags(auth, redis_client):
     response = auth.register("alice")
-    cookie = response.headers["Set-Cookie"]
-    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
-    sid = cookie.split(";")[0].split("=", 1)[1]
+    cookies = {c.split("=", 1)[0]: c for c in response.headers.getlist("Set-Cookie")}
+    for cookie in cookies.values():
+        assert "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    sid = cookies["chat_session"].split(";")[0].split("=", 1)[1]
     assert redis_client.exists(f"chat:session:{sid}")
+    assert "Path=/api/auth" in cookies["chat_device"]  # sent only where it is read
 
 
 def test_session_id_rotates_at_login(auth, client, redis_client):

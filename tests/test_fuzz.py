@@ -46,7 +46,7 @@ KEY_PATTERNS = [re.compile(p) for p in [
     r"chat:\{[a-z0-9_-]{1,64}\}:acked", r"chat:\{[a-z0-9_-]{1,64}\}:probe",
     r"chat:session:(\{user:[a-z0-9._-]{2,32}\})?[A-Za-z0-9_-]{16,128}",
     r"chat:\{user:[a-z0-9._-]{2,32}\}:verified:[0-9a-f]{64}",
-    r"chat:rl:\{LIMITER/CHAT_RATE_[A-Z_]+/(\d{1,3}(\.\d{1,3}){3}|login:[A-Za-z0-9._-]{2,32}|[a-z0-9._-]{2,32})/\d+/\d+/\w+\}(/-?\d+)?",
+    r"chat:rl:\{LIMITER/CHAT_RATE_[A-Z_]+/(\d{1,3}(\.\d{1,3}){3}|login:[A-Za-z0-9._-]{2,32}|device:[A-Za-z0-9_-]{16}|[a-z0-9._-]{2,32})/\d+/\d+/\w+\}(/-?\d+)?",
 ]]
 
 weird_text = st.one_of(

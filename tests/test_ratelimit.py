@@ -34,6 +34,33 @@ def test_logins_per_username_whoever_guesses(auth, app):
     assert_429(app.test_client().post("/api/auth/login", json={"username": "ALICE", "password": PASSWORD}))
 
 
+def stranger(app, address):
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address  # each stranger from an address of its own
+    return client
+
+
+def test_regression_strangers_guessing_a_name_dont_lock_out_a_browser_that_signed_in_before(auth, app):
+    """About 10 wrong guesses a minute at a username made the owner's correct login get 429. A
+    browser that signed in as the name before carries a device cookie and is limited on its own;
+    a browser that never did still meets the per-name limit (the attacker's budget)."""
+    auth.register("alice")  # this browser now holds alice's device cookie
+    assert auth.logout().status_code == 200
+    for i in range(3):
+        stranger(app, f"10.0.0.{i + 1}").post("/api/auth/login", json={"username": "alice", "password": "guess123"})
+    assert_429(stranger(app, "10.0.1.1").post("/api/auth/login", json={"username": "alice", "password": PASSWORD}))
+    response = auth.login("alice")  # the owner's browser, from its own address
+    assert response.status_code == 200, response.json
+    # The device is limited on its own: wrong guesses from it run out its own budget only.
+    owner = stranger(app, "10.0.2.1")
+    owner.set_cookie("chat_device", auth._client.get_cookie("chat_device", path="/api/auth").value, path="/api/auth")
+    assert owner.post("/api/auth/login", json={"username": "alice", "password": "wrong-pass"}).status_code == 401
+    # A device cookie of another name, or a forged one, is no exemption.
+    forged = stranger(app, "10.0.3.1")
+    forged.set_cookie("chat_device", "e30.forged", path="/api/auth")
+    assert_429(forged.post("/api/auth/login", json={"username": "alice", "password": PASSWORD}))
+
+
 def test_logins_per_ip(app):
     for i in range(4):
         app.test_client().post("/api/auth/login", json={"username": f"user{i}", "password": "guess123"})

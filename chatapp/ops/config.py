@@ -196,6 +196,9 @@ SETTINGS = (
             "(and failed HTTP Basic attempts)."),
     Setting("CHAT_RATE_LOGIN_USER", rate, "10 per minute", "Login attempts per username "
             "(also password changes and failed HTTP Basic attempts)."),
+    Setting("CHAT_RATE_LOGIN_DEVICE", rate, "10 per minute", "Login attempts per device cookie: a browser that "
+            "signed in as the name before is limited on its own instead of per username, so strangers' "
+            "guesses can't lock it out."),
     Setting("CHAT_RATE_REGISTER_IP", rate, "10 per hour", "Registrations per client IP."),
     Setting("CHAT_RATE_TYPING", rate, "30 per minute", "Typing notices each user may send."),
     Setting("CHAT_RATE_ROOMS", rate, "10 per hour", "Rooms each user may create."),

@@ -2,10 +2,11 @@
 
 import functools
 
-from flask import Blueprint, current_app, g, jsonify, request, session
+from flask import Blueprint, current_app, g, jsonify, make_response, request, session
 from flask_wtf.csrf import generate_csrf
 
 from chatapp.accounts import sessions
+from chatapp.accounts.devices import DEVICE_COOKIE
 from chatapp.accounts.users import USERNAME_RE, credential
 from chatapp.core import control
 from chatapp.core.reasons import Ending
@@ -41,6 +42,9 @@ def current_credential():
     current_user()
     record = g.get("basic_record")
     return credential(record) if record else None
+
+
+DEVICE_COOKIE_SECS = 400 * 24 * 3600  # as long as browsers keep a cookie (Chrome caps at 400 days)
 
 
 def enforce_login_name(name):
@@ -145,21 +149,37 @@ def register():
     fields = request_fields()
     account = services().users.create(string_field(fields, "username"), string_field(fields, "password"))
     services().memberships.join_default(account.name)
-    return _start_session(account), 201
+    return _with_device(_start_session(account), account.name), 201
 
 
 @bp.post("/login")
 def login():
-    """Sign in; an unknown user and a wrong password get the same answer, in the same time."""
+    """Sign in; an unknown user and a wrong password get the same answer, in the same time.
+
+    A browser that signed in as this name before (its device cookie) is limited on its own, so
+    strangers guessing at the name can't lock it out (chatapp.accounts.devices)."""
     enforce("CHAT_RATE_LOGIN_IP")
     fields = request_fields()
     name = fields.get("username")
     if isinstance(name, str) and USERNAME_RE.match(name):  # only valid names become keys
-        enforce_login_name(name)
+        device = services().devices.nonce_for(request.cookies.get(DEVICE_COOKIE), name)
+        if device is not None:
+            enforce("CHAT_RATE_LOGIN_DEVICE", f"device:{device}")
+        else:
+            enforce_login_name(name)
     account = services().users.authenticate(fields.get("username"), fields.get("password"))
     if account is None:
         raise Unauthorized("Wrong username or password.", code="bad_credentials")
-    return _start_session(account)
+    return _with_device(_start_session(account), account.name)
+
+
+def _with_device(response, user):
+    """``response`` with a device cookie for ``user`` unless the browser has one already."""
+    response = make_response(response)
+    if services().devices.nonce_for(request.cookies.get(DEVICE_COOKIE), user) is None:
+        response.set_cookie(DEVICE_COOKIE, services().devices.issue(user), max_age=DEVICE_COOKIE_SECS, httponly=True,
+                            samesite="Lax", secure=current_app.config["CHAT_HTTPS"], path="/api/auth")
+    return response
 
 
 @bp.post("/logout")

@@ -6,6 +6,7 @@ from flask import current_app
 
 from chatapp.accounts.access import Access
 from chatapp.accounts.conversations import Conversations
+from chatapp.accounts.devices import DeviceCookies
 from chatapp.accounts.users import UserStore
 from chatapp.delivery.hub import Hub
 from chatapp.ops.metrics import Metrics
@@ -34,6 +35,7 @@ class Services:
     access: Access  # who may read, post to or manage a room: the one place that decides
     conversations: Conversations  # private rooms' members and roles, DMs, blocks
     reads: ReadPositions  # read positions and muted rooms, per user
+    devices: DeviceCookies  # browsers that signed in before: limited per device, not per name
     memberships: Memberships
     presence: Presence
     limits: RateLimits
