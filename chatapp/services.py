@@ -24,6 +24,7 @@ from chatapp.store.migrations import Migration
 from chatapp.store.presence import Presence
 from chatapp.store.ratelimit import RateLimits
 from chatapp.store.reads import ReadPositions
+from chatapp.store.replicas import ReplicaWatch
 from chatapp.store.rooms import RoomRegistry
 from chatapp.store.stream_slots import StreamSlots
 from chatapp.web.context import EXTENSION, Services
@@ -67,6 +68,8 @@ def build(config):
         topology=where, redis=client, broker=broker, metrics=metrics, presence=presence, memberships=memberships,
         rooms=rooms, access=access, conversations=conversations, reads=ReadPositions(client, broker),
         devices=DeviceCookies(config["SECRET_KEY"]),
+        replicas=ReplicaWatch(client, config["CHAT_DURABILITY_REPLICAS"], metrics) if broker.waits_for_replicas
+        else None,
         limits=limits, migration=Migration(client, where.kind), hub=hub, users=users)
 
 

@@ -75,6 +75,34 @@ def test_a_message_no_replica_confirms_is_a_503_readers_never_see_it_and_its_ret
         replica.stop()
 
 
+def test_no_replica_left_is_visible_in_readyz_and_metrics_and_flips_back(tmp_path, primary):
+    """A primary without the replicas CHAT_DURABILITY_REPLICAS asks for refuses every write: that
+    shows in /readyz (still 200: reads and streams go on), in chat_writes_acknowledgeable and in
+    the count of refused POSTs; an attached replica flips them back, and the retried POST (same
+    key) makes its message once."""
+    app = replicas_app(primary)
+    alice = signed_in(app)
+    metrics = services_of(app).metrics
+    ready = alice.get("/readyz")
+    (server,) = ready.json["writes"]  # the primary's address (here its Unix socket)
+    assert ready.status_code == 200 and ready.json["writes"][server] == {"replicas": 0, "writes": "refused"}
+    assert metrics.value("chat_writes_acknowledgeable", server=server) == 0
+    refused = send_with_key(alice, "wait for a replica", "k1")
+    assert refused.status_code == 503 and metrics.value("chat_messages_not_replicated_total") == 1
+    replica = attach_replica(tmp_path, primary)
+    try:
+        eventually(lambda: alice.get("/readyz").json["writes"][server] == {"replicas": 1, "writes": "accepted"},
+                   timeout=10)
+        assert metrics.value("chat_writes_acknowledgeable", server=server) == 1
+        assert metrics.value("chat_replicas_connected", server=server) == 1
+        retried = send_with_key(alice, "wait for a replica", "k1")
+        assert retried.status_code in (200, 201)
+        assert [m["id"] for m in alice.get("/api/rooms/general/messages").json["messages"]] == [retried.json["id"]]
+    finally:
+        services_of(app).hub.close("test over")
+        replica.stop()
+
+
 def test_an_acknowledgement_releases_every_room_in_publish_order(tmp_path, primary):
     """Held messages go out in the order the server published them, whichever is
     acknowledged first, so a multiplexed stream's compact ids stay exact (invariant 12)."""

@@ -38,6 +38,14 @@ class Metrics:
                                 ["source"], registry=registry)
         self.hub_reconnects = Counter("chat_hub_reconnects", "Pub/Sub link reconnects", registry=registry)
         self.redis_errors = Counter("chat_redis_errors", "Redis failures seen", ["where"], registry=registry)
+        # With CHAT_DURABILITY=replicas (chatapp.store.replicas): per primary, as each worker last saw it.
+        self.replicas_connected = Gauge("chat_replicas_connected", "Replicas attached to each primary",
+                                        ["server"], registry=registry, multiprocess_mode="livemin")
+        self.writes_acknowledgeable = Gauge("chat_writes_acknowledgeable", "1 while a primary has the replicas "
+                                            "CHAT_DURABILITY_REPLICAS asks for (else its writes are refused)",
+                                            ["server"], registry=registry, multiprocess_mode="livemin")
+        self.not_replicated = Counter("chat_messages_not_replicated", "POSTs refused with 503 not_replicated "
+                                      "(stored, but not on enough replicas in time)", registry=registry)
         for source in ("ring", "stream"):  # present from the start, at 0
             self.catchups.labels(source)
         for where in ("request", "stream", "hub"):

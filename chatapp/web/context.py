@@ -16,6 +16,7 @@ from chatapp.store.migrations import Migration
 from chatapp.store.presence import Presence
 from chatapp.store.ratelimit import RateLimits
 from chatapp.store.reads import ReadPositions
+from chatapp.store.replicas import ReplicaWatch
 from chatapp.store.rooms import RoomRegistry
 from chatapp.store.topology import Topology
 
@@ -36,6 +37,7 @@ class Services:
     conversations: Conversations  # private rooms' members and roles, DMs, blocks
     reads: ReadPositions  # read positions and muted rooms, per user
     devices: DeviceCookies  # browsers that signed in before: limited per device, not per name
+    replicas: ReplicaWatch | None  # with CHAT_DURABILITY=replicas: can each primary acknowledge writes
     memberships: Memberships
     presence: Presence
     limits: RateLimits

@@ -22,6 +22,11 @@ def readyz():
     """Redis answers; 503 otherwise, so a balancer stops sending traffic here."""
     try:
         services().redis.ping()
+        # With replica acknowledgement: which primaries can acknowledge a write now. Reads and
+        # streams go on without replicas, so this is detail, not a 503 (docs/deploy.md).
+        writes = services().replicas.state() if services().replicas is not None else None
     except REDIS_ERRORS as exc:
         raise StoreUnavailable(f"Redis is not reachable: {type(exc).__name__}.") from None
-    return jsonify(status="ready", pid=os.getpid())
+    if writes is None:
+        return jsonify(status="ready", pid=os.getpid())
+    return jsonify(status="ready", pid=os.getpid(), writes=writes)

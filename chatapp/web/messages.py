@@ -7,7 +7,7 @@ from flask import Blueprint, Response, current_app, request
 
 from chatapp.core.ids import StreamId
 from chatapp.core.mentions import mentioned_names
-from chatapp.ops.errors import BadRequest, PayloadTooLarge
+from chatapp.ops.errors import BadRequest, NotReplicated, PayloadTooLarge
 from chatapp.web.auth import current_user, login_required
 from chatapp.web.context import services
 from chatapp.web.limits import enforce
@@ -58,8 +58,12 @@ def send(room):
     fields = request_fields()
     text = clean_text(string_field(fields, "text"), current_app.config["CHAT_MAX_MESSAGE_CHARS"])
     broker = services().broker
-    publication, created = broker.publish(room, current_user(), text, idempotency_key(fields),
-                                          mentions=_mentions(grant, text))
+    try:
+        publication, created = broker.publish(room, current_user(), text, idempotency_key(fields),
+                                              mentions=_mentions(grant, text))
+    except NotReplicated:
+        services().metrics.not_replicated.inc()
+        raise
     response = json_response(publication.json, 201)
     if created:
         services().metrics.accepted.inc()

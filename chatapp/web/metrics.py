@@ -1,13 +1,17 @@
 """``GET /metrics`` and the request-latency histogram (:mod:`chatapp.ops.metrics` holds the metrics)."""
 
 import ipaddress
+import logging
 import time
 
 from flask import Blueprint, Response, current_app, g, request
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from chatapp.ops.errors import Forbidden
+from chatapp.store.errors import REDIS_ERRORS
 from chatapp.web.context import services, services_of
+
+log = logging.getLogger(__name__)
 
 bp = Blueprint("metrics", __name__)
 
@@ -50,4 +54,9 @@ def metrics_view():
     networks = current_app.config["CHAT_METRICS_ALLOW"]
     if networks and not allowed(request.remote_addr, networks):
         raise Forbidden("Metrics are not available from your address.", code="metrics_forbidden")
+    if services().replicas is not None:
+        try:  # fresh for each scrape (at most CHECK_EVERY_SECS old); the rest is served regardless
+            services().replicas.state()
+        except REDIS_ERRORS as exc:
+            log.warning("metrics: replicas not read (%s)", exc)
     return Response(services().metrics.exposition(), mimetype=CONTENT_TYPE_LATEST)
