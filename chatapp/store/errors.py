@@ -23,3 +23,9 @@ def storage_full():
 # a read-only replica after failover): the client should retry, so they are 503s.
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError)
 
+
+# On a Cluster: the shard serving a key is unreachable (down, or its slots not covered until a
+# replica is promoted). Per-user counters that aren't the user's identity degrade to this
+# worker's own count meanwhile, so they never stop the rooms of healthy shards.
+SHARD_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
+                     redis.exceptions.SlotNotCoveredError)

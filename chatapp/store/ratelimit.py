@@ -12,12 +12,12 @@ import time
 
 import redis
 from limits import parse
-from limits.storage import RedisClusterStorage, RedisStorage
+from limits.storage import MemoryStorage, RedisClusterStorage, RedisStorage
 from limits.strategies import SlidingWindowCounterRateLimiter
 
 from chatapp.ops.errors import RateLimited
 from chatapp.store import keys, topology
-from chatapp.store.errors import is_out_of_memory, storage_full
+from chatapp.store.errors import SHARD_UNREACHABLE, is_out_of_memory, storage_full
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # the count it had reached but stops counting, so reading what is stored goes on (the
 # per-user stream cap, counted in leases, still holds). Every other limit fails closed.
 COUNTED_LOOSELY_WHEN_FULL = frozenset({"CHAT_RATE_STREAMS"})
+WARN_EVERY_SECS = 10.0
 
 LIMITS = ("CHAT_RATE_MESSAGES", "CHAT_RATE_LOGIN_IP", "CHAT_RATE_LOGIN_USER", "CHAT_RATE_REGISTER_IP",
           "CHAT_RATE_STREAMS", "CHAT_RATE_TYPING", "CHAT_RATE_ROOMS", "CHAT_RATE_UNREAD", "CHAT_RATE_MEMBERSHIP",
@@ -53,6 +54,12 @@ class RateLimits:
         else:  # on the app's client, which for Sentinel follows the primary
             storage = _ClientStorage(client)
         self._limiter = SlidingWindowCounterRateLimiter(storage)
+        # On a Cluster, a window whose shard is unreachable is counted by this worker alone
+        # until it is back: a limit then allows up to (workers x limit) across an instance, for
+        # the seconds of a failover, instead of refusing every request of the users whose
+        # windows live there, in every room (docs/deploy.md).
+        self._local = SlidingWindowCounterRateLimiter(MemoryStorage()) if where.kind == topology.CLUSTER else None
+        self._warned = {}  # setting -> when its fallback was last logged
         self._limits = {name: parse(config[name]) for name in LIMITS}
         # Hits this worker knows are coming but can't count yet ((setting, key) -> n): the
         # HTTP Basic guesses still being hashed (chatapp.web.auth.GuessLimits).
@@ -62,7 +69,7 @@ class RateLimits:
         """Count one hit of ``setting`` for ``key``; raise RateLimited past the limit."""
         item = self._limits[setting]
         try:
-            allowed = self._limiter.hit(item, setting, key)
+            allowed = self._shared_or_local("hit", item, setting, key)
         except redis.ResponseError as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -75,14 +82,29 @@ class RateLimits:
         if not allowed:
             self.refuse(setting, key)
 
+    def _shared_or_local(self, method, item, setting, key):
+        """``limiter.<method>(item, setting, key)`` on the shared windows, or on this worker's
+        own while a Cluster shard holding the window is unreachable."""
+        try:
+            return getattr(self._limiter, method)(item, setting, key)
+        except SHARD_UNREACHABLE as exc:
+            if self._local is None:
+                raise
+            now = time.monotonic()
+            if now - self._warned.get(setting, -math.inf) >= WARN_EVERY_SECS:  # one line per limit, not per request
+                self._warned[setting] = now
+                log.warning("rate limit %s counted by this worker alone: its shard is unreachable (%s)", setting,
+                            type(exc).__name__)
+            return getattr(self._local, method)(item, setting, key)
+
     def remaining(self, setting, key):
         """How many hits of ``setting`` ``key`` has left in the current window (a read)."""
-        return self._limiter.get_window_stats(self._limits[setting], setting, key).remaining
+        return self._shared_or_local("get_window_stats", self._limits[setting], setting, key).remaining
 
     def count(self, setting, key):
         """Count one hit, whether or not it is over the limit (a failure already answered)."""
         try:
-            self._limiter.hit(self._limits[setting], setting, key)
+            self._shared_or_local("hit", self._limits[setting], setting, key)
         except redis.ResponseError as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -91,7 +113,7 @@ class RateLimits:
     def refuse(self, setting, key):
         """Raise the 429 of ``setting`` for ``key``."""
         item = self._limits[setting]
-        reset_at = self._limiter.get_window_stats(item, setting, key).reset_time
+        reset_at = self._shared_or_local("get_window_stats", item, setting, key).reset_time
         retry_after = max(1, math.ceil(reset_at - time.time()))
         raise RateLimited(f"Rate limit of {item} exceeded; retry in {retry_after}s.",
                           headers={"Retry-After": str(retry_after)})

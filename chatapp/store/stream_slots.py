@@ -15,8 +15,8 @@ import redis
 from chatapp.core.batch import Batch
 from chatapp.ops.errors import TooManyStreams
 from chatapp.store import keys
-from chatapp.store.errors import is_out_of_memory
-from chatapp.store.lua import lua_script, run_many
+from chatapp.store.errors import SHARD_UNREACHABLE, is_out_of_memory
+from chatapp.store.lua import is_cluster, lua_script, run_many
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,7 @@ TOO_MANY_RETRY_SECS = 10  # a client at its cap retries this much later
 
 class StreamSlots:
     def __init__(self, client, per_user, lease_secs):
+        self.on_cluster = is_cluster(client)
         self.per_user = per_user
         self.renew_secs = lease_secs / 3  # two renewals may fail before a lease runs out
         self._lease_ms = int(lease_secs * 1000)
@@ -44,6 +45,14 @@ class StreamSlots:
                 raise
             log.warning("stream of %s not counted: redis is out of memory", user)
             return None  # reading what is stored goes on while the store is full
+        except SHARD_UNREACHABLE as exc:
+            if not self.on_cluster:
+                raise
+            # The user's lease index is on a shard that is down: the stream opens uncounted
+            # (the worker's CHAT_MAX_STREAMS and the per-user stream rate still bound it) rather
+            # than refusing the rooms of healthy shards until the promotion.
+            log.warning("stream of %s not counted: its shard is unreachable (%s)", user, type(exc).__name__)
+            return None
         if not taken:
             raise TooManyStreams(f"You have {self.per_user} streams open, as many as an account may; "
                                  "close one (or share one stream between tabs).",

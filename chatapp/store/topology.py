@@ -10,6 +10,7 @@ Everything that opens a connection to Redis gets it from here: the request pool,
 the hub's pool for its own reads, and the bare connections of Pub/Sub links.
 """
 
+import functools
 import random
 import socket
 from typing import NamedTuple
@@ -137,8 +138,13 @@ def client(topology, max_connections, timeout, cluster_retry=None, *, coalesce=F
         pool = _BlockingSentinelPool(topology.service, sentinel, max_connections=max_connections, timeout=timeout,
                                      connection_class=_SentinelConnection, **common, **topology.options)
         return client_class(connection_pool=pool)
+    # Each node's pool blocks (up to the command timeout) when all its connections are busy, as the
+    # other topologies' pools do: redis-py's default refuses at once ("Too many connections"),
+    # which ended streams in a burst and sent their readers back without a cursor.
     return redis.cluster.RedisCluster(startup_nodes=[redis.cluster.ClusterNode(h, p) for h, p in topology.nodes],
                                       max_connections=max_connections, **common, **topology.options,
+                                      connection_pool_class=functools.partial(redis.BlockingConnectionPool,
+                                                                              timeout=timeout),
                                       **({"retry": cluster_retry} if cluster_retry is not None else {}))
 
 
