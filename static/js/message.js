@@ -1,5 +1,6 @@
 // One message as shown: the only place a message becomes markup (history, stream,
-// our own POST, the outbox's pending ones).
+// our own POST, the outbox's pending ones); its URLs become links through links.js.
+import { linkedText } from "./links.js";
 import { state } from "./state.js";
 
 export const isMe = (user) => Boolean(user && state.me && user.toLowerCase() === state.me.toLowerCase());
@@ -67,7 +68,7 @@ export function messageElement(message, pending) {
   meta.append(who, when);
   const text = document.createElement("p");
   text.className = "text";
-  text.textContent = message.text; // always text, never HTML
+  text.append(...linkedText(message.text)); // text nodes and links, never HTML
   item.append(meta, text);
   if (message.id) item.dataset.id = message.id;
   if (pending) item.dataset.clientId = pending;
