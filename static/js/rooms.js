@@ -1,6 +1,7 @@
 // ---- rooms: the ones you are in (rooms and direct messages), and the directory of the others ----
 import { api, errorOf, write } from "./api.js";
 import { $ } from "./dom.js";
+import { humanError } from "./errors.js";
 import { cmpId, DEFAULT_ROOM, VALID_ID } from "./ids.js";
 import { nameNodes, roomKind, roomLabel, showTitle } from "./names.js";
 import { showNotice } from "./notice.js";
@@ -187,8 +188,10 @@ export async function onNewRoom(event) {
   event.preventDefault();
   const value = $("new-room-name").value.trim();
   const isPrivate = $("new-room-private").checked;
-  const r = await write("/api/rooms", isPrivate ? { title: value, private: true } : { name: value });
-  if (r.status === 200 || r.status === 201) {
+  const r = await write("/api/rooms", isPrivate ? { title: value, private: true } : { name: value })
+    .catch(() => null);
+  if (r && r.status === 401) return sessionEnded();
+  if (r && (r.status === 200 || r.status === 201)) {
     $("new-room-name").value = "";
     $("new-room-error").textContent = "";
     if (isPrivate) {
@@ -200,7 +203,7 @@ export async function onNewRoom(event) {
       await openRoom(value);
     }
   } else {
-    $("new-room-error").textContent = errorOf(r).message || `Failed (${r.status}).`;
+    $("new-room-error").textContent = humanError(r);
   }
 }
 
@@ -217,16 +220,14 @@ export async function onNewDm(event) {
   event.preventDefault();
   const users = $("new-dm-name").value.split(/[\s,]+/).filter(Boolean);
   if (users.length === 0) return;
-  const r = await write("/api/dms", { users });
-  if (r.status === 401) return sessionEnded();
-  if ((r.status === 200 || r.status === 201) && r.data.room) {
+  const r = await write("/api/dms", { users }).catch(() => null);
+  if (r && r.status === 401) return sessionEnded();
+  if (r && (r.status === 200 || r.status === 201) && r.data.room) {
     $("new-dm-name").value = "";
     $("new-dm-error").textContent = "";
     await enterNew(r.data.room);
   } else {
-    const { code, message } = errorOf(r);
-    $("new-dm-error").textContent = code === "blocked" ? "You can't message them."
-      : message || `Failed (${r.status}).`;
+    $("new-dm-error").textContent = errorOf(r).code === "blocked" ? "You can't message them." : humanError(r);
   }
 }
 
@@ -241,7 +242,7 @@ export async function joinRoom(name) {
   if (r.status === 401) { sessionEnded(); return "error"; }
   if (r.status === 404) return "missing";
   if (r.status === 403) {
-    $("new-room-error").textContent = errorOf(r).message || "You can't join more rooms.";
+    $("new-room-error").textContent = humanError(r);
     return "refused";
   }
   return "error";
@@ -340,9 +341,8 @@ export async function leaveRoom() {
   if (r && r.status === 401) return sessionEnded();
   if (!r || r.status !== 200) {
     markLeaving(room, false);
-    const { code, message } = errorOf(r);
-    $("new-room-error").textContent = code === "owner_must_stay"
-      ? "You own this room: you can't leave it." : message || "Leaving failed; try again.";
+    $("new-room-error").textContent = errorOf(r).code === "owner_must_stay"
+      ? "You own this room: you can't leave it." : humanError(r);
     return;
   }
   onLeft({ room }); // the stream's "left" event tells the other tabs (and says it here again)
