@@ -112,10 +112,11 @@ export async function loadOlder() {
   }
 }
 
-// The stream may have skipped something for this tab (a fresh start, a takeover):
-// merge the newest page again. Never a reconnect.
+// The stream may have skipped something for this tab (a fresh start, a takeover), or the
+// history could not be loaded (the server was away): merge the newest page again. Never a
+// reconnect.
 export function refreshOpenRoom() {
-  if (state.room && state.historyLoaded) loadLatest().catch(() => {});
+  if (state.room) loadLatest().catch(() => {});
 }
 
 // Open a room: join it if we aren't in it (the stream follows it from the join

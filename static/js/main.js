@@ -3,15 +3,17 @@
 // or duplicates what you type. No framework, no build step: native ES modules, one per
 // job (README "The page"); this one starts the page.
 import { api, refreshCsrf } from "./api.js";
-import { holdsStream, setConn, showConn, whenConnChanges } from "./conn.js";
+import { retryDelay } from "./backoff.js";
+import { holdsStream, setConn, showConn, whenConnChanges, whenLive } from "./conn.js";
 import { loadOlder, onMessage, openRoom } from "./conversation.js";
 import { hideCue } from "./cue.js";
 import { $ } from "./dom.js";
 import { toggleDrawer } from "./drawer.js";
+import { humanError, UNREACHABLE } from "./errors.js";
 import { DEFAULT_ROOM, ROOM_NAME } from "./ids.js";
 import { onInvite } from "./members.js";
 import { hideNotice } from "./notice.js";
-import { drainOutbox, loadOutbox, onCompose, onComposerKey, whenStored } from "./outbox.js";
+import { drainOutbox, loadOutbox, onCompose, onComposerKey, resendWaiting, retryAll, whenStored } from "./outbox.js";
 import { onComposerInput } from "./presence.js";
 import { loadSeen, readElsewhere } from "./readstate.js";
 import { countUnread, leaveRoom, loadJoined, onNewDm, onNewRoom, onPrivateToggle, refreshDirectory, renderRooms,
@@ -22,6 +24,7 @@ import { logout, onSignIn, showSignIn } from "./signin.js";
 import { state } from "./state.js";
 import { emit, shareConn, startSharing } from "./tabs.js";
 import { startLive, whenStreamEvent } from "./transport.js";
+import { hideWaiting, showWaiting, tryNow, waitOrWake } from "./waiting.js";
 
 // ---- start-up ----
 // The room named by the URL fragment, or "" when there is none or it isn't a room
@@ -40,8 +43,11 @@ async function enterChat(user) {
   state.latest = {};
   state.joined = new Set();
   state.info = new Map();
-  state.conn = { state: "connecting", text: "connecting…", worker: "" };
+  state.conn = { state: "connecting", text: "connecting…", worker: "", at: 0 };
+  localStorage.setItem("chat.user", user); // the start-up's "messages kept" while the server is away
   $("me").textContent = user;
+  $("me-drawer").textContent = user;
+  hideWaiting();
   $("signin").hidden = true;
   $("chat").hidden = false;
   hideNotice();
@@ -49,7 +55,8 @@ async function enterChat(user) {
   loadOutbox();
   // Listen first (or hold the stream), then read: nothing falls between the two.
   startSharing();
-  const [ok] = await Promise.all([loadJoined(), refreshDirectory()]);
+  // The server may go away meanwhile: the chat opens anyway, and the stream's "ready" fills in.
+  const [ok] = await Promise.all([loadJoined().catch(() => true), refreshDirectory().catch(() => null)]);
   if (!ok || state.me !== user) return;
   renderRooms();
   const wanted = roomFromHash() || localStorage.getItem("chat.room") || DEFAULT_ROOM;
@@ -67,6 +74,7 @@ function registerCallbacks() {
   whenRoomChosen(openRoom); // a click in the room list, a new room, leaving the open one
   whenStored(onMessage); // the outbox's POST answered: shown like the stream's messages
   whenConnChanges(shareConn); // the holding tab tells the others its connection state
+  whenLive(resendWaiting); // the connection is back: what waits in the outbox is sent
   whenStreamEvent(emit); // the live transport's events: to the other tabs, then here
 }
 
@@ -74,6 +82,9 @@ async function boot() {
   registerCallbacks();
   $("signin-form").addEventListener("submit", (event) => onSignIn(event, enterChat));
   $("logout").addEventListener("click", logout);
+  $("logout-drawer").addEventListener("click", logout);
+  $("outbox-retry").addEventListener("click", retryAll);
+  $("waiting-retry").addEventListener("click", tryNow);
   $("leave").addEventListener("click", leaveRoom);
   $("new-room").addEventListener("submit", onNewRoom);
   $("new-room-private").addEventListener("change", onPrivateToggle);
@@ -89,6 +100,7 @@ async function boot() {
   log().addEventListener("scroll", () => { if (log().scrollTop < 80) loadOlder(); });
   window.addEventListener("storage", (event) => { if (readElsewhere(event)) renderRooms(); });
   window.addEventListener("online", () => {
+    resendWaiting();
     drainOutbox();
     if (state.me && holdsStream()) startLive(); // from the cursor: nothing missed
   });
@@ -100,13 +112,24 @@ async function boot() {
     const room = roomFromHash();
     if (state.me && room && room !== state.room) openRoom(room);
   });
-  try {
-    const me = await api("GET", "/api/auth/me");
-    await refreshCsrf();
-    if (me.status === 200) await enterChat(me.data.user);
-    else showSignIn();
-  } catch (_) {
-    showSignIn("The server can't be reached. Reload to try again.");
+  await whoAmI();
+}
+
+// Signed in (the session cookie) or not: the chat or the sign-in form. While the server can't
+// say (unreachable, restarting, its store down), a card says so and it is asked again and
+// again: a signed-in user comes back signed in, without a reload.
+async function whoAmI() {
+  for (let failures = 1; ; failures += 1) {
+    let me = null;
+    try { me = await api("GET", "/api/auth/me"); } catch (_) { /* no answer */ }
+    if (me && (me.status === 200 || me.status === 401)) {
+      await refreshCsrf().catch(() => {}); // a write refreshes it again if this one failed
+      if (me.status === 200) return enterChat(me.data.user);
+      return showSignIn();
+    }
+    const delay = retryDelay(failures);
+    showWaiting(me ? humanError(me) : UNREACHABLE, Date.now() + delay);
+    await waitOrWake(delay);
   }
 }
 

@@ -21,8 +21,8 @@ export const state = {
   preferPoll: params.get("transport") === "longpoll" || !("EventSource" in window),
   share: null, // {channel, leader, release, abort} while tab sharing runs
   role: null, // "leader" | "follower" | "solo"
-  conn: { state: "connecting", text: "connecting…", worker: "" },
-  outbox: new Map(), // client_id -> {room, text, status, attempts, timer}
+  conn: { state: "connecting", text: "connecting…", worker: "", at: 0 }, // conn.js
+  outbox: new Map(), // client_id -> {room, text, status, attempts, error} (outbox.js)
   seen: {}, // room -> newest id read (localStorage, shared by tabs)
   unread: {}, // room -> count
   latest: {}, // room -> newest id known here: stream messages at or before it are not counted again
