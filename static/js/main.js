@@ -5,7 +5,7 @@
 import { api, refreshCsrf } from "./api.js";
 import { retryDelay } from "./backoff.js";
 import { holdsStream, setConn, showConn, whenConnChanges, whenLive } from "./conn.js";
-import { loadOlder, onMessage, openRoom } from "./conversation.js";
+import { loadOlder, markNewestSeen, onMessage, openRoom, openRoomAt } from "./conversation.js";
 import { hideCue } from "./cue.js";
 import { $ } from "./dom.js";
 import { toggleDrawer } from "./drawer.js";
@@ -13,17 +13,19 @@ import { humanError, UNREACHABLE } from "./errors.js";
 import { DEFAULT_ROOM, ROOM_NAME } from "./ids.js";
 import { onInvite } from "./members.js";
 import { hideNotice } from "./notice.js";
+import { onNotifyToggle, renderNotifyControl, whenNotificationOpens } from "./notify.js";
 import { drainOutbox, loadOutbox, onCompose, onComposerKey, resendWaiting, retryAll, whenStored } from "./outbox.js";
 import { onComposerInput } from "./presence.js";
-import { loadSeen, readElsewhere } from "./readstate.js";
-import { countUnread, leaveRoom, loadJoined, onNewDm, onNewRoom, onPrivateToggle, refreshDirectory, renderRooms,
+import { loadUnread, mutedElsewhere, whenCountsChange } from "./readstate.js";
+import { leaveRoom, loadJoined, onMuteToggle, onNewDm, onNewRoom, onPrivateToggle, refreshDirectory, renderRooms,
   whenRoomChosen } from "./rooms.js";
 import { log } from "./scroll.js";
 import { whenSessionEnds } from "./session.js";
 import { logout, onSignIn, showSignIn } from "./signin.js";
 import { state } from "./state.js";
-import { emit, shareConn, startSharing } from "./tabs.js";
+import { emit, shareConn, shareVisibility, startSharing } from "./tabs.js";
 import { startLive, whenStreamEvent } from "./transport.js";
+import { SHOWN_EVERY_MS, shownHere } from "./visibility.js";
 import { hideWaiting, showWaiting, tryNow, waitOrWake } from "./waiting.js";
 
 // ---- start-up ----
@@ -35,11 +37,16 @@ function roomFromHash() {
   return ROOM_NAME.test(name) ? name : "";
 }
 
-async function enterChat(user) {
+async function enterChat(user, admin = false) {
   state.me = user;
+  state.admin = admin;
   state.room = null;
   state.cursor = null;
+  state.seen = {};
   state.unread = {};
+  state.mentions = {};
+  state.muted = new Set();
+  state.readyCount = 0;
   state.latest = {};
   state.joined = new Set();
   state.info = new Map();
@@ -51,7 +58,7 @@ async function enterChat(user) {
   $("signin").hidden = true;
   $("chat").hidden = false;
   hideNotice();
-  loadSeen();
+  renderNotifyControl();
   loadOutbox();
   // Listen first (or hold the stream), then read: nothing falls between the two.
   startSharing();
@@ -62,7 +69,7 @@ async function enterChat(user) {
   const wanted = roomFromHash() || localStorage.getItem("chat.room") || DEFAULT_ROOM;
   await openRoom(ROOM_NAME.test(wanted) ? wanted : DEFAULT_ROOM);
   if (state.me !== user) return;
-  countUnread().catch(() => {});
+  loadUnread().catch(() => {}); // the read positions and counts of every joined room, in one request
   drainOutbox();
   $("text").focus();
 }
@@ -76,6 +83,8 @@ function registerCallbacks() {
   whenConnChanges(shareConn); // the holding tab tells the others its connection state
   whenLive(resendWaiting); // the connection is back: what waits in the outbox is sent
   whenStreamEvent(emit); // the live transport's events: to the other tabs, then here
+  whenCountsChange(renderRooms); // unread and mention counts loaded
+  whenNotificationOpens(openRoomAt); // a notification clicked: its room, at its message
 }
 
 async function boot() {
@@ -86,6 +95,8 @@ async function boot() {
   $("outbox-retry").addEventListener("click", retryAll);
   $("waiting-retry").addEventListener("click", tryNow);
   $("leave").addEventListener("click", leaveRoom);
+  $("mute").addEventListener("click", onMuteToggle);
+  $("notify-toggle").addEventListener("click", onNotifyToggle);
   $("new-room").addEventListener("submit", onNewRoom);
   $("new-room-private").addEventListener("change", onPrivateToggle);
   $("new-dm").addEventListener("submit", onNewDm);
@@ -97,8 +108,17 @@ async function boot() {
   $("text").addEventListener("keydown", onComposerKey);
   $("text").addEventListener("input", onComposerInput);
   $("rooms-toggle").addEventListener("click", toggleDrawer);
-  log().addEventListener("scroll", () => { if (log().scrollTop < 80) loadOlder(); });
-  window.addEventListener("storage", (event) => { if (readElsewhere(event)) renderRooms(); });
+  log().addEventListener("scroll", () => {
+    if (log().scrollTop < 80) loadOlder();
+    markNewestSeen(); // scrolled down to the newest: read
+  });
+  window.addEventListener("storage", (event) => { if (mutedElsewhere(event)) renderRooms(); });
+  document.addEventListener("visibilitychange", () => {
+    shareVisibility();
+    markNewestSeen(); // shown again: what is on screen is read
+  });
+  window.addEventListener("pagehide", () => shareVisibility(true));
+  setInterval(() => { if (shownHere()) shareVisibility(); }, SHOWN_EVERY_MS);
   window.addEventListener("online", () => {
     resendWaiting();
     drainOutbox();
@@ -124,7 +144,7 @@ async function whoAmI() {
     try { me = await api("GET", "/api/auth/me"); } catch (_) { /* no answer */ }
     if (me && (me.status === 200 || me.status === 401)) {
       await refreshCsrf().catch(() => {}); // a write refreshes it again if this one failed
-      if (me.status === 200) return enterChat(me.data.user);
+      if (me.status === 200) return enterChat(me.data.user, Boolean(me.data.admin));
       return showSignIn();
     }
     const delay = retryDelay(failures);

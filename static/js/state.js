@@ -23,8 +23,13 @@ export const state = {
   role: null, // "leader" | "follower" | "solo"
   conn: { state: "connecting", text: "connecting…", worker: "", at: 0 }, // conn.js
   outbox: new Map(), // client_id -> {room, text, status, attempts, error} (outbox.js)
-  seen: {}, // room -> newest id read (localStorage, shared by tabs)
+  admin: false, // an operator (GET /api/auth/me): may delete any message
+  seen: {}, // room -> the read position (the server's, readstate.js)
   unread: {}, // room -> count
+  mentions: {}, // room -> messages mentioning us (in a DM: every message from the others)
+  muted: new Set(), // rooms muted: no unread badge, no notification
+  changes: new Map(), // target id -> the newest edit or delete entry for it, open room only (edits.js)
+  readyCount: 0, // "ready" events seen since sign-in: after the first, a reconnect
   latest: {}, // room -> newest id known here: stream messages at or before it are not counted again
   online: new Set(), // who is in the open room (presence)
   members: [], // the open private room's or DM's members, [{user, role}]
