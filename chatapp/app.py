@@ -23,6 +23,7 @@ from chatapp.web import (
     metrics,
     page,
     presence,
+    reads,
     rooms,
     security,
     short_path,
@@ -31,8 +32,8 @@ from chatapp.web import (
 )
 
 # Every route of the app, one blueprint per resource (chatapp.web).
-BLUEPRINTS = (auth, rooms, members, memberships, dms, messages, streams, events, presence, admin, health, metrics,
-              page)
+BLUEPRINTS = (auth, rooms, members, memberships, dms, messages, reads, streams, events, presence, admin, health,
+              metrics, page)
 
 
 def create_app(test_config=None):

@@ -22,6 +22,7 @@ from chatapp.store.memberships import Memberships
 from chatapp.store.migrations import Migration
 from chatapp.store.presence import Presence
 from chatapp.store.ratelimit import RateLimits
+from chatapp.store.reads import ReadPositions
 from chatapp.store.rooms import RoomRegistry
 from chatapp.store.stream_slots import StreamSlots
 from chatapp.web.context import EXTENSION, Services
@@ -63,7 +64,7 @@ def build(config):
                                   users=users, limits=limits, max_members=config["CHAT_MAX_ROOM_MEMBERS"])
     return Services(
         topology=where, redis=client, broker=broker, metrics=metrics, presence=presence, memberships=memberships,
-        rooms=rooms, access=access, conversations=conversations,
+        rooms=rooms, access=access, conversations=conversations, reads=ReadPositions(client, broker),
         limits=limits, migration=Migration(client, where.kind), hub=hub, users=users)
 
 

@@ -332,6 +332,17 @@ class SSEStream:
             pass  # already closed
 
 
+def on_another_worker(make, avoid, attempts=30):
+    """A reader made by ``make()`` whose connection landed on a worker other than ``avoid``."""
+    for _ in range(attempts):
+        reader = make()
+        eventually(lambda r=reader: r.ready, 10, what="the stream to be ready")
+        if reader.pids - {avoid}:
+            return reader
+        reader.stop()
+    raise AssertionError("every connection landed on one worker")
+
+
 def metric(server, name, labels=""):
     """A metric's value on a live server's /metrics (0 if it isn't there)."""
     text = Api(server.url).get("/metrics").body.decode()

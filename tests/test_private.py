@@ -34,9 +34,11 @@ NO_ROOM = {
     "rooms.create_room": "creates (a name of a private room can't be taken: they are p-<random>)",
     "membership.my_rooms": "your rooms only", "dms.open_dm": "by usernames (test_a_dm_is_one_conversation)",
     "dms.blocked": "users", "dms.block": "users", "dms.unblock": "users",
+    "reads.unread": "your rooms only (test_unread_and_mentions_follow_the_read_position)",
 }
 BODIES = {"messages.send": {"text": "hello"}, "members.invite": {"user": "carol"}, "rooms.change": {"title": "x"},
-          "members.set_role": {"role": "moderator"}}
+          "members.set_role": {"role": "moderator"}, "messages.edit": {"text": "changed"}, "reads.read": {"id": "0-0"},
+          "reads.mute": {"muted": True}}
 
 
 def create_private(client, title="Launch plans"):
@@ -89,7 +91,7 @@ def routes_taking_a_room(app):
     for rule in app.url_map.iter_rules():
         methods = sorted(rule.methods - {"HEAD", "OPTIONS"})
         if "room" in rule.arguments:
-            url = rule.rule.replace("<user>", "bob")
+            url = rule.rule.replace("<user>", "bob").replace("<message>", "1-0")
             found += [(rule.endpoint, method, url, BODIES.get(rule.endpoint)) for method in methods]
         elif rule.endpoint in ROOM_ELSEWHERE:
             if ROOM_ELSEWHERE[rule.endpoint] is not None:
@@ -123,7 +125,8 @@ def test_an_outsider_gets_what_a_room_never_created_gets_on_every_route(app, peo
     # Every kind of path a message can leave by is among them.
     for endpoint in ("streams.events", "streams.poll", "messages.history", "messages.send", "presence.online",
                      "presence.typing", "rooms.unread", "membership.join", "members.invite", "members.remove",
-                     "rooms.change", "rooms.show", "members.members"):
+                     "rooms.change", "rooms.show", "members.members", "messages.edit", "messages.delete",
+                     "reads.read", "reads.mute"):
         assert endpoint in checked
     # With a cursor too: a Last-Event-ID changes nothing.
     for hidden in (private, dm):

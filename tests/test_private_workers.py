@@ -14,22 +14,12 @@ from tests.helpers import (
     account,
     eventually,
     gunicorn_with_redis,
+    on_another_worker,
     parse_id,
     unique,
 )
 
 pytestmark = pytest.mark.gunicorn
-
-
-def on_another_worker(make, avoid, attempts=30):
-    """A reader made by ``make()`` whose connection landed on a worker other than ``avoid``."""
-    for _ in range(attempts):
-        reader = make()
-        eventually(lambda r=reader: r.ready, 10, what="the stream to be ready")
-        if reader.pids - {avoid}:
-            return reader
-        reader.stop()
-    raise AssertionError("every connection landed on one worker")
 
 
 def removal_id(api, room, member):

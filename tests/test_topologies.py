@@ -102,6 +102,30 @@ def test_private_rooms_dms_and_removal(topology_server):
 
 
 @pytest.mark.gunicorn
+def test_edits_deletions_and_read_positions(topology_server):
+    """The edit and deletion scripts touch only the room's slot (a deletion forgets the message's
+    idempotency record by the room's prefix), read positions the user's."""
+    server = topology_server
+    alice, bob = account(server), account(server)
+    reader = MultiplexReader(bob, "rooms=general")
+    reader.wait_until(lambda r: r.ready)
+    sent = alice.post("/api/rooms/general/messages", {"text": "secret-value-123"},
+                      headers={"Idempotency-Key": unique("k")}).json
+    edit = alice.request("PATCH", f"/api/rooms/general/messages/{sent['id']}", {"text": "secret-value-456"})
+    assert edit.status == 200, edit.body
+    gone = alice.request("DELETE", f"/api/rooms/general/messages/{sent['id']}")
+    assert gone.status == 200, gone.body
+    reader.wait_until(lambda r: r.has("general", gone.json["id"]))
+    assert reader.received["general"] == [sent["id"], edit.json["id"], gone.json["id"]]
+    history = alice.get("/api/rooms/general/messages?limit=200").json["messages"]
+    assert sent["id"] not in [m["id"] for m in history] and "secret-value" not in json.dumps(history)
+    assert bob.post("/api/rooms/general/read", {"id": gone.json["id"]}).json["read"] == gone.json["id"]
+    reader.wait_until(lambda r: {"room": "general", "id": gone.json["id"]} in r.events_of("read"))
+    reader.stop()
+    assert bob.get("/api/me/unread").json["rooms"]["general"]["unread"] == 0
+
+
+@pytest.mark.gunicorn
 def test_cookie_sessions_csrf_logout_kick_and_rate_limits(topology_server):
     server = topology_server
     name = unique("c")

@@ -89,6 +89,13 @@ class Access:
         again, atomically with the append; this check is what tells a name never created."""
         return self.read(user, room)
 
+    def moderates(self, user, room):
+        """True if ``user`` moderates ``room`` (its owner or a moderator, or an operator): they
+        may delete anyone's message there. Nobody moderates a DM."""
+        if self.is_operator(user):
+            return True
+        return self.rooms.roles_of(user, [room])[room] in (OWNER, MODERATOR)
+
     def manage(self, user, room, need=MODERATOR, kinds=(PUBLIC, PRIVATE)):
         """The grant of ``user`` to manage ``room``: ``need`` is the least role it takes
         (moderator, or owner), ``kinds`` the kinds of room the change applies to (a 400

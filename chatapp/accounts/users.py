@@ -229,6 +229,16 @@ class UserStore:
     def exists(self, name):
         return bool(USERNAME_RE.match(name)) and bool(self.redis.exists(keys.user(name)))
 
+    def existing(self, names):
+        """The names of ``names`` that are accounts, in order (one round trip)."""
+        names = [name for name in names if USERNAME_RE.match(name)]
+        if not names:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for name in names:
+            pipe.exists(keys.user(name))
+        return [name for name, found in zip(names, pipe.execute()) if found]
+
     def set_banned(self, name, banned):
         if banned:
             self.redis.set(keys.banned(name), "1")

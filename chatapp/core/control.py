@@ -2,12 +2,14 @@
 (:class:`chatapp.store.broker.Broker`) and the code that acts on them (each worker's
 :class:`chatapp.delivery.control.ControlChannel`).
 
-Two kinds travel on ``chat:control``, as JSON objects told apart by their fields:
+Three kinds travel on ``chat:control``, as JSON objects told apart by their fields:
 
 * :class:`EndStreams` ``{"reason", "user", "sid"}``: close the streams of ``user`` (every
   session) or of one session ``sid`` (logout, kick, ban, password change);
 * :class:`MembershipChange` ``{"user", "room", "joined"}``: ``user`` joined ``room`` at the id
-  ``joined``, or left it (``joined`` null); their multiplexed streams follow at once.
+  ``joined``, or left it (``joined`` null); their multiplexed streams follow at once;
+* :class:`ReadMoved` ``{"user", "room", "read"}``: ``user`` has read ``room`` up to ``read``;
+  their multiplexed streams tell their tabs and devices (``event: read``).
 """
 
 import json
@@ -35,6 +37,15 @@ class MembershipChange(NamedTuple):
                            "joined": str(self.at) if self.at is not None else None})
 
 
+class ReadMoved(NamedTuple):
+    user: str  # lowercase
+    room: str
+    at: StreamId
+
+    def encode(self):
+        return json.dumps({"user": self.user, "room": self.room, "read": str(self.at)})
+
+
 def end_streams(reason, *, user=None, sid=None):
     """The message that ends ``user``'s streams (every session) or session ``sid``'s."""
     return EndStreams(reason, user.lower() if user else None, sid)
@@ -45,10 +56,18 @@ def membership_change(user, room, at):
     return MembershipChange(user.lower(), room, at)
 
 
+def read_moved(user, room, at):
+    """The message that ``user`` has read ``room`` up to ``at``."""
+    return ReadMoved(user.lower(), room, at)
+
+
 def decode(payload):
-    """An :class:`EndStreams` or a :class:`MembershipChange`; ValueError if it is neither."""
+    """An :class:`EndStreams`, a :class:`MembershipChange` or a :class:`ReadMoved`; ValueError if
+    it is none of them."""
     try:
         fields = json.loads(payload)
+        if "read" in fields:
+            return ReadMoved(_text(fields["user"]), _text(fields["room"]), StreamId.parse(fields["read"]))
         if "joined" in fields:
             joined = fields["joined"]
             return MembershipChange(_text(fields["user"]), _text(fields["room"]),

@@ -14,25 +14,36 @@ from chatapp.core.sse import Event, http_chunk
 PUBLICATION_PREFIX = b'{"id":'
 SIGNAL_PREFIX = b'{"type":'
 ACK_PREFIX = b'{"acked":'  # with replica acknowledgement: "everything published up to this id is safe"
-# An entry that ends a user's access to its room (a removal, a leave) names them in this field.
-# A JSON string can't hold an unescaped quote, so no message text can forge it.
+# Entries that aren't messages say what they are in this field (member, room, edit, delete); one
+# that ends a user's access to its room (a removal, a leave) names them in the second. A JSON
+# string can't hold an unescaped quote, so no message text can forge either.
+KIND_FIELD = b'"kind":"'
 REVOKES_FIELD = b'"revokes":"'
+DELETE = "delete"
+
 
 class Publication:
     """One message at its stream position, encoded once for every reader."""
 
-    __slots__ = ("_chunk", "_frame", "_mux_chunk", "_mux_frame", "id", "json", "revokes")
+    __slots__ = ("_chunk", "_frame", "_mux_chunk", "_mux_frame", "id", "json", "kind", "revokes")
 
     def __init__(self, id, json_bytes):
         self.id = id
         self.json = json_bytes
-        # The user whose access to the room this entry ends (lowercase), or None: found once
-        # per publication here, so delivering it costs each reader nothing (invariant 16).
-        self.revokes = _revoked_user(json_bytes)
+        # What the entry is (None: a message), and the user whose access to the room it ends
+        # (lowercase), or None: found once per publication here (a message costs one search),
+        # so delivering it costs each reader nothing (invariants 16, 17).
+        self.kind = _field(json_bytes, KIND_FIELD)
+        self.revokes = _field(json_bytes, REVOKES_FIELD) if self.kind is not None else None
         self._frame = None
         self._chunk = None
         self._mux_chunk = None
         self._mux_frame = None
+
+    @property
+    def target(self):
+        """The id of the message an edit or a deletion is about."""
+        return StreamId.parse(json.loads(self.json)["target"])
 
     @classmethod
     def from_payload(cls, payload):
@@ -82,11 +93,12 @@ class Publication:
         return self._mux_chunk
 
 
-def _revoked_user(json_bytes):
-    start = json_bytes.find(REVOKES_FIELD)
+def _field(json_bytes, field):
+    """The string value of ``field`` (``b'"name":"'``) in the entry's JSON, or None."""
+    start = json_bytes.find(field)
     if start < 0:
         return None
-    start += len(REVOKES_FIELD)
+    start += len(field)
     return json_bytes[start:json_bytes.index(b'"', start)].decode()
 
 
@@ -94,12 +106,12 @@ class Signal:
     """A live-only event (presence, typing): never stored, no stream position, not
     sent to the user it is about."""
 
-    __slots__ = ("chunk", "frame", "id", "json", "revokes", "user")
+    __slots__ = ("chunk", "frame", "id", "json", "kind", "revokes", "user")
 
     def __init__(self, json_bytes):
         fields = json.loads(json_bytes)
         self.id = None
-        self.revokes = None
+        self.kind = self.revokes = None
         self.json = json_bytes
         self.user = fields["user"].lower()
         self.frame = Event(json_bytes, event=fields["type"]).encode()

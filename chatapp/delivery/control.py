@@ -11,19 +11,20 @@ break, and a reconnect makes every stream re-check its session (invariant 13).
 import logging
 
 from chatapp.core import control
-from chatapp.core.control import EndStreams
+from chatapp.core.control import EndStreams, MembershipChange
 from chatapp.ops.errors import ChatError
 
 log = logging.getLogger(__name__)
 
 
 class ControlChannel:
-    """Acts on control messages through the hub's callbacks: ``end_streams(reason, user, sid)``
-    and ``membership_changed(user, room, at)``."""
+    """Acts on control messages through the hub's callbacks: ``end_streams(reason, user, sid)``,
+    ``membership_changed(user, room, at)`` and ``read_moved(user, room, at)``."""
 
-    def __init__(self, *, end_streams, membership_changed):
+    def __init__(self, *, end_streams, membership_changed, read_moved):
         self._end_streams = end_streams
         self._membership_changed = membership_changed
+        self._read_moved = read_moved
         self._user_watchers = []  # called with a user whose sessions ended (logout everywhere, ban...)
         # Control messages heard since the channel's last subscription; not live: not subscribed
         # now, so whatever is cached on their word can't be trusted.
@@ -57,7 +58,9 @@ class ControlChannel:
                     for callback in self._user_watchers:
                         callback(message.user)
                 self._end_streams(message.reason, message.user, message.sid)
-            else:
+            elif isinstance(message, MembershipChange):
                 self._membership_changed(message.user, message.room, message.at)
+            else:
+                self._read_moved(message.user, message.room, message.at)
         except (ValueError, ChatError):
             log.error("hub: ignoring malformed control message %r", payload[:200])

@@ -52,7 +52,8 @@ class Hub:
         self.metrics = metrics
         # Long-poll readers kept for their clients' next polls (chatapp.delivery.pollers).
         self.pollers = Pollers(config["CHAT_POLL_PACE_MS"] / 1000, config["CHAT_POLL_LINGER_SECS"])
-        self.control = ControlChannel(end_streams=self.close_matching, membership_changed=self._membership_changed)
+        self.control = ControlChannel(end_streams=self.close_matching, membership_changed=self._membership_changed,
+                                      read_moved=self._read_moved)
         self.feed = Feed(where, broker, metrics, config, on_control=self.control.on_message,
                          on_control_subscribed=self.control.subscribed, on_control_lost=self.control.lost,
                          on_reconnected=self._reconnected)
@@ -246,6 +247,12 @@ class Hub:
         for mux in self._muxes:
             if mux.user == user:
                 mux.membership_changed(room, at)
+
+    def _read_moved(self, user, room, at):
+        """The user has read ``room`` up to ``at`` on some device: every stream of theirs says so."""
+        for mux in self._muxes:
+            if mux.user == user:
+                mux.read_moved(room, at)
 
     # -- housekeeping (chatapp.delivery.housekeeping) ------------------------------------
 

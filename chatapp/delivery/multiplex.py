@@ -185,6 +185,13 @@ class Multiplex(Stream):
         if reader is not None or joining is not None:
             self._notice("left", {"room": room, "reason": str(reason)} if reason else {"room": room})
 
+    def read_moved(self, room, at):
+        """The user has read ``room`` up to ``at`` (on this device or another): told live, so
+        every tab clears its badge. Rooms it doesn't follow are told too: a read position is the
+        user's, not the stream's."""
+        if not self._ended:
+            self._notice("read", {"room": room, "id": str(at)})
+
     def _notice(self, event, data):
         self._notices.append((event, data))
         self._wake.set()

@@ -11,6 +11,8 @@ import collections
 
 from gevent.event import Event as Flag
 
+from chatapp.core.publication import DELETE
+
 
 class RoomFeed:
     __slots__ = ("channel", "idle_since", "last_id", "name", "readers", "ready", "ring", "ring_floor", "start_id")
@@ -47,10 +49,21 @@ class RoomFeed:
             self.ring_floor = self.ring[0].id if self.ring else publication.id
         self.ring.append(publication)
         self.last_id = publication.id
-        if publication.revokes is not None:
-            self._revoke(publication)
+        if publication.kind is not None:  # not a message: one check per publication, none per reader
+            if publication.revokes is not None:
+                self._revoke(publication)
+            elif publication.kind == DELETE:
+                self._forget(publication.target)
         for reader in tuple(self.readers):  # a failed direct write detaches its reader
             reader.offer(publication)
+
+    def _forget(self, target):
+        """A deleted message leaves the ring: a reader catching up from it gets what a reader
+        catching up from the log gets, the deletion without the message (invariant 17)."""
+        for publication in self.ring:
+            if publication.id == target:
+                self.ring.remove(publication)
+                return
 
     def _revoke(self, publication):
         """The user ``publication`` names may no longer read the room: their readers end here,

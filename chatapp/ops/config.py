@@ -140,6 +140,10 @@ SETTINGS = (
             "Redis and a line in every room list); past it creating one is a 403 `rooms_full`.", 1),
     Setting("CHAT_MAX_ROOMS_PER_USER", int, 20, "Rooms one account may create; past it a 403 "
             "`room_quota`.", 0),
+    Setting("CHAT_EDIT_WINDOW_SECS", float, 24 * 3600, "How long after sending its author may edit a "
+            "message (deleting has no limit); past it a 403 `edit_window_passed`.", 0),
+    Setting("CHAT_MAX_EDITS", int, 100, "Edits one message may have; past it a 403 `edit_limit` (each edit "
+            "is an entry in the room's log).", 1, 10_000),
     Setting("CHAT_MAX_PRIVATE_ROOMS_PER_USER", int, 20, "Private rooms one account may create; past it a "
             "403 `private_room_quota`.", 0),
     Setting("CHAT_MAX_ROOM_MEMBERS", int, 1000, "Members a private room may have; past it an invite is a "
@@ -198,6 +202,10 @@ SETTINGS = (
     Setting("CHAT_RATE_UNREAD", rate, "60 per minute", "Unread-count requests each user may make "
             "(the page makes one when it loads; the stream keeps them current)."),
     Setting("CHAT_RATE_MEMBERSHIP", rate, "60 per minute", "Joins and leaves each user may make."),
+    Setting("CHAT_RATE_EDITS", rate, "30 per minute", "Edits and deletions each user may make (each is an "
+            "entry in the room's log)."),
+    Setting("CHAT_RATE_READS", rate, "5 per second", "Read positions each user may send (the page sends at "
+            "most 2 a second, however fast you scroll)."),
     Setting("CHAT_RATE_INVITES", rate, "100 per hour", "Members each user may add to private rooms."),
     Setting("CHAT_RATE_DMS", rate, "60 per hour", "Direct conversations each user may start."),
     Setting("CHAT_RATE_ROOM_CHANGES", rate, "60 per hour", "Removals, role changes, renames and archivings "

@@ -31,6 +31,14 @@ _REFUSALS = {
     "room_members_full": lambda room: Forbidden("This room has as many members as a room may have.",
                                            code="room_members_full"),
     "not_member": lambda room: NotFound("Not a member of this room.", code="not_member"),
+    "unknown_message": lambda room: NotFound("No message with that id in this room (or it was deleted).",
+                                             code="unknown_message"),
+    "not_author": lambda room: Forbidden("Only its author edits a message.", code="not_author"),
+    "edit_window_passed": lambda room: Forbidden("This message is too old to edit.", code="edit_window_passed"),
+    "edit_limit": lambda room: Forbidden("This message has been edited as many times as a message may be.",
+                                         code="edit_limit"),
+    "not_allowed": lambda room: Forbidden("Only its author, the room's moderators or an operator delete a message.",
+                                          code="not_allowed"),
 }
 
 class Broker:
@@ -44,14 +52,14 @@ class Broker:
         self.replicas = replicas
         self.wait_ms = wait_ms
         self._append_publish = room_script(redis, "append_publish")
-        self._count_after = redis.register_script(lua_script("count_after"))
+        self._count_unread = redis.register_script(lua_script("count_unread"))
         self._confirm = room_script(redis, "confirm")
 
     @property
     def waits_for_replicas(self):
         return self.durability == REPLICAS
 
-    def publish(self, room, user, text, idempotency_key=None):
+    def publish(self, room, user, text, idempotency_key=None, mentions=()):
         """Append and publish a message; return ``(Publication, created)``.
 
         With an idempotency key seen before in this room for this user, nothing
@@ -62,7 +70,25 @@ class Broker:
         fields = {"room": room, "user": user, "text": text}
         if idempotency_key:
             fields["client_id"] = idempotency_key  # lets the sender's page match its pending copy
+        if mentions:
+            fields["mentions"] = list(mentions)  # last: count_unread.lua finds it after the text
         return self.append(room, user, fields, POST, idempotency_key=idempotency_key)
+
+    def edit(self, room, user, target, text, *, oldest_editable, max_edits):
+        """Append an edit of the message ``target`` (its author's, ``oldest_editable`` or newer);
+        return the edit's Publication."""
+        publication, _ = self.append(room, user, {"room": room, "user": user, "kind": "edit", "target": str(target),
+                                                  "text": text}, "edit", member=str(target), value=text,
+                                     cap=max_edits, extra=[str(oldest_editable)])
+        return publication
+
+    def delete(self, room, user, target, *, moderates):
+        """Append the deletion of the message ``target`` and take its text out of Redis (its entry,
+        its edits, its idempotency record); return the deletion's Publication."""
+        publication, _ = self.append(room, user, {"room": room, "user": user, "kind": "delete",
+                                                  "target": str(target)}, "delete", member=str(target),
+                                     extra=["1" if moderates else "0", keys.room_idempotency_prefix(room)])
+        return publication
 
     def change(self, room, actor, fields, op, *, member="", value="", cap=0):
         """Apply a membership or room change (``op``: add, remove, role, title, archive) and
@@ -72,15 +98,15 @@ class Broker:
                                            member=member, value=value, cap=cap)
         return publication if created else None
 
-    def append(self, room, writer, fields, op, *, member="", value="", cap=0, idempotency_key=None):
+    def append(self, room, writer, fields, op, *, member="", value="", cap=0, extra=(), idempotency_key=None):
         """Run ``append_publish.lua`` for ``op``; return ``(Publication or None, created)``."""
         names = [keys.room_log(room), keys.room_channel(room), keys.room_trimmed(room), keys.room_meta(room),
-                 keys.room_members(room), keys.room_blockers(room)]
+                 keys.room_members(room), keys.room_blockers(room), keys.room_edits(room)]
         if idempotency_key:
             names.append(keys.room_idempotency(room, writer, idempotency_key))
         body = json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode()
         args = [body, self.maxlen, self.idempotency_ttl, "1" if self.waits_for_replicas else "0", writer.lower(),
-                op, member, value, cap]
+                op, member, value, cap, *extra]
         if not self.waits_for_replicas:
             return _appended(room, *self._append_publish(names, args))
         names.append(keys.room_acked(room))
@@ -165,16 +191,35 @@ class Broker:
     def read_after(self, room, cursor, count, acknowledged=True):
         """Up to ``count`` publications strictly after ``cursor``, oldest first (with replica
         acknowledgement only acknowledged ones, unless ``acknowledged`` is False)."""
-        end = self._newest_readable(room) if acknowledged else "+"
-        entries = self.redis.xrange(keys.room_log(room), f"({cursor}", end, count=count)
-        return [Publication.from_entry(entry) for entry in entries]
+        return [Publication.from_entry(entry) for entry in self._after(room, cursor, count, acknowledged)(self.redis)]
 
     def read_before(self, room, cursor, count):
         """Up to ``count`` publications strictly before ``cursor`` (or the newest), oldest first."""
+        return [Publication.from_entry(entry) for entry in reversed(self._before(room, cursor, count)(self.redis))]
+
+    def history(self, room, count, *, before=None, after=None):
+        """A page of history, oldest first: each message in its latest state (an edited one with
+        its latest ``text`` and ``edited``, the millisecond of its last edit). A deleted message
+        is gone from the log; its deletion entry is what remains (a tombstone without text)."""
+        read = self._after(room, after, count, True) if after is not None else self._before(room, before, count)
+        pipe = self.redis.pipeline(transaction=False)
+        read(pipe)
+        pipe.hlen(keys.room_edits(room))
+        entries, edited = pipe.execute()
+        page = [Publication.from_entry(entry) for entry in _oldest_first(entries, after)]
+        if not edited or not page:
+            return page
+        latest = self.redis.hmget(keys.room_edits(room), [str(p.id) for p in page])
+        return [p if state is None else _edited(p, state) for p, state in zip(page, latest)]
+
+    def _after(self, room, cursor, count, acknowledged):
+        end = self._newest_readable(room) if acknowledged else "+"
+        return lambda client: client.xrange(keys.room_log(room), f"({cursor}", end, count=count)
+
+    def _before(self, room, cursor, count):
         newest = self._newest_readable(room)
         end = newest if cursor is None or (newest != "+" and StreamId.parse(newest) < cursor) else f"({cursor}"
-        entries = self.redis.xrevrange(keys.room_log(room), end, "-", count=count)
-        return [Publication.from_entry(entry) for entry in reversed(entries)]
+        return lambda client: client.xrevrange(keys.room_log(room), end, "-", count=count)
 
     def tail(self, room):
         """The id of the newest message readers may see, or ZERO for an empty room."""
@@ -205,11 +250,14 @@ class Broker:
         acked = self.redis.get(keys.room_acked(room))
         return acked.decode() if acked else "+"
 
-    def count_after(self, cursors, cap):
-        """For each ``{room: cursor}``, how many messages follow the cursor (at most ``cap``), in
-        one round trip; the entries are counted inside Redis, never sent."""
-        return run_many(self._count_after, [([keys.room_log(room)], [str(cursor), cap])
-                                            for room, cursor in cursors.items()])
+    def count_after(self, cursors, cap, *, user="", dms=frozenset()):
+        """For each ``{room: cursor}``, ``(messages, mentions of user)`` after the cursor (each at
+        most ``cap``), in one round trip; the entries are counted inside Redis, never sent. In
+        the rooms of ``dms`` every message from someone else is a mention."""
+        replies = run_many(self._count_unread, [([keys.room_log(room)], [str(cursor), cap, user.lower(),
+                                                                          "1" if room in dms else "0"])
+                                                 for room, cursor in cursors.items()])
+        return [tuple(reply) for reply in replies]
 
     def catch_up(self, room, cursor, count, upto=None):
         """Up to ``count`` publications after ``cursor``, and a :class:`Reset` if it is stale.
@@ -259,6 +307,18 @@ def _appended(room, outcome, payload):
     if not payload:
         return None, False
     return Publication.from_payload(payload), bool(outcome)
+
+
+def _oldest_first(entries, after):
+    return entries if after is not None else list(reversed(entries))
+
+
+def _edited(publication, state):
+    """``publication`` (a message) as its latest edit left it."""
+    fields = json.loads(publication.json)
+    latest = json.loads(state)
+    fields.update(text=latest["text"], edited=latest["edited"])
+    return Publication(publication.id, json.dumps(fields, ensure_ascii=False, separators=(",", ":")).encode())
 
 
 def _clamp(newest, acked):

@@ -48,7 +48,19 @@ def room_probe(room):
 
 
 def room_idempotency(room, user, key):
-    return f"{_room(room)}:idem:{user.lower()}:{key}"
+    return f"{room_idempotency_prefix(room)}{user.lower()}:{key}"
+
+
+def room_idempotency_prefix(room):
+    """What every idempotency record of the room starts with (a deletion's script forgets the
+    deleted message's record: ``<prefix><user>:<key>``)."""
+    return f"{_room(room)}:idem:"
+
+
+def room_edits(room):
+    """The room's edited messages: a hash of message id to its latest text, when it was edited
+    and the ids of its edit entries."""
+    return f"{_room(room)}:edits"
 
 
 def room_presence(room):
@@ -99,6 +111,16 @@ def user_rooms(name):
 def user_private_rooms(name):
     """How many private rooms the user created (a counter beside the room index)."""
     return f"{PREFIX}:{{rooms}}:private:{name.lower()}"
+
+
+def user_reads(name):
+    """How far the user has read each room: a hash of room name to message id (never moves back)."""
+    return f"{_user(name)}:reads"
+
+
+def user_muted(name):
+    """The rooms the user muted (a set)."""
+    return f"{_user(name)}:muted"
 
 
 def user_blocks(name):

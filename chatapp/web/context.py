@@ -14,6 +14,7 @@ from chatapp.store.memberships import Memberships
 from chatapp.store.migrations import Migration
 from chatapp.store.presence import Presence
 from chatapp.store.ratelimit import RateLimits
+from chatapp.store.reads import ReadPositions
 from chatapp.store.rooms import RoomRegistry
 from chatapp.store.topology import Topology
 
@@ -32,6 +33,7 @@ class Services:
     rooms: RoomRegistry
     access: Access  # who may read, post to or manage a room: the one place that decides
     conversations: Conversations  # private rooms' members and roles, DMs, blocks
+    reads: ReadPositions  # read positions and muted rooms, per user
     memberships: Memberships
     presence: Presence
     limits: RateLimits

@@ -39,6 +39,18 @@ def string_field(fields, name, required=True):
     return value
 
 
+def flag(fields, name):
+    """A true/false field, from JSON (a boolean) or a form ("true", "false", "1", "0"); None if absent."""
+    value = fields.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    if value in ("true", "1"):
+        return True
+    if value in ("false", "0"):
+        return False
+    raise BadRequest(f"'{name}' must be true or false.", code="bad_field")
+
+
 # What a long-poll's query may say (the views and the short path read it alike).
 POLL_PARAMETERS = frozenset({"cursor", "timeout", "rooms"})
 

@@ -8,7 +8,7 @@ from chatapp.store.rooms import DM, validate_room_name
 from chatapp.web.auth import current_user, login_required
 from chatapp.web.context import services
 from chatapp.web.limits import enforce
-from chatapp.web.params import query_number, request_fields, string_field
+from chatapp.web.params import flag, query_number, request_fields, string_field
 
 bp = Blueprint("rooms", __name__, url_prefix="/api/rooms")
 
@@ -46,7 +46,7 @@ def create_room():
     """Create a public room by ``name`` (201, or 200 with the existing one), or with
     ``"private": true`` a private room titled ``title``, owned by you (201)."""
     fields = request_fields()
-    if _flag(fields, "private"):
+    if flag(fields, "private"):
         user = current_user()
         room = services().conversations.create_private(user, string_field(fields, "title"))
         return jsonify(room=describe(user, room)), 201
@@ -70,24 +70,12 @@ def change(room):
     """Rename (``title``) and/or archive (``archived``: true/false) a room: its owner, its
     moderators, or an operator. Each change is an entry in the room's log."""
     fields = request_fields()
-    title, archived = fields.get("title"), _flag(fields, "archived")
+    title, archived = fields.get("title"), flag(fields, "archived")
     if title is None and archived is None:
         raise BadRequest("Give 'title' and/or 'archived'.", code="bad_field")
     user = current_user()
     services().conversations.update(user, room, title=title, archived=archived)
     return jsonify(room=describe(user, room))
-
-
-def _flag(fields, name):
-    """A true/false field, from JSON (a boolean) or a form ("true", "false", "1", "0"); None if absent."""
-    value = fields.get(name)
-    if value is None or isinstance(value, bool):
-        return value
-    if value in ("true", "1"):
-        return True
-    if value in ("false", "0"):
-        return False
-    raise BadRequest(f"'{name}' must be true or false.", code="bad_field")
 
 
 def describe(user, room):
@@ -118,4 +106,4 @@ def unread():
         cursors[validate_room_name(name)] = StreamId.parse(cursor)
     services().access.read_many(current_user(), list(cursors))
     counts = services().broker.count_after(cursors, UNREAD_CAP)
-    return jsonify(unread=dict(zip(cursors, counts)), cap=UNREAD_CAP)
+    return jsonify(unread={room: messages for room, (messages, _) in zip(cursors, counts)}, cap=UNREAD_CAP)

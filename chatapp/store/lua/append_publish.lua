@@ -14,7 +14,9 @@
 -- KEYS[4] the room's record (chat:{room}:meta): kind, archived
 -- KEYS[5] the room's members and roles (chat:{room}:members)
 -- KEYS[6] a DM's blockers (chat:{room}:blockers)
--- KEYS[7] optional idempotency key (chat:{room}:idem:<user>:<key>)
+-- KEYS[7] the room's edited messages (chat:{room}:edits): target id -> JSON
+--         {"text", "edited", "entries": [ids of its edit entries]}
+-- KEYS[8] optional idempotency key (chat:{room}:idem:<user>:<key>)
 -- KEYS[last] with ARGV[4] = '1' (replica acknowledgement): the room's acknowledged marker
 --           (chat:{room}:acked). The first append in that mode records the tail before it,
 --           so reads know the older log is readable (invariant 11).
@@ -24,10 +26,15 @@
 -- ARGV[4] '1' with replica acknowledgement, else '0'
 -- ARGV[5] the writer (lowercase username)
 -- ARGV[6] what the entry does: 'post' (a message), 'add', 'remove', 'role' (a member, ARGV[7],
---         with the role ARGV[8]), 'title' (ARGV[8]), 'archive' (ARGV[8]: '1' or '0')
--- ARGV[7] the member an 'add', 'remove' or 'role' is about
--- ARGV[8] the role, title or archived flag
--- ARGV[9] most members a room may have (for 'add')
+--         with the role ARGV[8]), 'title' (ARGV[8]), 'archive' (ARGV[8]: '1' or '0'),
+--         'edit' (the message ARGV[7] gets the text ARGV[8]), 'delete' (the message ARGV[7])
+-- ARGV[7] the member an 'add', 'remove' or 'role' is about; the message an 'edit' or 'delete' is about
+-- ARGV[8] the role, title, archived flag or new text
+-- ARGV[9] most members a room may have (for 'add'); most edits of one message (for 'edit')
+-- ARGV[10] for 'edit': the oldest message id that may still be edited (its millisecond);
+--          for 'delete': '1' if the writer moderates the room (may delete anyone's message)
+-- ARGV[11] for 'delete': the room's idempotency key prefix (chat:{room}:idem:), to forget the
+--          message's record
 --
 -- Returns {1, entry JSON} for a new entry, {0, entry JSON} for a replayed message,
 -- {0, ''} for a change that changes nothing, or {-1, error code} when refused.
@@ -41,7 +48,7 @@ local marker = nil
 if ARGV[4] == '1' then
   marker = KEYS[#KEYS]
 end
-local idempotency = KEYS[7]
+local idempotency = KEYS[8]
 if idempotency == marker then
   idempotency = nil
 end
@@ -51,16 +58,53 @@ local record = redis.call('HMGET', KEYS[4], 'kind', 'archived')
 local kind, archived = record[1], record[2]
 local restricted = kind == 'private' or kind == 'dm'
 
-if op == 'post' then
+-- A message of the log by id, decoded, or nil (no such entry, deleted, or not a message).
+local function message_at(id)
+  local found = redis.call('XRANGE', KEYS[1], id, id)
+  if #found == 0 then
+    return nil
+  end
+  local body = cjson.decode(found[1][2][2])
+  if body['kind'] then
+    return nil
+  end
+  return body
+end
+
+local target = nil
+if op == 'post' or op == 'edit' or op == 'delete' then
   -- To anyone but a member a private room or a DM doesn't exist.
   if restricted and not redis.call('HGET', KEYS[5], ARGV[5]) then
     return {-1, 'unknown_room'}
   end
-  if archived == '1' then
+  if archived == '1' and op ~= 'delete' then  -- a leaked secret can still be taken out
     return {-1, 'room_archived'}
   end
-  if kind == 'dm' and redis.call('SCARD', KEYS[6]) > 0 then
+  if kind == 'dm' and op ~= 'delete' and redis.call('SCARD', KEYS[6]) > 0 then
     return {-1, 'blocked'}
+  end
+end
+if op == 'post' then
+  -- checked above
+elseif op == 'edit' or op == 'delete' then
+  target = message_at(member)
+  if not target then
+    return {-1, 'unknown_message'}
+  end
+  local own = string.lower(target['user']) == ARGV[5]
+  if op == 'edit' then
+    if not own then
+      return {-1, 'not_author'}
+    end
+    if tonumber(string.match(member, '^%d+')) < tonumber(ARGV[10]) then
+      return {-1, 'edit_window_passed'}
+    end
+    local edited = redis.call('HGET', KEYS[7], member)
+    if edited and #cjson.decode(edited)['entries'] >= tonumber(ARGV[9]) then
+      return {-1, 'edit_limit'}
+    end
+  elseif not own and ARGV[10] ~= '1' then
+    return {-1, 'not_allowed'}
   end
 elseif op == 'add' then
   if redis.call('HEXISTS', KEYS[5], member) == 1 then
@@ -136,5 +180,28 @@ end
 
 if idempotency then
   redis.call('SET', idempotency, id, 'EX', ARGV[3])
+end
+
+if op == 'edit' then
+  -- The latest text, read by history; the entries, so a deletion can take them out too.
+  local edited = redis.call('HGET', KEYS[7], member)
+  local entries = edited and cjson.decode(edited)['entries'] or {}
+  table.insert(entries, id)
+  redis.call('HSET', KEYS[7], member, cjson.encode({text = value, edited = tonumber(string.match(id, '^%d+')),
+                                                     entries = entries}))
+elseif op == 'delete' then
+  -- The text leaves Redis: the message's entry, the entries of its edits, its latest text and
+  -- its idempotency record. The ids left behind are gaps a cursor steps over (docs/DESIGN.md).
+  redis.call('XDEL', KEYS[1], member)
+  local edited = redis.call('HGET', KEYS[7], member)
+  if edited then
+    for _, entry in ipairs(cjson.decode(edited)['entries']) do
+      redis.call('XDEL', KEYS[1], entry)
+    end
+    redis.call('HDEL', KEYS[7], member)
+  end
+  if target['client_id'] then
+    redis.call('DEL', ARGV[11] .. string.lower(target['user']) .. ':' .. target['client_id'])
+  end
 end
 return {1, message}
