@@ -1,4 +1,7 @@
 // ---- connection state (the holding tab tells the others) ----
+// state.conn is {state, text, worker, at}: state is "connecting", "live", "reconnecting" or
+// "offline"; ``at`` (ms since the epoch, 0 if none) is when the next try starts, so every tab
+// counts down to it on its own: "reconnecting in 4 s", "offline, retrying in 12 s".
 import { $ } from "./dom.js";
 import { state } from "./state.js";
 
@@ -9,15 +12,42 @@ export function whenConnChanges(listener) {
   onChange = listener;
 }
 
-export function showConn({ state: stateName, text, worker }) {
-  const element = $("conn");
-  element.dataset.state = stateName;
-  element.textContent = text;
-  if (worker) element.dataset.worker = worker;
+// Told when the connection becomes live again, in every tab (main.js: the outbox resends).
+let onLive = null;
+export function whenLive(listener) {
+  onLive = listener;
 }
 
-export function setConn(stateName, text, worker) {
-  state.conn = { state: stateName, text, worker: worker || state.conn.worker };
+let shownState = null;
+let ticker = null;
+
+export function connLabel({ state: stateName, text, at }) {
+  if (!at) return text;
+  const secs = Math.ceil((at - Date.now()) / 1000);
+  if (secs > 0) return `${text} in ${secs} s`;
+  return stateName === "offline" ? "offline, trying now…" : "reconnecting…";
+}
+
+export function showConn(conn) {
+  const element = $("conn");
+  const wasLive = shownState === "live";
+  shownState = conn.state;
+  element.dataset.state = conn.state;
+  element.textContent = connLabel(conn);
+  if (conn.worker) element.dataset.worker = conn.worker;
+  clearInterval(ticker);
+  ticker = null;
+  if (conn.at) {
+    ticker = setInterval(() => {
+      element.textContent = connLabel(conn);
+      if (conn.at <= Date.now()) { clearInterval(ticker); ticker = null; }
+    }, 250);
+  }
+  if (conn.state === "live" && !wasLive && onLive) onLive();
+}
+
+export function setConn(stateName, text, worker, at = 0) {
+  state.conn = { state: stateName, text, worker: worker || state.conn.worker, at };
   showConn(state.conn);
   onChange(state.conn);
 }

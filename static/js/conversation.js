@@ -4,12 +4,14 @@ import { hideCue, showCue } from "./cue.js";
 import { $ } from "./dom.js";
 import { closeDrawer } from "./drawer.js";
 import { cmpId, DEFAULT_ROOM, ROOM_NAME } from "./ids.js";
+import { applyChange, isChange, renderMessage } from "./edits.js";
 import { clearMembers, loadMembers } from "./members.js";
-import { isMe, messageElement } from "./message.js";
+import { isMe, mentionsMe } from "./message.js";
 import { historyName, showTitle } from "./names.js";
+import { notifyOf } from "./notify.js";
 import { renderOutbox, settle } from "./outbox.js";
 import { clearPresence, loadPresence, stopTyping } from "./presence.js";
-import { markSeen, noteLatest } from "./readstate.js";
+import { countNews, isUnreadNews, markSeen, noteLatest } from "./readstate.js";
 import { joinRoom, onRoomChange, renderRooms, roomGone } from "./rooms.js";
 import { atBottom, log, scrollToBottom } from "./scroll.js";
 import { sessionEnded } from "./session.js";
@@ -17,17 +19,32 @@ import { state } from "./state.js";
 
 const HISTORY_PAGE = 50;
 
-// Shown once, in id order, whatever path it came by (history, stream, our own POST).
+// Shown once, in id order, whatever path it came by (history, stream, our own POST). An edit or
+// a deletion changes the message it names instead (false: nothing new is shown).
 function insertMessage(message) {
   if (message.room !== state.room || state.messages.has(message.id)) return false;
   state.messages.set(message.id, message);
-  const element = messageElement(message);
+  if (!state.oldestId || cmpId(message.id, state.oldestId) < 0) state.oldestId = message.id;
+  if (isChange(message)) {
+    applyChange(message);
+    return false;
+  }
+  const element = renderMessage(message);
   const list = $("messages");
   let after = list.lastElementChild;
   while (after && after.dataset.id && cmpId(after.dataset.id, message.id) > 0) after = after.previousElementSibling;
   list.insertBefore(element, after ? after.nextSibling : list.firstChild);
-  if (!state.oldestId || cmpId(message.id, state.oldestId) < 0) state.oldestId = message.id;
   return true;
+}
+
+const reading = () => document.visibilityState === "visible";
+
+// The open room is read up to its newest message, if the reader can see it (the page shown,
+// the conversation scrolled to the bottom).
+export function markNewestSeen() {
+  if (!state.room || !reading() || !atBottom()) return;
+  const newest = [...$("messages").querySelectorAll("li[data-id]")].pop();
+  if (newest) markSeen(state.room, newest.dataset.id);
 }
 
 // A message from the stream (any room) or from our own POST. A log entry (a "kind") is
@@ -36,18 +53,20 @@ export function onMessage(message) {
   if (message.client_id && state.outbox.has(message.client_id)) settle(message.client_id);
   const isNew = noteLatest(message.room, message.id);
   if (isNew && message.kind === "room") onRoomChange(message);
+  const news = isNew && !message.kind && state.joined.has(message.room) && !isMe(message.user)
+    && isUnreadNews(message.room, message.id);
+  if (news) notifyOf(message); // a mention or a DM while the page is hidden
   if (message.room === state.room) {
     const pinned = atBottom();
-    stopTyping(message.user);
+    if (!message.kind) stopTyping(message.user);
     if (!insertMessage(message)) return;
-    if (document.visibilityState === "visible") markSeen(state.room, message.id);
     if (pinned) scrollToBottom();
+    if (reading() && pinned) markSeen(state.room, message.id);
     if (message.kind === "member") loadMembers().catch(() => {}); // someone added, removed, left
-  } else if (isNew && !message.kind && state.joined.has(message.room) && !isMe(message.user)
-             && !(state.seen[message.room] && cmpId(message.id, state.seen[message.room]) <= 0)) {
-    state.unread[message.room] = (state.unread[message.room] || 0) + 1;
+  } else if (news) {
+    countNews(message.room, mentionsMe(message));
     renderRooms();
-    showCue(message);
+    if (!state.muted.has(message.room) || mentionsMe(message)) showCue(message);
   }
 }
 
@@ -59,6 +78,7 @@ function setEdge() {
 export function clearConversation() {
   $("messages").replaceChildren();
   state.messages.clear();
+  state.changes.clear();
   state.oldestId = null;
   state.more = true;
   state.historyLoaded = false;
@@ -78,11 +98,12 @@ export async function loadLatest() {
   const pinned = first || atBottom();
   for (const message of r.data.messages) insertMessage(message);
   const newest = r.data.messages[r.data.messages.length - 1];
-  if (newest) { noteLatest(room, newest.id); markSeen(room, newest.id); }
+  if (newest) noteLatest(room, newest.id);
   if (first) state.more = r.data.more;
   state.historyLoaded = true;
   setEdge();
   if (pinned) scrollToBottom();
+  markNewestSeen();
   await fillViewport();
   return true;
 }
@@ -112,10 +133,11 @@ export async function loadOlder() {
   }
 }
 
-// The stream may have skipped something for this tab (a fresh start, a takeover):
-// merge the newest page again. Never a reconnect.
+// The stream may have skipped something for this tab (a fresh start, a takeover), or the
+// history could not be loaded (the server was away): merge the newest page again. Never a
+// reconnect.
 export function refreshOpenRoom() {
-  if (state.room && state.historyLoaded) loadLatest().catch(() => {});
+  if (state.room) loadLatest().catch(() => {});
 }
 
 // Open a room: join it if we aren't in it (the stream follows it from the join
@@ -137,6 +159,7 @@ export async function openRoom(name) {
   if (name === state.room && state.historyLoaded) return;
   state.room = name;
   state.unread[name] = 0;
+  state.mentions[name] = 0;
   if ($("cue").dataset.room === name) hideCue();
   history.replaceState(null, "", `${location.pathname}${location.search}#${name}`);
   localStorage.setItem("chat.room", name);
@@ -153,4 +176,15 @@ export async function openRoom(name) {
   } catch (_) {
     if (generation === state.opening) $("history-edge").textContent = "History can't be loaded now.";
   }
+}
+
+// Open ``room`` with the message ``id`` in sight, marked for a moment (a notification's click).
+export async function openRoomAt(room, id) {
+  await openRoom(room);
+  if (state.room !== room) return;
+  const element = document.querySelector(`#messages li[data-id="${id}"]`);
+  if (!element) return;
+  element.scrollIntoView({ block: "center" });
+  element.classList.add("flash");
+  setTimeout(() => element.classList.remove("flash"), 3000);
 }

@@ -4,16 +4,16 @@ import { clearConversation, loadLatest, onMessage, refreshOpenRoom } from "./con
 import { VALID_ID } from "./ids.js";
 import { loadMembers } from "./members.js";
 import { loadPresence, onRoomEvent } from "./presence.js";
-import { noteLatest } from "./readstate.js";
 import { roomKind } from "./names.js";
-import { joinRoom, onJoined, onLeft, roomGone, syncJoined } from "./rooms.js";
+import { noteLatest, onRead, refreshUnreadSoon } from "./readstate.js";
+import { joinRoom, onJoined, onLeft, renderRooms, roomGone, syncJoined } from "./rooms.js";
 import { endSession } from "./session.js";
 import { state } from "./state.js";
 
 // What the multiplexed stream sends (docs: README "The page"); "cursor" is the
 // long-poll's batch cursor, passed on like an event so every tab keeps it.
 // A new type goes here and in onStreamEvent's switch.
-export const STREAM_EVENTS = ["ready", "message", "reset", "presence", "typing", "joined", "left", "retry"];
+export const STREAM_EVENTS = ["ready", "message", "reset", "presence", "typing", "joined", "left", "read", "retry"];
 const SESSION_ENDED = new Set(["logged_out", "kicked", "banned", "session_expired", "password_changed",
   "account_gone"]);
 
@@ -30,8 +30,13 @@ export function onStreamEvent(type, data, lastEventId) {
       loadPresence().catch(() => {}); // joins and leaves missed while away are not replayed
       loadMembers().catch(() => {}); // nor are member changes, if the stream started afresh
       refreshOpenRoom(); // a stream that started afresh may have missed what came before it
+      state.readyCount += 1;
+      if (state.readyCount > 1) refreshUnreadSoon(); // reconnected: reads elsewhere may be missed
       break;
     }
+    case "read": // this user read a room (here, in another tab, on another device)
+      if (typeof payload.room === "string" && VALID_ID.test(payload.id || "") && onRead(payload)) renderRooms();
+      break;
     case "message": onMessage(payload); break;
     case "reset":
       if (payload.room === state.room) { clearConversation(); loadLatest().catch(() => {}); }

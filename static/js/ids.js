@@ -20,3 +20,10 @@ export function newClientId() {
 // ---- room names ----
 export const ROOM_NAME = /^[a-z0-9_-]{1,64}$/; // the server's rule for room names
 export const DEFAULT_ROOM = "general";
+
+// A room's kind by its name alone (the server gives private rooms and DMs these generated names,
+// and reserves the prefixes): for a room whose details haven't come yet, e.g. a DM whose first
+// message arrives right behind the "joined" that announced it.
+const PRIVATE_NAME = /^p-[0-9a-f]{20}$/;
+const DM_NAME = /^dm-[0-9a-f]{32}$/;
+export const kindByName = (name) => (DM_NAME.test(name) ? "dm" : PRIVATE_NAME.test(name) ? "private" : "public");

@@ -1,6 +1,7 @@
 // ---- the open private room's (or DM's) members: invite by name, remove ----
 import { api, errorOf, write } from "./api.js";
 import { $ } from "./dom.js";
+import { humanError } from "./errors.js";
 import { isMe } from "./message.js";
 import { roomKind } from "./names.js";
 import { roomGone } from "./rooms.js";
@@ -86,21 +87,22 @@ export async function onInvite(event) {
   const room = state.room;
   const user = $("invite-name").value.trim();
   if (!user) return;
-  const r = await write(`/api/rooms/${room}/members`, { user });
-  if (r.status === 401) return sessionEnded();
-  if (r.status === 200 || r.status === 201) {
+  const r = await write(`/api/rooms/${room}/members`, { user }).catch(() => null);
+  if (r && r.status === 401) return sessionEnded();
+  if (r && (r.status === 200 || r.status === 201)) {
     $("invite-name").value = "";
     $("invite-error").textContent = "";
   } else {
-    $("invite-error").textContent = errorOf(r).message || `Failed (${r.status}).`;
+    $("invite-error").textContent = humanError(r);
   }
   if (room === state.room) loadMembers();
 }
 
 async function removeMember(user) {
   const room = state.room;
-  const r = await write(`/api/rooms/${room}/members/${encodeURIComponent(user)}`, undefined, "DELETE");
-  if (r.status === 401) return sessionEnded();
-  $("invite-error").textContent = r.status === 200 ? "" : errorOf(r).message || `Failed (${r.status}).`;
+  const r = await write(`/api/rooms/${room}/members/${encodeURIComponent(user)}`, undefined, "DELETE")
+    .catch(() => null);
+  if (r && r.status === 401) return sessionEnded();
+  $("invite-error").textContent = r && r.status === 200 ? "" : humanError(r);
   if (room === state.room) loadMembers();
 }

@@ -1,8 +1,18 @@
 // One message as shown: the only place a message becomes markup (history, stream,
-// our own POST, the outbox's pending ones).
+// our own POST, the outbox's pending ones); its URLs become links through links.js.
+import { kindByName } from "./ids.js";
+import { linkedText } from "./links.js";
 import { state } from "./state.js";
 
 export const isMe = (user) => Boolean(user && state.me && user.toLowerCase() === state.me.toLowerCase());
+
+// A message that is for us: it names us (@name: the server lists "mentions", lowercase), or it
+// is in a DM and from someone else.
+export function mentionsMe(message) {
+  if (message.kind || !state.me || isMe(message.user)) return false;
+  if (((state.info.get(message.room) || {}).kind || kindByName(message.room)) === "dm") return true;
+  return Array.isArray(message.mentions) && message.mentions.includes(state.me.toLowerCase());
+}
 
 function formatTime(ts) {
   return new Date(ts).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
@@ -49,11 +59,14 @@ function entryElement(entry) {
   return item;
 }
 
+// ``message`` as shown: with ``edited`` (ms) it says "(edited)"; with ``deleted`` it is a
+// quiet "message deleted" in its place, without the text.
 export function messageElement(message, pending) {
   if (message.kind) return entryElement(message);
   const item = document.createElement("li");
   item.className = "msg";
   if (isMe(message.user)) item.classList.add("mine");
+  if (mentionsMe(message) && Array.isArray(message.mentions)) item.classList.add("mention"); // named: highlighted
   const meta = document.createElement("div");
   meta.className = "meta";
   const who = document.createElement("span");
@@ -65,9 +78,22 @@ export function messageElement(message, pending) {
     when.textContent = formatTime(message.ts);
   }
   meta.append(who, when);
+  if (message.edited && !message.deleted) {
+    const edited = document.createElement("span");
+    edited.className = "edited";
+    edited.textContent = "(edited)";
+    edited.title = `edited at ${formatTime(message.edited)}`;
+    meta.append(edited);
+  }
   const text = document.createElement("p");
-  text.className = "text";
-  text.textContent = message.text; // always text, never HTML
+  if (message.deleted) {
+    item.classList.add("deleted");
+    text.className = "gone";
+    text.textContent = "message deleted";
+  } else {
+    text.className = "text";
+    text.append(...linkedText(message.text)); // text nodes and links, never HTML
+  }
   item.append(meta, text);
   if (message.id) item.dataset.id = message.id;
   if (pending) item.dataset.clientId = pending;

@@ -1,5 +1,6 @@
 // ---- what a room is called: its title (not its id), a DM by its other members; the lock mark ----
 import { $ } from "./dom.js";
+import { kindByName } from "./ids.js";
 import { isMe } from "./message.js";
 import { state } from "./state.js";
 
@@ -8,9 +9,9 @@ const SVG = "http://www.w3.org/2000/svg";
 // the name it marks (the list's buttons and the title keep their text).
 const LOCK_PATH = "M4 7V5a4 4 0 0 1 8 0v2h1v8H3V7zm2 0h4V5a2 2 0 0 0-4 0z";
 
-// "public" (also for a room we know nothing of yet: every room was public before kinds),
-// "private" or "dm".
-export const roomKind = (room) => (state.info.get(room) || {}).kind || "public";
+// "public", "private" or "dm" (for a room we know nothing of yet, told by its name: every room
+// was public before kinds).
+export const roomKind = (room) => (state.info.get(room) || {}).kind || kindByName(room);
 
 // A DM's members other than us, as the server spells them (lowercase).
 function others(info) {

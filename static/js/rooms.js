@@ -1,16 +1,16 @@
 // ---- rooms: the ones you are in (rooms and direct messages), and the directory of the others ----
 import { api, errorOf, write } from "./api.js";
 import { $ } from "./dom.js";
+import { humanError } from "./errors.js";
 import { cmpId, DEFAULT_ROOM, VALID_ID } from "./ids.js";
 import { nameNodes, roomKind, roomLabel, showTitle } from "./names.js";
 import { showNotice } from "./notice.js";
-import { markSeen } from "./readstate.js";
+import { noteRead, setMuted } from "./readstate.js";
 import { sessionEnded } from "./session.js";
 import { state } from "./state.js";
 
 const ROOMS_PAGE = 500; // rooms per GET /api/rooms (the server's maximum)
 const ROOMS_MAX_PAGES = 10; // the room directory reads at most this many pages
-const UNREAD_BATCH = 500; // rooms per POST /api/rooms/unread (the server's maximum)
 const UNREAD_SHOWN_MAX = 99; // past this a badge reads "99+" (the server counts up to 100)
 const NAME_MAX = 64; // a room name's length (ids.js ROOM_NAME)
 const TITLE_MAX = 80; // a private room's title: the server's limit
@@ -81,37 +81,6 @@ export async function refreshDirectory() {
   return rooms;
 }
 
-// Unread counts at sign-in, for every joined room with news, in one request per
-// UNREAD_BATCH rooms (never one per room); from then on the stream keeps them.
-export async function countUnread() {
-  const behind = {};
-  for (const name of state.joined) {
-    const tail = (state.info.get(name) || {}).last_id; // the directory's, or GET /api/me/rooms'
-    if (tail && (!state.latest[name] || cmpId(tail, state.latest[name]) > 0)) state.latest[name] = tail;
-    if (name === state.room) continue;
-    if (!state.seen[name]) {
-      if (tail) markSeen(name, tail); // a room never read in this browser starts as read
-      continue;
-    }
-    if (!tail || cmpId(tail, state.seen[name]) > 0) behind[name] = state.seen[name];
-  }
-  const names = Object.keys(behind);
-  for (let i = 0; i < names.length; i += UNREAD_BATCH) {
-    const rooms = {};
-    for (const name of names.slice(i, i + UNREAD_BATCH)) rooms[name] = behind[name];
-    const r = await write("/api/rooms/unread", { rooms });
-    if (r.status === 401) return sessionEnded();
-    if (r.status !== 200) continue; // the stream still counts what arrives from now on
-    for (const [name, count] of Object.entries(r.data.unread)) {
-      // Opened (or read) while we asked: that answer is stale. Stream messages that
-      // came while we asked are in this count already.
-      if (name === state.room || state.seen[name] !== rooms[name]) continue;
-      state.unread[name] = count;
-    }
-  }
-  renderRooms();
-}
-
 const badgeText = (count) => (count > UNREAD_SHOWN_MAX ? `${UNREAD_SHOWN_MAX}+` : String(count));
 
 function roomButton(name, joined) {
@@ -123,10 +92,27 @@ function roomButton(name, joined) {
   label.className = "name";
   label.append(...nameNodes(name));
   button.append(label);
-  const unread = joined && name !== state.room ? state.unread[name] : 0;
+  const news = joined && name !== state.room;
+  const muted = joined && state.muted.has(name);
+  const dm = roomKind(name) === "dm"; // every message in it is for us: one badge, the unread count
+  const mentions = news && !dm ? state.mentions[name] : 0;
+  const unread = news && (!muted || dm) ? state.unread[name] : 0;
+  if (muted) { // a muted DM still shows its count: every message in it is a mention
+    const mark = document.createElement("span");
+    mark.className = "muted-mark";
+    mark.textContent = "muted";
+    button.append(mark);
+  }
+  if (mentions) {
+    const badge = document.createElement("span");
+    badge.className = "badge mention";
+    badge.textContent = `@${badgeText(mentions)}`;
+    badge.setAttribute("aria-label", `${badgeText(mentions)} ${mentions === 1 ? "mention" : "mentions"}`);
+    button.append(badge);
+  }
   if (unread) {
     const badge = document.createElement("span");
-    badge.className = "badge";
+    badge.className = dm ? "badge unread for-me" : "badge unread";
     badge.textContent = badgeText(unread);
     badge.setAttribute("aria-label", `${badgeText(unread)} unread`);
     button.append(badge);
@@ -154,9 +140,29 @@ export function renderRooms() {
   const others = state.directory.map((room) => room.name).filter((name) => !state.joined.has(name));
   $("other-rooms").replaceChildren(...others.map((name) => roomButton(name, false)));
   $("other-rooms-empty").hidden = others.length > 0;
-  const anyUnread = joined.some((name) => name !== state.room && state.unread[name]);
+  const anyUnread = joined.some((name) => name !== state.room
+    && ((state.unread[name] && !state.muted.has(name)) || state.mentions[name]));
   $("rooms-toggle").classList.toggle("news", anyUnread);
   showTitle(); // a title learnt or changed since the room was opened
+  renderMute();
+}
+
+// The open room's Mute button says whether it is muted.
+function renderMute() {
+  const button = $("mute");
+  const muted = Boolean(state.room && state.muted.has(state.room));
+  button.hidden = !state.room || !state.joined.has(state.room);
+  button.textContent = muted ? "Unmute" : "Mute";
+  button.setAttribute("aria-pressed", String(muted));
+  button.title = muted ? "Show this room's unread count and notify again" : "No unread count, no notifications";
+}
+
+export async function onMuteToggle() {
+  const room = state.room;
+  const r = await setMuted(room, !state.muted.has(room));
+  if (r && r.status === 401) return sessionEnded();
+  if (!r || r.status !== 200) $("new-room-error").textContent = humanError(r);
+  renderRooms();
 }
 
 // A room change in a room's log (renamed, archived), live: what the list and the title show.
@@ -187,8 +193,10 @@ export async function onNewRoom(event) {
   event.preventDefault();
   const value = $("new-room-name").value.trim();
   const isPrivate = $("new-room-private").checked;
-  const r = await write("/api/rooms", isPrivate ? { title: value, private: true } : { name: value });
-  if (r.status === 200 || r.status === 201) {
+  const r = await write("/api/rooms", isPrivate ? { title: value, private: true } : { name: value })
+    .catch(() => null);
+  if (r && r.status === 401) return sessionEnded();
+  if (r && (r.status === 200 || r.status === 201)) {
     $("new-room-name").value = "";
     $("new-room-error").textContent = "";
     if (isPrivate) {
@@ -200,7 +208,7 @@ export async function onNewRoom(event) {
       await openRoom(value);
     }
   } else {
-    $("new-room-error").textContent = errorOf(r).message || `Failed (${r.status}).`;
+    $("new-room-error").textContent = humanError(r);
   }
 }
 
@@ -217,16 +225,14 @@ export async function onNewDm(event) {
   event.preventDefault();
   const users = $("new-dm-name").value.split(/[\s,]+/).filter(Boolean);
   if (users.length === 0) return;
-  const r = await write("/api/dms", { users });
-  if (r.status === 401) return sessionEnded();
-  if ((r.status === 200 || r.status === 201) && r.data.room) {
+  const r = await write("/api/dms", { users }).catch(() => null);
+  if (r && r.status === 401) return sessionEnded();
+  if (r && (r.status === 200 || r.status === 201) && r.data.room) {
     $("new-dm-name").value = "";
     $("new-dm-error").textContent = "";
     await enterNew(r.data.room);
   } else {
-    const { code, message } = errorOf(r);
-    $("new-dm-error").textContent = code === "blocked" ? "You can't message them."
-      : message || `Failed (${r.status}).`;
+    $("new-dm-error").textContent = errorOf(r).code === "blocked" ? "You can't message them." : humanError(r);
   }
 }
 
@@ -241,7 +247,7 @@ export async function joinRoom(name) {
   if (r.status === 401) { sessionEnded(); return "error"; }
   if (r.status === 404) return "missing";
   if (r.status === 403) {
-    $("new-room-error").textContent = errorOf(r).message || "You can't join more rooms.";
+    $("new-room-error").textContent = humanError(r);
     return "refused";
   }
   return "error";
@@ -249,7 +255,7 @@ export async function joinRoom(name) {
 
 export function onJoined({ room, at }) {
   if (at && VALID_ID.test(at)) {
-    if (!state.seen[room]) markSeen(room, at); // what came before the join is history, not news
+    if (!state.seen[room]) noteRead(room, at); // what came before the join is history, not news
     if (!state.latest[room] || cmpId(at, state.latest[room]) > 0) state.latest[room] = at;
   }
   if (isLeaving(room)) markLeaving(room, false); // in again: a removal from now on is news
@@ -316,6 +322,7 @@ function dropRoom(room, notice) {
   const wasIn = state.joined.delete(room);
   if (!wasIn && room !== state.room) return; // dropped already (told twice)
   delete state.unread[room];
+  delete state.mentions[room];
   if (roomKind(room) !== "public") {
     state.info.delete(room);
   } else if (wasIn && !state.directory.some((known) => known.name === room)) {
@@ -340,9 +347,8 @@ export async function leaveRoom() {
   if (r && r.status === 401) return sessionEnded();
   if (!r || r.status !== 200) {
     markLeaving(room, false);
-    const { code, message } = errorOf(r);
-    $("new-room-error").textContent = code === "owner_must_stay"
-      ? "You own this room: you can't leave it." : message || "Leaving failed; try again.";
+    $("new-room-error").textContent = errorOf(r).code === "owner_must_stay"
+      ? "You own this room: you can't leave it." : humanError(r);
     return;
   }
   onLeft({ room }); // the stream's "left" event tells the other tabs (and says it here again)

@@ -2,6 +2,7 @@
 import { api, refreshCsrf } from "./api.js";
 import { setRole } from "./conn.js";
 import { $ } from "./dom.js";
+import { humanError } from "./errors.js";
 import { state } from "./state.js";
 import { share, stopSharing } from "./tabs.js";
 import { stopLive } from "./transport.js";
@@ -14,6 +15,7 @@ export function showSignIn(message) {
   setRole(null);
   state.me = null;
   $("chat").hidden = true;
+  $("waiting").hidden = true;
   $("signin").hidden = false;
   $("signin-error").textContent = message || "";
   $("username").focus();
@@ -34,15 +36,16 @@ export async function onSignIn(event, enterChat) {
       $("password").value = "";
       await enterChat(r.data.user);
     } else {
-      $("signin-error").textContent = (r.data && r.data.message) || `Failed (${r.status}).`;
+      $("signin-error").textContent = humanError(r);
     }
   } catch (_) {
-    $("signin-error").textContent = "The server can't be reached. Try again.";
+    $("signin-error").textContent = "The server can't be reached; check your connection and try again.";
   }
 }
 
 export async function logout() {
   try { await api("POST", "/api/auth/logout"); } catch (_) { /* signed out locally anyway */ }
+  localStorage.removeItem("chat.user"); // unsent messages stay kept, under the user, for their next sign-in
   state.csrf = null;
   await refreshCsrf().catch(() => {});
   showSignIn();

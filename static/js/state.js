@@ -21,10 +21,15 @@ export const state = {
   preferPoll: params.get("transport") === "longpoll" || !("EventSource" in window),
   share: null, // {channel, leader, release, abort} while tab sharing runs
   role: null, // "leader" | "follower" | "solo"
-  conn: { state: "connecting", text: "connecting…", worker: "" },
-  outbox: new Map(), // client_id -> {room, text, status, attempts, timer}
-  seen: {}, // room -> newest id read (localStorage, shared by tabs)
+  conn: { state: "connecting", text: "connecting…", worker: "", at: 0 }, // conn.js
+  outbox: new Map(), // client_id -> {room, text, status, attempts, error} (outbox.js)
+  admin: false, // an operator (GET /api/auth/me): may delete any message
+  seen: {}, // room -> the read position (the server's, readstate.js)
   unread: {}, // room -> count
+  mentions: {}, // room -> messages mentioning us (in a DM: every message from the others)
+  muted: new Set(), // rooms muted: no unread badge, no notification
+  changes: new Map(), // target id -> the newest edit or delete entry for it, open room only (edits.js)
+  readyCount: 0, // "ready" events seen since sign-in: after the first, a reconnect
   latest: {}, // room -> newest id known here: stream messages at or before it are not counted again
   online: new Set(), // who is in the open room (presence)
   members: [], // the open private room's or DM's members, [{user, role}]

@@ -5,6 +5,7 @@ import { onStreamEvent } from "./events.js";
 import { endSession } from "./session.js";
 import { state } from "./state.js";
 import { startLive } from "./transport.js";
+import { noteTab, shownHere, TAB_ID } from "./visibility.js";
 
 // One stream per browser, shared by its tabs, needs both APIs; ?share=0 turns it off.
 const CAN_SHARE = new URLSearchParams(location.search).get("share") !== "0" && "BroadcastChannel" in window
@@ -19,6 +20,11 @@ export function share(message) {
 // This tab's connection state changed (conn.js): the holder tells the others.
 export function shareConn(conn) {
   if (isLeader()) share({ kind: "conn", conn });
+}
+
+// This tab was shown or hidden (or is going away): the others know whether anyone sees the chat.
+export function shareVisibility(gone = false) {
+  share({ kind: "visibility", tab: TAB_ID, shown: !gone && shownHere() });
 }
 
 // The holding tab: pass it on to the other tabs, then handle it here.
@@ -41,6 +47,7 @@ export function startSharing() {
   setRole("follower");
   showConn(state.conn);
   session.channel.postMessage({ kind: "hello" }); // the holder answers with its state and cursor
+  shareVisibility();
   // Granted when no other tab of this browser holds it, and held until this tab
   // signs out or goes away (closed or crashed: the browser releases it, and
   // exactly one waiting tab gets it).
@@ -73,6 +80,10 @@ function onShared(message) {
       break;
     case "hello":
       if (isLeader()) share({ kind: "state", conn: state.conn, cursor: state.cursor });
+      shareVisibility(); // every tab: the new one learns who is shown
+      break;
+    case "visibility":
+      noteTab(message.tab, message.shown);
       break;
     case "state":
       if (!isLeader()) {

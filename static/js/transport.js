@@ -1,6 +1,6 @@
 // ---- live transport (the holding tab): SSE by default, long-poll as the fallback ----
 import { api } from "./api.js";
-import { MAX_BACKOFF_MS, sleep } from "./backoff.js";
+import { retryDelay, sleep } from "./backoff.js";
 import { setConn } from "./conn.js";
 import { STREAM_EVENTS } from "./events.js";
 import { sessionEnded } from "./session.js";
@@ -8,6 +8,16 @@ import { state } from "./state.js";
 
 const FIRST_BYTE_TIMEOUT_MS = 5000; // no "ready" event by then: a proxy buffers the stream
 const POLL_TIMEOUT_SECS = 25;
+const OFFLINE_AFTER_FAILURES = 3; // tries in a row that found no server: "offline", not "reconnecting"
+// A stream the server ended with "retry" and one of these reasons comes back no sooner than this.
+const RETRY_HINT_MS = { too_many_streams: 5000, rate_limited: 5000, storage_full: 5000 };
+
+// Waiting ``delay`` ms before the next try, the ``failures``-th in a row: said in every tab.
+function waitShown(failures, delay) {
+  const offline = !navigator.onLine || failures >= OFFLINE_AFTER_FAILURES;
+  setConn(offline ? "offline" : "reconnecting", offline ? "offline, retrying" : "reconnecting", undefined,
+    Date.now() + delay);
+}
 
 // Where every event goes, (type, data, lastEventId): the tab sharing's emit, which
 // passes it on to the other tabs too (registered by main.js: tabs.js imports this module).
@@ -30,10 +40,14 @@ export function startLive() {
 
 const resumeQuery = (sep) => (state.cursor ? `${sep}last_event_id=${encodeURIComponent(state.cursor)}` : "");
 
+// EventSource would reconnect on its own, but never says when: this one closes it at the first
+// error and opens a new one after a backoff it shows ("reconnecting in 4 s"), resuming from the
+// last cursor any tab saw (state.cursor, updated by every event's id): nothing missed or repeated.
 function startSSE(generation) {
   let source = null;
   let gotBytes = false;
-  let backoff = 1000;
+  let failures = 0; // tries in a row that ended without a "ready"
+  let hint = 0; // the wait a "retry" event asked for
   let reopenTimer = null;
   let firstByteTimer = null;
   const current = () => generation === state.liveGeneration;
@@ -51,36 +65,36 @@ function startSSE(generation) {
         if (!current()) return;
         if (type === "ready") {
           gotBytes = true;
-          backoff = 1000;
+          failures = 0;
           let worker = "";
           try { worker = String(JSON.parse(event.data).worker || ""); } catch (_) { /* none */ }
           setConn("live", "live (SSE)", worker); // which worker holds this stream
+        } else if (type === "retry") {
+          try { hint = RETRY_HINT_MS[JSON.parse(event.data).reason] || 0; } catch (_) { /* none */ }
         }
-        // EventSource keeps the last id across events without one, and resends it
-        // (Last-Event-ID) on its own reconnects.
         emit(type, event.data, event.lastEventId);
       });
     }
     source.onerror = () => {
       if (!current()) return;
-      if (source.readyState === EventSource.CLOSED) {
-        reopenLater(); // a non-200 answer: EventSource gave up, we don't
-      } else {
-        setConn(navigator.onLine ? "reconnecting" : "offline", navigator.onLine ? "reconnecting…" : "offline");
-      }
+      const refused = source.readyState === EventSource.CLOSED; // a non-200 answer: 401, 404…
+      source.close();
+      clearTimeout(firstByteTimer);
+      reopenLater(refused);
     };
   }
 
-  async function reopenLater() {
-    source.close();
-    clearTimeout(firstByteTimer);
-    const me = await api("GET", "/api/auth/me").catch(() => null);
-    if (!current()) return;
-    if (me && me.status === 401) return sessionEnded();
-    setConn(navigator.onLine ? "reconnecting" : "offline",
-      `${navigator.onLine ? "reconnecting" : "offline"}, retry in ${Math.round(backoff / 1000)}s`);
-    reopenTimer = setTimeout(() => { if (current()) open(); }, backoff);
-    backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+  async function reopenLater(refused) {
+    failures += 1;
+    if (refused) {
+      const me = await api("GET", "/api/auth/me").catch(() => null);
+      if (!current()) return;
+      if (me && me.status === 401) return sessionEnded();
+    }
+    const delay = Math.max(hint, retryDelay(failures));
+    hint = 0;
+    waitShown(failures, delay);
+    reopenTimer = setTimeout(() => { if (current()) open(); }, delay);
   }
 
   setConn("connecting", "connecting…");
@@ -99,7 +113,7 @@ function startPoll(generation) {
   const current = () => generation === state.liveGeneration;
 
   async function loop() {
-    let backoff = 1000;
+    let failures = 0;
     let wait = 0; // the first poll answers at once, so the page knows the link works
     setConn("connecting", "connecting…");
     while (current()) {
@@ -110,13 +124,16 @@ function startPoll(generation) {
         if (!current()) return;
         if (response.status === 401) return sessionEnded();
         if (response.status === 429) {
-          await sleep(1000 * Number(response.headers.get("Retry-After") || 5));
+          const delay = 1000 * Number(response.headers.get("Retry-After") || 5);
+          wait = 0;
+          waitShown(0, delay);
+          await sleep(delay);
           continue;
         }
         if (response.status !== 200) throw new Error(`poll: ${response.status}`);
         const data = await response.json();
         if (!current()) return;
-        backoff = 1000;
+        failures = 0;
         if (wait === 0) { // (re)connected: like the stream's "ready"
           setConn("live", "live (long-poll)", response.headers.get("X-Worker-Pid") || "");
           emit("ready", JSON.stringify({ rooms: data.rooms }), "");
@@ -131,10 +148,10 @@ function startPoll(generation) {
       } catch (error) {
         if (!current()) return;
         wait = 0;
-        setConn(navigator.onLine ? "reconnecting" : "offline",
-          `${navigator.onLine ? "reconnecting" : "offline"}, retry in ${Math.round(backoff / 1000)}s`);
-        await sleep(backoff);
-        backoff = Math.min(backoff * 2, MAX_BACKOFF_MS);
+        failures += 1;
+        const delay = retryDelay(failures);
+        waitShown(failures, delay);
+        await sleep(delay);
       }
     }
   }
