@@ -13,6 +13,7 @@ from chatapp.web import (
     access_log,
     admin,
     auth,
+    bodies,
     dms,
     errors,
     events,
@@ -44,6 +45,7 @@ def create_app(test_config=None):
     app.config.update(load_settings(overrides=test_config))
     app.config["MAX_CONTENT_LENGTH"] = app.config["CHAT_MAX_BODY_BYTES"]
     app.json.ensure_ascii = False
+    bodies.init_app(app)  # before ProxyFix wraps it: it sees the client's address
     if app.config["CHAT_TRUSTED_PROXIES"]:
         hops = app.config["CHAT_TRUSTED_PROXIES"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops)

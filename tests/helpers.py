@@ -249,9 +249,10 @@ class Response:
 class Api:
     """A JSON client for a live server; one connection per request (like many browsers)."""
 
-    def __init__(self, base_url, user=None, password=None):
+    def __init__(self, base_url, user=None, password=None, source=None):
         parts = urlsplit(base_url)
         self.host, self.port = parts.hostname, parts.port
+        self.source = (source, 0) if source else None  # another loopback address: another client
         self.auth = None
         self.auth_user = user
         if user:
@@ -270,7 +271,7 @@ class Api:
         if json_body is not None:
             body = json.dumps(json_body)
             headers["Content-Type"] = "application/json"
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout, source_address=self.source)
         try:
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()

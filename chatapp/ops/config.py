@@ -102,6 +102,10 @@ SETTINGS = (
             "(`./scripts/serve` keeps one in var/secret_key so all workers share it)."),
     Setting("CHAT_MAX_MESSAGE_CHARS", int, 4000, "Longest message text; longer is a 413.", 1, 1_000_000),
     Setting("CHAT_MAX_BODY_BYTES", int, 64 * 1024, "Largest request body; larger is a 413.", 1024),
+    Setting("CHAT_BODY_DEADLINE_SECS", float, 10.0, "A request's body must arrive within this, or a 408 closes "
+            "the connection (gunicorn's keep-alive timeout covers only the head).", 0.1, 600),
+    Setting("CHAT_BODIES_PER_ADDRESS", int, 32, "Bodies one client address may be sending to a worker at once; "
+            "past it a 429 closes the connection at once (a slow-body flood holds no more).", 1, 100_000),
     Setting("CHAT_STREAM_MAXLEN", int, 10_000, "Messages kept per room (XADD MAXLEN ~).", 10),
     Setting("CHAT_IDEMPOTENCY_TTL_SECS", int, 24 * 3600, "How long a retry with the same "
             "Idempotency-Key / client_id returns the first message.", 1),
