@@ -22,6 +22,7 @@ from chatapp.web import (
     memberships,
     messages,
     metrics,
+    openapi,
     page,
     presence,
     reads,
@@ -34,7 +35,7 @@ from chatapp.web import (
 
 # Every route of the app, one blueprint per resource (chatapp.web).
 BLUEPRINTS = (auth, rooms, members, memberships, dms, messages, reads, streams, events, presence, admin, health,
-              metrics, page)
+              metrics, page, openapi)
 
 
 def create_app(test_config=None):

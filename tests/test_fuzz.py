@@ -30,7 +30,7 @@ ENDPOINTS = [
     ("POST", "/api/dms"), ("GET", "/api/blocks"), ("POST", "/api/blocks"), ("DELETE", "/api/blocks/{room}"),
     ("PATCH", "/api/rooms/{room}/messages/{room}"), ("DELETE", "/api/rooms/{room}/messages/{room}"),
     ("POST", "/api/rooms/{room}/read"), ("POST", "/api/rooms/{room}/mute"), ("GET", "/api/me/unread"),
-    ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/"),
+    ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/"), ("GET", "/api/openapi.json"),
     ("GET", "/api/rooms/{room}/{room}"), ("POST", "/api/{room}"), ("GET", "/{room}"),  # odd paths
 ]
 INVENTED_METHODS = ["QWERTYUIOP", "PROPFIND", "TRACE", "M-SEARCH", "get", "POST ", "X" * 40]

@@ -35,6 +35,7 @@ NO_ROOM = {
     "membership.my_rooms": "your rooms only", "dms.open_dm": "by usernames (test_a_dm_is_one_conversation)",
     "dms.blocked": "users", "dms.block": "users", "dms.unblock": "users",
     "reads.unread": "your rooms only (test_unread_and_mentions_follow_the_read_position)",
+    "openapi.spec": "the API's description",
 }
 BODIES = {"messages.send": {"text": "hello"}, "members.invite": {"user": "carol"}, "rooms.change": {"title": "x"},
           "members.set_role": {"role": "moderator"}, "messages.edit": {"text": "changed"}, "reads.read": {"id": "0-0"},
