@@ -105,3 +105,10 @@ def test_oversize_body_is_413(alice):
     response = alice.post("/api/rooms/general/messages", data="x" * (70 * 1024),
                           headers={"Content-Type": "application/json"})
     assert response.status_code == 413 and response.json["error"] == "too_large"
+
+
+def test_regression_history_before_the_first_id_is_empty_not_a_500(alice):
+    """schemathesis found it: ``before=0`` asked Redis for the range before ``(0-0``, which it refuses."""
+    alice.post("/api/rooms/general/messages", json={"text": "hi"})
+    response = alice.get("/api/rooms/general/messages?before=0")
+    assert response.status_code == 200 and response.json == {"messages": [], "more": False}

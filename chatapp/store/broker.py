@@ -217,6 +217,8 @@ class Broker:
         return lambda client: client.xrange(keys.room_log(room), f"({cursor}", end, count=count)
 
     def _before(self, room, cursor, count):
+        if cursor is not None and cursor == ZERO:  # nothing is before the first id ("(0-0" is no range)
+            return lambda client: client.xrevrange(keys.room_log(room), "0-0", "0-0", count=count)
         newest = self._newest_readable(room)
         end = newest if cursor is None or (newest != "+" and StreamId.parse(newest) < cursor) else f"({cursor}"
         return lambda client: client.xrevrange(keys.room_log(room), end, "-", count=count)
