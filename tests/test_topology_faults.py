@@ -461,3 +461,41 @@ def test_cluster_shard_failover_and_a_live_slot_move_lose_nothing_and_other_shar
             if not node.alive:
                 cluster_set.restart(node)
         cluster_set.wait_healthy()
+
+
+def test_with_two_replicas_a_shard_keeps_taking_acknowledged_writes_after_a_failover(tmp_path):
+    """docs/deploy.md: with CHAT_DURABILITY=replicas a primary needs two replicas to keep taking
+    writes through a failover (the promoted replica still has one). A Cluster of 3 shards with two
+    replicas each: the primary of a room's shard is killed; once a replica is promoted, POSTs to
+    the room are acknowledged again (201, each message once) and /readyz says its writes are
+    accepted."""
+    from chatapp import create_app
+    from deploy.redis_topology import ClusterSet
+    from tests.helpers import CHEAP_PASSWORD_HASH, send_with_key, signed_in
+
+    with ClusterSet(tmp_path / "cluster", replicas_per_primary=2) as cluster:
+        cluster.wait_healthy()
+        app = create_app({"REDIS_URL": cluster.url, "SECRET_KEY": "t", "CHAT_DURABILITY": "replicas",
+                          "CHAT_DURABILITY_TIMEOUT_MS": 1000, **GENEROUS_LIMITS, **CHEAP_PASSWORD_HASH})
+        name = unique("w")
+        alice = signed_in(app, name)
+        kept = {key_slot(f"user:{name}".encode()), key_slot(b"rooms")}  # her sign-in, the room index
+        room = next(r for r in (unique("t2") for _ in itertools.count())
+                    if cluster.node_for_key(f"chat:{{{r}}}:log") not in {cluster.node_for_slot(s) for s in kept})
+        assert alice.post("/api/rooms", json={"name": room}).status_code == 201
+        before = send_with_key(alice, "before", "k0", room=room)
+        assert before.status_code == 201
+        slot = key_slot(room.encode())
+        old = cluster.kill_primary_of(slot)
+        new = cluster.wait_failover(slot, old)
+
+        def acknowledged():
+            response = send_with_key(alice, "after", "k1", room=room)  # the same key each try: one message
+            assert response.status_code in (200, 201), response.json
+            return response
+        after = eventually(acknowledged, timeout=30, what="a POST acknowledged by the promoted primary's replica")
+        ready = alice.get("/readyz").json["writes"]
+        (state,) = [state for server, state in ready.items() if server.endswith(f":{new.port}")]
+        assert state == {"replicas": 1, "writes": "accepted"}
+        texts = [m["text"] for m in alice.get(f"/api/rooms/{room}/messages").json["messages"]]
+        assert texts == ["before", "after"] and after.json["text"] == "after"
