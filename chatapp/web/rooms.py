@@ -80,13 +80,22 @@ def change(room):
 
 def describe(user, room):
     """``{name, title, kind, archived, role[, members]}`` of a room ``user`` may see."""
+    return describe_many(user, [room])[0]
+
+
+def describe_many(user, names):
+    """:func:`describe` of each room of ``names``, in order, in three round trips however many."""
     rooms = services().rooms
-    described = rooms.describe([room])[room]
-    info = {"name": room, **described, "role": rooms.roles_of(user, [room])[room]}
-    if described["kind"] == DM:
-        info["title"] = ""
-        info["members"] = sorted(rooms.members(room))
-    return info
+    described = rooms.describe(names)
+    roles = rooms.roles_of(user, names)
+    dms = rooms.members_of([name for name in names if described[name]["kind"] == DM])
+    infos = []
+    for name in names:
+        info = {"name": name, **described[name], "role": roles[name]}
+        if name in dms:  # named by its members, not by a title
+            info.update(title="", members=sorted(dms[name]))
+        infos.append(info)
+    return infos
 
 
 @bp.post("/unread")
